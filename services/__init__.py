@@ -1,0 +1,1 @@
+"""The SCNS Conductor services. Each imports `shared` and never another service."""

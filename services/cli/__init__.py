@@ -1,0 +1,1 @@
+"""The `scns` command: client verbs, `scns run SERVICE`, `scns up`."""

@@ -1,0 +1,118 @@
+"""A small synchronous client of the gateway's HTTP API (stdlib urllib: the CLI needs no loop)."""
+
+from __future__ import annotations
+
+import getpass
+import http.client
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orjson
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from shared.errors import ConductorError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+SUBMIT_RETRY_S = 60.0  # how long a submit keeps retrying a gateway that is down or restarting
+
+
+class Unreachable(ConductorError):
+    """The gateway did not answer (down, restarting, or the answer was lost)."""
+
+
+class ApiError(ConductorError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{message} ({status} {code})")
+        self.status = status
+        self.code = code
+
+
+class Client:
+    def __init__(self, url: str = DEFAULT_URL, *, user: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.user = user or _user()
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, body: Any = None,
+                 query: Mapping[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None) -> urllib.request.Request:
+        url = self.url + path
+        if query:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items()
+                                                 if v is not None})
+        data = orjson.dumps(body) if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("X-SCNS-User", self.user)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        return req
+
+    def submit(self, body: Any, *, retry_s: float = SUBMIT_RETRY_S) -> Any:
+        """POST a job exactly once, however often the request must be retried: every try
+        carries the same Idempotency-Key, so a try whose answer was lost (the gateway died
+        after committing) returns the job it made instead of making a second one."""
+        headers = {"Idempotency-Key": f"scns-{uuid.uuid4()}"}
+        for attempt in Retrying(
+            retry=retry_if_exception(_retryable), stop=stop_after_delay(retry_s),
+            wait=wait_exponential_jitter(multiplier=0.2, max=3.0), reraise=True,
+        ):
+            with attempt:
+                return self.call("POST", "/api/v1/jobs", body, headers=headers)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def call(self, method: str, path: str, body: Any = None,
+             query: Mapping[str, Any] | None = None,
+             headers: Mapping[str, str] | None = None) -> Any:
+        req = self._request(method, path, body, query, headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+                if resp.headers.get_content_type() == "application/json":
+                    return orjson.loads(raw)
+                return raw.decode("utf-8", errors="replace")
+        except urllib.error.HTTPError as e:
+            raise _api_error(e) from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise Unreachable(f"cannot reach the gateway at {self.url}: {reason}; is "
+                              "`scns up` running, or SCNS_URL set?") from None
+
+    def stream(self, path: str, query: Mapping[str, Any]) -> Iterator[bytes]:
+        req = self._request("GET", path, query=query)
+        try:
+            with urllib.request.urlopen(req, timeout=None) as resp:
+                while chunk := resp.read1(65536):
+                    yield chunk
+        except urllib.error.HTTPError as e:
+            raise _api_error(e) from None
+        except (urllib.error.URLError, ConnectionError) as e:
+            raise ConductorError(f"cannot reach the gateway at {self.url}: {e}") from None
+
+
+def _retryable(e: BaseException) -> bool:
+    """Worth trying again with the same key: no answer, or the system said "not now"."""
+    return isinstance(e, Unreachable) or (isinstance(e, ApiError) and e.status in (502, 503, 504))
+
+
+def _api_error(e: urllib.error.HTTPError) -> ApiError:
+    try:
+        body = orjson.loads(e.read())
+        err = body["error"]
+        return ApiError(e.code, err["code"], err["message"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ApiError(e.code, "http_error", str(e.reason))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "anonymous"

@@ -1,0 +1,1 @@
+"""Runs on each worker node: takes launches from arq, runs scripts, enforces limits."""

@@ -1,0 +1,216 @@
+"""The executor: one per worker node.
+
+It registers the worker (heartbeat client), takes launches from its arq queue, runs them under
+the supervisor (runner.py), listens on its control stream for cancel requests, and on SIGTERM
+drains: it stops taking placements and launches, hands back jobs it has not started, gives
+running jobs SCNS_DRAIN_GRACE_S to finish, stops the rest (NODE_FAIL, requeued if the job asked
+for it), and deregisters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.executor.environment import base_environment
+from services.executor.runner import Runner
+from shared import capacity
+from shared.allocation import Allocator
+from shared.bus import Consumer, Delivery, StreamBus
+from shared.db import UNAVAILABLE
+from shared.db.jobs import JobStore, QueueStore, hand_back
+from shared.dispatch import ArqDispatcher, ArqIntake, Dispatch
+from shared.events import CancelRequested, Event
+from shared.heartbeat import HeartbeatClient
+from shared.keys import Keys
+from shared.membership import Membership
+from shared.output import OutputShipper
+from shared.settings import Settings
+from shared.states import JobState
+
+log = logging.getLogger(__name__)
+
+_PG_ERRORS = UNAVAILABLE
+
+
+class Executor:
+    def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool[Any],
+                 executor_env: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.pool = pool
+        self.keys = Keys(settings.key_prefix)
+        self.worker_id = settings.worker_id
+        membership = Membership(redis, self.keys)
+        self.bus = StreamBus(redis, self.keys, maxlen=settings.stream_maxlen)
+        self.allocator = Allocator(redis, self.keys, membership.scripts)
+        self.dispatcher = ArqDispatcher(redis, self.keys, membership.scripts)
+        cap = capacity.detect(settings.worker_cpus, settings.worker_memory_mb)
+        self.heartbeat = HeartbeatClient(
+            membership, worker_id=self.worker_id, capacity=cap,
+            labels=capacity.default_labels(settings.worker_labels),
+            heartbeat_s=settings.heartbeat_s, ttl_s=settings.worker_ttl_s)
+        self.runner = Runner(
+            worker_id=self.worker_id, data_dir=settings.data_dir, pool=pool, redis=redis,
+            keys=self.keys, allocator=self.allocator, bus=self.bus,
+            shipper=OutputShipper(redis, self.keys, cap_bytes=settings.output_cap_bytes,
+                                  ttl_s=settings.output_ttl_s),
+            base_env=base_environment(executor_env), kill_grace_s=settings.kill_grace_s,
+            lease_valid=self.heartbeat.lease_valid)
+        self.intake = ArqIntake(settings.redis_url, self.keys, self.worker_id, self._launch,
+                                max_jobs=settings.arq_max_jobs, poll_delay_s=settings.arq_poll_s)
+        self.control = Consumer(
+            self.bus, group="executor", consumer=self.worker_id,
+            streams=[self.keys.control(self.worker_id)], handler=self._on_control,
+            claim_idle_ms=settings.claim_idle_ms, max_deliveries=settings.max_deliveries,
+            block_ms=1000)
+        self._accepting = True
+
+    async def _launch(self, job_id: int, attempt: int) -> None:
+        if not self._accepting:
+            return  # draining: hand_back_unstarted() returns it to the queue
+        await self.runner.launch(job_id, attempt)
+
+    async def _on_control(self, event: Event, delivery: Delivery) -> None:
+        if isinstance(event, CancelRequested):
+            await self.runner.cancel(event.job_id, event.attempt)
+
+    @property
+    def fence_kill_after_s(self) -> float:
+        """Without a lease renewal for this long, the registry has declared this worker gone
+        and the reconciler has NODE_FAILed its jobs: stop running them."""
+        return self.settings.worker_ttl_s + self.settings.node_fail_grace_s
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.heartbeat.register()
+        await self.runner.recover()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tasks = {
+            "heartbeat": asyncio.create_task(self.heartbeat.run(stop), name="heartbeat"),
+            "intake": asyncio.create_task(self._intake(stop), name="intake"),
+            "fence": asyncio.create_task(self._fence(stop), name="fence"),
+            "control": asyncio.create_task(self._consume_control(stop), name="control"),
+            "output": asyncio.create_task(self.runner.ship_output(stop), name="output"),
+        }
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({*tasks.values(), stopper},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopper and not t.cancelled() and t.exception() is not None:
+                    log.error("task %s died", t.get_name(), exc_info=t.exception())
+        finally:
+            stopper.cancel()
+            await self.drain()
+            for t in tasks.values():
+                t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            await self.heartbeat.deregister()
+
+    async def _intake(self, stop: asyncio.Event) -> None:
+        """arq's worker loop ends on a Redis error; start it again until we are stopped."""
+        while not stop.is_set():
+            try:
+                await self.intake.run()
+            except (RedisError, OSError) as e:
+                log.warning("launch intake lost Redis, restarting: %s", e)
+                await asyncio.sleep(1)
+
+    async def _fence(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            lapsed = self.heartbeat.seconds_since_renewal()
+            if self.runner.running and lapsed > self.fence_kill_after_s:
+                log.error("lease not renewed for %.0f s: stopping %d running jobs (the cluster "
+                          "has declared them NODE_FAIL)", lapsed, len(self.runner.running),
+                          extra={"event": "fenced"})
+                for rj in list(self.runner.running.values()):
+                    self.runner.stop(rj, JobState.NODE_FAIL, "lease lost")
+
+    async def _consume_control(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.control.run(stop)
+            except RedisError as e:
+                log.warning("control consumer reconnecting: %s", e)
+                await asyncio.sleep(1)
+
+    async def drain(self) -> None:
+        """Two-phase shutdown: stop intake, hand back, wait, stop what is left."""
+        log.info("draining", extra={"event": "drain", "running": len(self.runner.running)})
+        self._accepting = False
+        try:
+            await self.heartbeat.begin_leaving()
+        except RedisError as e:
+            log.warning("could not mark the lease as leaving: %s", e)
+        await self.intake.stop()
+        await self.hand_back_unstarted()
+        if not await self.runner.wait_all(self.settings.drain_grace_s):
+            unfinished = [rj.job for rj in self.runner.running.values()]
+            log.warning("stopping %d jobs still running after the grace period",
+                        len(unfinished), extra={"event": "drain-stop"})
+            await self.runner.stop_all(JobState.NODE_FAIL, "executor shut down")
+            store = JobStore(self.pool)
+            for job in unfinished:
+                if job.requeue:
+                    await store.requeue(job.id, attempt=job.attempt)
+            if any(j.requeue for j in unfinished):
+                await self.redis.publish(self.keys.wakeup("scheduler"), "requeue")
+
+    async def hand_back_unstarted(self) -> int:
+        """ALLOCATED jobs on this worker go back to PENDING with their attempt unchanged."""
+        try:
+            jobs = await QueueStore(self.pool).on_worker(self.worker_id, [JobState.ALLOCATED])
+        except _PG_ERRORS as e:
+            log.warning("could not hand back unstarted jobs (the reconciler will): %s", e)
+            return 0
+        n = 0
+        for job in jobs:
+            if await hand_back(self.pool, job_id=job.id, attempt=job.attempt,
+                               worker_id=self.worker_id) is None:
+                continue
+            n += 1
+            await self.allocator.release(job_id=job.id, attempt=job.attempt,
+                                         worker_id=self.worker_id)
+            await self.dispatcher.withdraw(Dispatch(worker_id=self.worker_id, job_id=job.id,
+                                                    attempt=job.attempt))
+        if n:
+            await self.redis.publish(self.keys.wakeup("scheduler"), "hand-back")
+            log.info("handed back %d unstarted jobs", n, extra={"event": "hand-back"})
+        return n
+
+
+async def _main() -> int:
+    from shared import service
+
+    holder: list[Executor] = []
+
+    async def ready(ctx: service.Context) -> dict[str, bool]:
+        return {"lease": bool(holder) and holder[0].heartbeat.lease_valid()}
+
+    settings = Settings.from_env()
+    async with service.started("executor", pool_size=8, ready=ready,
+                               label=f"executor:{settings.worker_id}") as ctx:
+        executor = Executor(ctx.settings, ctx.redis, ctx.pool, dict(os.environ))
+        holder.append(executor)
+        await executor.start()
+        log.info("executor started", extra={"event": "started", "worker_id": settings.worker_id,
+                                            "cpus": executor.heartbeat.capacity.cpus})
+        await executor.run(ctx.stop)
+    return 0
+
+def main() -> int:
+    from shared import runtime
+
+    return runtime.run(_main)

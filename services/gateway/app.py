@@ -1,0 +1,139 @@
+"""The gateway: aiohttp application, error shape, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.gateway import cluster, jobs
+from services.gateway.common import GATEWAY, MAX_BODY, Gateway, error, json
+from services.gateway.validation import RequestError
+from shared.allocation import Allocator
+from shared.bus import StreamBus
+from shared.db import UNAVAILABLE
+from shared.dispatch import ArqDispatcher
+from shared.health import metrics_response
+from shared.keys import Keys
+from shared.membership import Membership
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("scns_gateway_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("scns_gateway_request_seconds", "Server time per request", ["route"],
+                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _route(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes `{"error": {"code", "message"}}`; bad input is always a 4xx."""
+    started = time.perf_counter()
+    try:
+        resp = await handler(request)
+    except RequestError as e:
+        resp = error(e.status, e.code, e.message)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: "too_large"}.get(e.status, "bad_request")
+        message = (e.text or e.reason) if e.status != 413 else (
+            f"the request body is larger than {MAX_BODY} bytes (scripts are limited to 1 MiB)")
+        if e.status == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        resp = error(e.status, code, message)
+    except UNAVAILABLE as e:
+        log.warning("PostgreSQL unavailable: %s", e)
+        resp = error(503, "unavailable", "the database is unavailable; retry shortly")
+    except RedisError as e:
+        log.warning("Redis unavailable: %s", e)
+        resp = error(503, "unavailable", "Redis is unavailable; retry shortly")
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        resp = error(500, "internal", "internal error; it has been logged")
+    elapsed = time.perf_counter() - started
+    resp.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.3f}"
+    route = _route(request)
+    REQUESTS.labels(request.method, route, str(resp.status)).inc()
+    LATENCY.labels(route).observe(elapsed)
+    return resp
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    g = request.app[GATEWAY]
+    checks = {"redis": True, "postgresql": True}
+    try:
+        await g.redis.ping()
+    except RedisError:
+        checks["redis"] = False
+    try:
+        await g.pool.fetchval("SELECT 1")
+    except UNAVAILABLE:
+        checks["postgresql"] = False
+    ok = all(checks.values())
+    return json({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+async def metrics(_: web.Request) -> web.Response:
+    return metrics_response()
+
+
+def create_app(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any]) -> web.Application:
+    keys = Keys(settings.key_prefix)
+    membership = Membership(redis, keys)
+    app = web.Application(middlewares=[api_errors], client_max_size=MAX_BODY)
+    app[GATEWAY] = Gateway(
+        settings=settings, redis=redis, pool=pool, keys=keys, membership=membership,
+        allocator=Allocator(redis, keys, membership.scripts),
+        dispatcher=ArqDispatcher(redis, keys, membership.scripts),
+        bus=StreamBus(redis, keys, maxlen=settings.stream_maxlen))
+    app.add_routes(jobs.routes)
+    app.add_routes(cluster.routes)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def _main() -> int:
+    from shared import service
+
+    async with service.started("gateway", pool_size=20, health=False) as ctx:
+        settings = ctx.settings
+        runner = web.AppRunner(create_app(settings, ctx.redis, ctx.pool), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.gateway_host, settings.gateway_port).start()
+        log.info("gateway listening on http://%s:%d", settings.gateway_host,
+                 settings.gateway_port, extra={"event": "started"})
+        try:
+            await ctx.stop.wait()
+        finally:
+            await runner.cleanup()
+    return 0
+
+def main() -> int:
+    from shared import runtime
+
+    return runtime.run(_main)

@@ -1,0 +1,134 @@
+"""Turning a submission body into a JobSpec, or a 4xx that says exactly what is wrong. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from shared.db.jobs import JobSpec
+
+MAX_SCRIPT_BYTES = 1024 * 1024
+MAX_ENV_VARS = 256
+MAX_ENV_VALUE = 32 * 1024
+MAX_NAME = 200
+MAX_TIME_LIMIT_S = 365 * 86_400
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV = re.compile(r"^(SCNS_|SLURM_)")
+FIELDS = frozenset({"script", "cpus", "memory_mb", "time_limit", "name", "env", "array",
+                    "dependency", "hold", "requeue", "partition", "submit_dir"})
+NOT_YET = {"array": "job arrays", "dependency": "job dependencies"}
+
+
+class RequestError(Exception):
+    """A client error: HTTP status, machine-readable code, human message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _bad(code: str, message: str, status: int = 400) -> RequestError:
+    return RequestError(status, code, message)
+
+
+def _int(body: Mapping[str, Any], key: str, *, minimum: int, maximum: int | None = None
+         ) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad("invalid_field", f"'{key}' must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise _bad("invalid_field", f"'{key}' must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise _bad("invalid_field", f"'{key}' must be at most {maximum}, got {value}")
+    return value
+
+
+def _bool(body: Mapping[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise _bad("invalid_field", f"'{key}' must be true or false")
+    return value
+
+
+def _text(body: Mapping[str, Any], key: str, *, max_len: int) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad("invalid_field", f"'{key}' must be a string")
+    if len(value) > max_len:
+        raise _bad("invalid_field", f"'{key}' is longer than {max_len} characters")
+    if any(ord(c) < 32 for c in value):
+        raise _bad("invalid_field", f"'{key}' must not contain control characters")
+    return value
+
+
+def _env(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad("invalid_field", "'env' must be an object of NAME: value strings")
+    if len(value) > MAX_ENV_VARS:
+        raise _bad("invalid_field", f"'env' has more than {MAX_ENV_VARS} variables")
+    for name, v in value.items():
+        if not ENV_NAME.match(name):
+            raise _bad("invalid_field", f"env name {name!r} is not valid: names match "
+                                        "[A-Za-z_][A-Za-z0-9_]*")
+        if RESERVED_ENV.match(name):
+            raise _bad("invalid_field", f"env name {name!r} is reserved (SCNS_* and SLURM_* are "
+                                        "set by the scheduler)")
+        if not isinstance(v, str):
+            raise _bad("invalid_field", f"env value of {name} must be a string")
+        if len(v) > MAX_ENV_VALUE or "\x00" in v:
+            raise _bad("invalid_field", f"env value of {name} is too long or contains NUL")
+    return dict(value)
+
+
+def parse_submission(body: Any, *, user: str, largest_cpus: int | None,
+                     largest_memory_mb: int | None) -> JobSpec:
+    """Validate a POST /jobs body. `largest_*` describe the biggest live worker (None when no
+    worker is live: the job may wait for one)."""
+    if not isinstance(body, dict):
+        raise _bad("invalid_body", "the request body must be a JSON object")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise _bad("unknown_field", f"unknown field(s): {', '.join(unknown)}; allowed: "
+                                    f"{', '.join(sorted(FIELDS))}")
+    for key, what in NOT_YET.items():
+        if body.get(key) not in (None, "", []):
+            raise _bad("not_supported", f"{what} ('{key}') are not supported yet", 422)
+    script = body.get("script")
+    if script is None:
+        raise _bad("missing_field", "'script' is required")
+    if not isinstance(script, str):
+        raise _bad("invalid_field", "'script' must be a string")
+    if not script.strip():
+        raise _bad("invalid_field", "'script' is empty")
+    size = len(script.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_SCRIPT_BYTES:
+        raise _bad("too_large", f"'script' is {size} bytes; the limit is {MAX_SCRIPT_BYTES}", 413)
+    if "\x00" in script:
+        raise _bad("invalid_field", "'script' contains a NUL byte")
+    cpus = _int(body, "cpus", minimum=1, maximum=100_000) or 1
+    memory_mb = _int(body, "memory_mb", minimum=1, maximum=1 << 40)
+    time_limit = _int(body, "time_limit", minimum=1, maximum=MAX_TIME_LIMIT_S)
+    if largest_cpus is not None and cpus > largest_cpus:
+        raise _bad("unsatisfiable", f"{cpus} CPUs can never be satisfied: the largest worker "
+                                    f"has {largest_cpus}", 422)
+    if largest_memory_mb is not None and memory_mb is not None and memory_mb > largest_memory_mb:
+        raise _bad("unsatisfiable", f"{memory_mb} MB of memory can never be satisfied: the "
+                                    f"largest worker has {largest_memory_mb} MB", 422)
+    partition = _text(body, "partition", max_len=64)
+    if partition not in (None, "", "default"):
+        raise _bad("not_supported", f"partition {partition!r} does not exist (only 'default')",
+                   422)
+    name = _text(body, "name", max_len=MAX_NAME) or "job"
+    submit_dir = _text(body, "submit_dir", max_len=4096)
+    return JobSpec(script=script, cpus=cpus, name=name, user=user, memory_mb=memory_mb,
+                   time_limit_s=time_limit, env=_env(body.get("env")), submit_dir=submit_dir,
+                   partition=None, requeue=_bool(body, "requeue"), hold=_bool(body, "hold"))

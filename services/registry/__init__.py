@@ -1,0 +1,1 @@
+"""Worker membership: heartbeats in, `worker-joined` / `worker-left` out, drain and resume."""

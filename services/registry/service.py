@@ -1,0 +1,212 @@
+"""The registry: turns worker leases into announced membership, and keeps PostgreSQL's record.
+
+Each sweep compares every worker's lease with the registry's record of it and announces what
+changed: a new incarnation joined, a lease marked `bye` (shutdown), a lease that lapsed
+(expired), or a lease taken over by a new incarnation on the same host (restarted). Every
+announcement is a compare-and-set Lua script that appends the event in the same atomic step, so
+several replicas can sweep at once and each change is still announced exactly once. Sweeps run
+every SCNS_REGISTRY_SWEEP_S and at once when a worker publishes a wake-up hint.
+
+PostgreSQL gets the durable record right after each announcement, and a periodic sync converges
+it with Redis (covering a registry that crashed between the two, or PostgreSQL being away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from prometheus_client import Counter, Gauge, Histogram
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.bus import StreamBus
+from shared.db import UNAVAILABLE
+from shared.db.workers import WorkerStore
+from shared.keys import STREAM_TYPES, Keys
+from shared.membership import Lease, Member, Membership, Observed
+from shared.redis import aw
+from shared.settings import Settings
+from shared.wakeup import Wakeups
+
+log = logging.getLogger(__name__)
+
+ANNOUNCED = Counter("scns_registry_announcements_total", "Membership changes announced",
+                    ["type", "reason"])
+LIVE = Gauge("scns_registry_live_workers", "Workers currently live")
+SWEEP_SECONDS = Histogram("scns_registry_sweep_seconds", "Duration of one sweep")
+
+_PG_ERRORS = UNAVAILABLE
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class SweepResult:
+    joined: list[str] = field(default_factory=list)
+    left: list[tuple[str, str]] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+
+
+class Registry:
+    def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool[Any]) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.key_prefix)
+        self.membership = Membership(redis, self.keys)
+        self.workers = WorkerStore(pool)
+        self.bus = StreamBus(redis, self.keys, maxlen=settings.stream_maxlen)
+        self.wakeups = Wakeups(redis, self.keys.wakeup("registry"))
+        self._db_dirty = True
+
+    # --- one pass ------------------------------------------------------------------------
+    async def sweep(self) -> SweepResult:
+        with SWEEP_SECONDS.time():
+            result = SweepResult()
+            for o in await self.membership.observe():
+                await self._settle(o, result)
+            LIVE.set(await aw(self.redis.scard(self.keys.workers_live)))
+            return result
+
+    async def _settle(self, o: Observed, result: SweepResult) -> None:
+        lease, member = o.lease, o.member
+        if member is not None and member.live:
+            if lease is None:
+                await self._leave(member, "expired", result)
+            elif lease.incarnation == member.incarnation:
+                if lease.bye:
+                    await self._leave(member, "shutdown", result)
+            else:
+                await self._leave(member, "restarted", result)
+                if not lease.bye:
+                    await self._join(lease, result)
+        elif lease is not None and not lease.bye:
+            await self._join(lease, result)
+        elif await self.membership.retire(o.worker_id):
+            result.retired.append(o.worker_id)
+
+    async def _join(self, lease: Lease, result: SweepResult) -> None:
+        at = now_ms()
+        await self._restore_drain_flag(lease.worker_id)
+        status, event = await self.membership.join(lease, now_ms=at)
+        if status != 1:
+            return
+        result.joined.append(lease.worker_id)
+        ANNOUNCED.labels("worker-joined", "").inc()
+        log.info("worker joined", extra={"event": "worker-joined", "worker_id": lease.worker_id,
+                                         "incarnation": lease.incarnation, "cpus": lease.cpus,
+                                         "memory_mb": lease.memory_mb})
+        drained = await aw(self.redis.sismember(self.keys.workers_drained, lease.worker_id))
+        state = "draining" if drained else "ready"
+        await self._record(self.workers.joined(
+            worker_id=lease.worker_id, incarnation=lease.incarnation, hostname=lease.hostname,
+            state=state, cpus=event.cpus, memory_mb=event.memory_mb, labels=event.labels,
+            at_ms=at))
+
+    async def _leave(self, member: Member, reason: str, result: SweepResult) -> None:
+        at = now_ms()
+        event = await self.membership.leave(member, reason=reason, now_ms=at)
+        if event is None:
+            return
+        result.left.append((member.worker_id, reason))
+        ANNOUNCED.labels("worker-left", reason).inc()
+        log.info("worker left", extra={"event": "worker-left", "worker_id": member.worker_id,
+                                       "incarnation": member.incarnation, "reason": reason})
+        await self._record(self.workers.left(worker_id=member.worker_id,
+                                             incarnation=member.incarnation, reason=reason,
+                                             at_ms=at))
+
+    async def _restore_drain_flag(self, worker_id: str) -> None:
+        """Drain flags live in PostgreSQL too: after Redis lost its data a drained worker must
+        rejoin as draining, not ready."""
+        try:
+            row = await self.workers.get(worker_id)
+        except _PG_ERRORS:
+            return
+        if row is not None and row.drain:
+            await aw(self.redis.sadd(self.keys.workers_drained, worker_id))
+
+    async def _record(self, write: Any) -> None:
+        """Write-through to PostgreSQL; on failure the periodic sync catches up."""
+        try:
+            await write
+        except _PG_ERRORS as e:
+            self._db_dirty = True
+            log.warning("could not record membership in PostgreSQL yet: %s", e)
+
+    # --- convergence with PostgreSQL -----------------------------------------------------
+    async def sync_db(self) -> None:
+        """Make PostgreSQL's rows agree with Redis's records (idempotent, writes only what
+        differs) and refresh `last_heartbeat` of live workers."""
+        observed = await self.membership.observe()
+        beats: list[tuple[str, int]] = []
+        for o in observed:
+            m = o.member
+            if m is None:
+                continue
+            if m.live:
+                await self.workers.joined(
+                    worker_id=m.worker_id, incarnation=m.incarnation, hostname=m.hostname,
+                    state=m.state, cpus=m.cpus, memory_mb=m.memory_mb, labels=m.labels,
+                    at_ms=m.joined_at)
+                if o.lease is not None and o.lease.incarnation == m.incarnation:
+                    beats.append((m.worker_id, o.lease.heartbeat_at))
+            else:
+                await self.workers.left(worker_id=m.worker_id, incarnation=m.incarnation,
+                                        reason=m.left_reason or "expired", at_ms=m.left_at)
+        await self.workers.heartbeats(beats)
+        drained = [w.id for w in await self.workers.list() if w.drain]
+        if drained:
+            await aw(self.redis.sadd(self.keys.workers_drained, *drained))
+        self._db_dirty = False
+
+    # --- the loop ------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = asyncio.create_task(self.wakeups.listen(stop), name="registry-wakeups")
+        loop = asyncio.get_running_loop()
+        next_sync = 0.0
+        next_trim = loop.time() + 60
+        try:
+            while not stop.is_set():
+                self.wakeups.take()
+                try:
+                    await self.sweep()
+                    if loop.time() >= next_sync or self._db_dirty:
+                        await self.sync_db()
+                        next_sync = loop.time() + self.settings.heartbeat_s
+                    if loop.time() >= next_trim:
+                        await self.bus.trim_all(STREAM_TYPES)
+                        next_trim = loop.time() + 60
+                except RedisError as e:
+                    log.warning("sweep failed, retrying: %s", e, extra={"event": "sweep-failed"})
+                except _PG_ERRORS as e:
+                    self._db_dirty = True
+                    log.warning("PostgreSQL sync failed, retrying: %s", e)
+                await self.wakeups.wait(stop, self.settings.registry_sweep_s)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+
+async def _main() -> int:
+    from shared import runtime, service
+
+    async with service.started("registry", pool_size=4) as ctx:
+        registry = Registry(ctx.settings, ctx.redis, ctx.pool)
+        log.info("registry started", extra={"event": "started",
+                                            "sweep_s": ctx.settings.registry_sweep_s})
+        await runtime.supervise({"registry": registry.run(ctx.stop)}, ctx.stop)
+    return 0
+
+def main() -> int:
+    from shared import runtime
+
+    return runtime.run(_main)

@@ -1,0 +1,1 @@
+"""The only place placement decisions are made."""

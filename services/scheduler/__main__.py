@@ -1,0 +1,6 @@
+from __future__ import annotations
+
+from services.scheduler.service import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""The scheduler: pending jobs in, placements out.
+
+A pass takes pending jobs from PostgreSQL in priority-then-submit order, one page at a time,
+plans them against the ready workers' free capacity (shared.placement: best fit, backfill, a
+reservation for a long-starved wide job), and commits the plan in the order ARCHITECTURE.md
+fixes: PostgreSQL first (a guarded batch UPDATE to ALLOCATED plus allocation rows), then Redis
+(the allocation script, pipelined), then the launch on the worker's arq queue, then
+`job-allocated` events. A placement the Redis step refuses (the worker filled up or left since
+the snapshot) is rolled back to PENDING. The reconciler repairs whatever gap a crash leaves
+between the steps.
+
+Passes run when events arrive (job-submitted, job-finished, worker-joined, worker-left, through a
+consumer group), on pub/sub wake-up hints, and every SCNS_SCHEDULER_INTERVAL_S as a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+from prometheus_client import Counter, Histogram
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared import failpoints
+from shared.allocation import Allocator, Outcome
+from shared.bus import Consumer, Delivery, StreamBus, consumer_name
+from shared.db import UNAVAILABLE
+from shared.db.jobs import Allocated, QueueStore
+from shared.dispatch import ArqDispatcher, Dispatch
+from shared.events import (
+    Event,
+    JobAllocated,
+    JobFinished,
+    JobSubmitted,
+    WorkerJoined,
+    WorkerLeft,
+)
+from shared.keys import Keys
+from shared.leader import SCHEDULER_LOCK_ID, Leadership
+from shared.membership import Membership
+from shared.placement import Node, Placement, Request, plan
+from shared.settings import Settings
+from shared.wakeup import Wakeups
+
+log = logging.getLogger(__name__)
+
+PASSES = Histogram("scns_scheduler_pass_seconds", "Duration of one scheduling pass")
+PLACED = Counter("scns_scheduler_placed_total", "Jobs placed")
+ROLLED_BACK = Counter("scns_scheduler_rolled_back_total",
+                      "Placements rolled back because the Redis step found no room")
+
+WAKE_TYPES = (JobSubmitted.TYPE, JobFinished.TYPE, WorkerJoined.TYPE, WorkerLeft.TYPE)
+MAX_PAGES = 20
+COALESCE_S = 0.025
+_PG_ERRORS = UNAVAILABLE
+
+
+@dataclass(slots=True)
+class PassResult:
+    considered: int = 0
+    placed: int = 0
+    rolled_back: int = 0
+
+
+def _after(nodes: list[Node], placed: list[Placement]) -> list[Node]:
+    used: dict[str, tuple[int, int]] = {}
+    for x in placed:
+        c, m = used.get(x.worker_id, (0, 0))
+        used[x.worker_id] = (c + x.cpus, m + x.memory_mb)
+    return [replace(n, cpus_used=n.cpus_used + used.get(n.id, (0, 0))[0],
+                    memory_used_mb=n.memory_used_mb + used.get(n.id, (0, 0))[1])
+            for n in nodes]
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool[Any]) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.key_prefix)
+        self.membership = Membership(redis, self.keys)
+        self.allocator = Allocator(redis, self.keys, self.membership.scripts)
+        self.dispatcher = ArqDispatcher(redis, self.keys, self.membership.scripts)
+        self.bus = StreamBus(redis, self.keys, maxlen=settings.stream_maxlen)
+        self.queue = QueueStore(pool)
+        self.wakeups = Wakeups(redis, self.keys.wakeup("scheduler"))
+
+    def wake(self) -> None:
+        self.wakeups.set()
+
+    async def nodes(self) -> list[Node]:
+        members = [m for m in await self.membership.live_members() if m.state == "ready"]
+        usage = await self.allocator.usage([m.worker_id for m in members])
+        return [Node(id=m.worker_id, cpus=m.cpus, memory_mb=m.memory_mb,
+                     cpus_used=usage[m.worker_id].cpus,
+                     memory_used_mb=usage[m.worker_id].memory_mb) for m in members]
+
+    async def run_pass(self) -> PassResult:
+        result = PassResult()
+        with PASSES.time():
+            if not await self.allocator.ready():
+                # Redis lost its records; the reconciler rebuilds them from PostgreSQL first
+                log.warning("placement paused: allocation records are being rebuilt",
+                            extra={"event": "not-ready"})
+                return result
+            nodes = await self.nodes()
+            reasons: dict[int, str] = {}
+            after: tuple[int, int] | None = None
+            for _ in range(MAX_PAGES):
+                free = sum(max(n.cpus_free, 0) for n in nodes)
+                if free == 0:
+                    break  # every CPU is taken: nothing can be placed, reasons stand
+                # at most `free` jobs can start; a few more let backfill look past wide ones
+                limit = min(self.settings.scheduler_batch, free + 64)
+                pending = await self.queue.pending(limit=limit, after=after)
+                if not pending:
+                    break
+                result.considered += len(pending)
+                p = plan([Request(job_id=j.id, attempt=j.attempt, cpus=j.cpus,
+                                  memory_mb=j.memory_mb, waited_s=j.waited_s) for j in pending],
+                         nodes, reserve_after_s=self.settings.reserve_after_s)
+                reasons.update(p.blocked)
+                if p.placements:
+                    placed, back = await self._commit(
+                        [(x.job_id, x.attempt, x.worker_id) for x in p.placements])
+                    result.placed += placed
+                    result.rolled_back += back
+                    # a rollback means our snapshot was stale: read it again; otherwise
+                    # account for what was just placed without another round trip
+                    nodes = await self.nodes() if back else _after(nodes, p.placements)
+                if len(pending) < limit:
+                    break
+                after = (pending[-1].priority, pending[-1].id)
+            await self.queue.set_reasons(reasons)
+        return result
+
+    async def _commit(self, placements: list[tuple[int, int, str]]) -> tuple[int, int]:
+        # 1. PostgreSQL: the record of what should be allocated (guarded; returns the winners)
+        won: list[Allocated] = await self.queue.allocate(placements)
+        failpoints.hit("scheduler:after-pg-write")
+        # 2. Redis: the atomic capacity check and counters
+        outcomes = await self.allocator.allocate_many(
+            [(a.job_id, a.attempt, a.cpus, a.memory_mb, a.worker_id) for a in won])
+        failpoints.hit("scheduler:after-lua")
+        ok: list[Allocated] = []
+        back: list[tuple[int, int]] = []
+        for a, o in zip(won, outcomes, strict=True):
+            if o.outcome is Outcome.PLACED and o.worker_id == a.worker_id:
+                ok.append(a)
+            else:
+                if o.outcome is Outcome.HELD:
+                    log.warning("an older attempt still holds an allocation; the reconciler "
+                                "will release it", extra={"job_id": a.job_id,
+                                                          "held_attempt": o.held_attempt})
+                back.append((a.job_id, a.attempt))
+        if back:
+            await self.queue.unallocate(back, "Resources")
+            ROLLED_BACK.inc(len(back))
+        # 3. the launch on each worker's queue, 4. the events
+        await self.dispatcher.enqueue([Dispatch(worker_id=a.worker_id, job_id=a.job_id,
+                                                attempt=a.attempt) for a in ok])
+        events = [JobAllocated(job_id=a.job_id, attempt=a.attempt, worker_id=a.worker_id,
+                               cpus=a.cpus, memory_mb=a.memory_mb) for a in ok]
+        if events:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for e in events:
+                    self.bus.publish_in(pipe, e)
+                await pipe.execute()
+            await self.bus.published(events)
+        PLACED.inc(len(ok))
+        if ok:
+            log.debug("placed %d jobs", len(ok), extra={"event": "placed", "count": len(ok)})
+        return len(ok), len(back)
+
+    # --- the loop ------------------------------------------------------------------------
+    async def on_event(self, event: Event, delivery: Delivery) -> None:
+        self.wake()
+
+    async def run(self, stop: asyncio.Event, leadership: Leadership) -> None:
+        consumer = Consumer(self.bus, group="scheduler", consumer=consumer_name("scheduler"),
+                            types=WAKE_TYPES, handler=self.on_event,
+                            claim_idle_ms=self.settings.claim_idle_ms,
+                            max_deliveries=self.settings.max_deliveries, block_ms=1000,
+                            dedupe=False)  # wake-ups only: a repeat is harmless
+        tasks = [asyncio.create_task(self._consume(consumer, stop), name="scheduler-events"),
+                 asyncio.create_task(self.wakeups.listen(stop), name="scheduler-wakeups")]
+        try:
+            await self._loop(stop, leadership)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self, stop: asyncio.Event, leadership: Leadership) -> None:
+        self.wake()
+        last_pass = 0.0
+        while not stop.is_set():
+            await self.wakeups.wait(stop, self.settings.scheduler_interval_s)
+            if stop.is_set():
+                return
+            # Under load wake-ups arrive per job; gathering them for a few milliseconds makes
+            # one pass place a batch instead of one job (idle latency is barely touched).
+            since = time.monotonic() - last_pass
+            if since < COALESCE_S:
+                await asyncio.sleep(COALESCE_S - since)
+            last_pass = time.monotonic()
+            self.wakeups.take()
+            if not await leadership.check():
+                continue
+            try:
+                started = time.monotonic()
+                r = await self.run_pass()
+                if r.rolled_back or (r.placed and time.monotonic() - started > 0.1):
+                    log.info("pass placed %d of %d pending (%d rolled back) in %.1f ms",
+                             r.placed, r.considered, r.rolled_back,
+                             (time.monotonic() - started) * 1000,
+                             extra={"event": "pass", "placed": r.placed})
+            except RedisError as e:
+                log.warning("pass failed, Redis unavailable: %s", e)
+                await asyncio.sleep(0.5)
+            except _PG_ERRORS as e:
+                log.warning("placement paused, PostgreSQL unavailable: %s", e)
+                await asyncio.sleep(0.5)
+
+    async def _consume(self, consumer: Consumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await consumer.run(stop)
+            except RedisError as e:
+                log.warning("event consumer reconnecting: %s", e)
+                await asyncio.sleep(1)
+
+
+async def _main() -> int:
+    from shared import runtime, service
+
+    async def ready(ctx: service.Context) -> dict[str, bool]:
+        # a standby replica is ready too: it takes over the moment the leader's lock frees
+        return {"redis": (await service.ready_if_reachable(ctx))["redis"]}
+
+    async with service.started("scheduler", pool_size=4, ready=ready) as ctx:
+        scheduler = Scheduler(ctx.settings, ctx.redis, ctx.pool)
+        leadership = Leadership(ctx.settings.database_url, lock_id=SCHEDULER_LOCK_ID,
+                                name="scheduler", exclusive=ctx.settings.scheduler_exclusive)
+        log.info("scheduler started", extra={"event": "started"})
+        try:
+            await runtime.supervise({"scheduler": scheduler.run(ctx.stop, leadership)},
+                                    ctx.stop)
+        finally:
+            await leadership.close()
+    return 0
+
+def main() -> int:
+    from shared import runtime
+
+    return runtime.run(_main)

@@ -1,0 +1,39 @@
+"""asyncpg pools and connections with jsonb mapped through orjson."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+
+async def _init(conn: asyncpg.Connection[Any]) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, application_name: str = "scns"
+) -> asyncpg.Pool[asyncpg.Record]:
+    pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init,
+        command_timeout=30,
+        server_settings={"application_name": application_name},
+    )
+    return pool
+
+
+async def connect(dsn: str, *, application_name: str = "scns") -> asyncpg.Connection[Any]:
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(
+        dsn, server_settings={"application_name": application_name}
+    )
+    await _init(conn)
+    return conn

@@ -1,0 +1,177 @@
+"""Handing an allocated job to its worker: a small interface of ours, implemented with arq.
+
+arq (0.28, maintenance-only) is the transport; nothing outside this module knows. What we learned
+from its source and issues, and how we use it:
+
+* The arq task is a short *launch*: win the ALLOCATED -> RUNNING transition, start the process,
+  return. The executor's own supervisor watches the process for hours or days, so arq's job
+  timeout and its "locked until the longest timeout + 10 s after a crash" stay small.
+* Job ids encode `job:attempt` (with our key prefix): a repeated enqueue of one attempt is refused,
+  and a requeued job's new attempt is never blocked by the old id.
+* orjson, not pickle, serialises the job (arguments are two integers).
+* Results are not kept (keep_result=0), so an id is never blocked by a stored result.
+* Enqueue is one Lua step per job (arq's own check-then-set, without WATCH/MULTI round trips) and
+  is pipelined for a whole scheduling batch.
+* The queue is polled every `poll_delay` seconds; that alone sets part of submit->start latency,
+  so it is a setting (SCNS_ARQ_POLL_S) measured in bench/e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.worker import Retry, Worker, func
+from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import RedisError
+
+from shared.db import UNAVAILABLE
+from shared.keys import Keys
+from shared.lua import Scripts
+
+log = logging.getLogger(__name__)
+
+LAUNCH = "launch"
+JOB_EXPIRY_MS = 7 * 86_400_000  # a launch waits up to a week for its worker to come back
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dispatch:
+    worker_id: str
+    job_id: int
+    attempt: int
+
+
+class Dispatcher(Protocol):
+    async def enqueue(self, items: Sequence[Dispatch]) -> list[bool]: ...
+
+    async def withdraw(self, item: Dispatch) -> None: ...
+
+    async def queued(self, worker_id: str) -> list[tuple[int, int]]: ...
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+class ArqDispatcher:
+    """Enqueue side, used by the scheduler (and the reconciler to re-enqueue)."""
+
+    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = scripts or Scripts(redis)
+
+    async def enqueue(self, items: Sequence[Dispatch]) -> list[bool]:
+        if not items:
+            return []
+        now = int(time.time() * 1000)
+        script = self.scripts.script("enqueue")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for it in items:
+                arq_id = self.keys.arq_job_id(it.job_id, it.attempt)
+                payload = serialize_job(LAUNCH, (it.job_id, it.attempt), {}, None, now,
+                                        serializer=_dumps)
+                await script(
+                    keys=[job_key_prefix + arq_id, result_key_prefix + arq_id,
+                          self.keys.arq_queue(it.worker_id)],
+                    args=[arq_id, payload, now, JOB_EXPIRY_MS], client=pipe,
+                )
+            results = await pipe.execute()
+        return [int(r) == 1 for r in results]
+
+    async def withdraw(self, item: Dispatch) -> None:
+        """Remove a launch that must not run (its job was cancelled or handed back)."""
+        arq_id = self.keys.arq_job_id(item.job_id, item.attempt)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.arq_queue(item.worker_id), arq_id)
+            pipe.delete(job_key_prefix + arq_id)
+            await pipe.execute()
+
+    async def queued(self, worker_id: str) -> list[tuple[int, int]]:
+        """(job, attempt) of every launch waiting on a worker's queue."""
+        ids: list[str] = await self.redis.zrange(self.keys.arq_queue(worker_id), 0, -1)
+        out = []
+        for arq_id in ids:
+            job, _, attempt = arq_id.removeprefix(self.keys.prefix).partition(":")
+            if job.isdigit() and attempt.isdigit():
+                out.append((int(job), int(attempt)))
+        return out
+
+
+Launch = Callable[[int, int], Awaitable[None]]
+
+
+class ArqIntake:
+    """Worker side: an arq Worker on this executor's queue that calls `launch(job, attempt)`."""
+
+    def __init__(
+        self, redis_url: str, keys: Keys, worker_id: str, launch: Launch, *,
+        max_jobs: int = 64, poll_delay_s: float = 0.05, launch_timeout_s: float = 60.0,
+    ) -> None:
+        self.redis_url = redis_url
+        self.keys = keys
+        self.worker_id = worker_id
+        self.launch = launch
+        self.max_jobs = max_jobs
+        self.poll_delay_s = poll_delay_s
+        self.launch_timeout_s = launch_timeout_s
+        self._worker: Worker | None = None
+        self._pool: ArqRedis | None = None
+
+    async def _task(self, ctx: dict[str, Any], job_id: int, attempt: int) -> None:
+        try:
+            # shielded: a launch half done (RUNNING recorded, process not started) must finish
+            await asyncio.shield(self.launch(job_id, attempt))
+        except UNAVAILABLE as e:
+            # PostgreSQL is away: arq retries the launch later (same job id: idempotent)
+            log.warning("launch of job %s deferred, PostgreSQL unavailable: %s", job_id, e)
+            raise Retry(defer=2) from e
+
+    async def run(self) -> None:
+        """Consume launches until `stop()`; must be called inside the running loop (arq's Worker
+        picks up the current loop in its constructor)."""
+        pool = ConnectionPool.from_url(self.redis_url, max_connections=32)
+        self._pool = ArqRedis(pool, job_serializer=_dumps, job_deserializer=orjson.loads,
+                              default_queue_name=self.keys.arq_queue(self.worker_id))
+        self._worker = Worker(
+            functions=[func(self._task, name=LAUNCH, timeout=self.launch_timeout_s,
+                            max_tries=1000)],
+            queue_name=self.keys.arq_queue(self.worker_id),
+            redis_pool=self._pool,
+            handle_signals=False,
+            max_jobs=self.max_jobs,
+            poll_delay=self.poll_delay_s,
+            queue_read_limit=self.max_jobs * 4,
+            keep_result=0,
+            job_serializer=_dumps,
+            job_deserializer=orjson.loads,
+            log_results=False,
+            health_check_interval=60,
+        )
+        try:
+            await self._worker.async_run()
+        except (RedisError, OSError):
+            self._worker = None
+            await self._pool.aclose(close_connection_pool=True)
+            raise
+
+    async def stop(self) -> None:
+        """Stop taking launches and wait for those in progress (they are short)."""
+        if self._worker is None:
+            return
+        self._worker.allow_pick_jobs = False
+        # arq's close() cancels what is still running: let the (short) launches finish first
+        in_flight = [t for t in self._worker.tasks.values() if not t.done()]
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=self.launch_timeout_s)
+        await self._worker.close()
+        self._worker = None

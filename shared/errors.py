@@ -1,0 +1,35 @@
+"""One exception root for the whole system, with meaningful subclasses."""
+
+from __future__ import annotations
+
+
+class ConductorError(Exception):
+    """Root of every error SCNS Conductor raises on purpose."""
+
+
+class ConfigError(ConductorError):
+    """A setting is missing or invalid; the message names the variable and the rule."""
+
+
+class InfraError(ConductorError):
+    """Redis or PostgreSQL could not be reached or started."""
+
+
+class EventDecodeError(ConductorError):
+    """A stream entry could not be decoded into a known event (poison message)."""
+
+
+class InvalidTransition(ConductorError):
+    """A job state change that the state machine does not allow."""
+
+
+class WorkerIdConflict(ConductorError):
+    """Another live process on a different host holds this worker id."""
+
+
+class NotFound(ConductorError):
+    """The requested object does not exist."""
+
+
+class IdempotencyConflict(ConductorError):
+    """An idempotency key was sent again with a different request than the one it first made."""

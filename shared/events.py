@@ -1,0 +1,157 @@
+"""Versioned, frozen event models and their orjson wire format.
+
+An event travels as one stream entry with a single field `e` holding
+`{"type", "v", "id", "at", ...payload}`. `id` is unique per event (not per stream entry), so a
+consumer can recognise a duplicate even when it was published twice. A newer schema version than
+this code understands is a decode error (the entry goes to the dead-letter stream rather than
+being half-understood); unknown extra fields within a known version are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import orjson
+
+from shared.errors import EventDecodeError
+
+FIELD = b"e"
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+    event_id: str = field(default_factory=new_event_id)
+    occurred_at: float = field(default_factory=time.time)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("event_id", "occurred_at")
+        }
+
+    def encode(self) -> bytes:
+        body = {"type": self.TYPE, "v": self.VERSION, "id": self.event_id,
+                "at": self.occurred_at, **self.payload()}
+        return orjson.dumps(body)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerJoined(Event):
+    TYPE: ClassVar[str] = "worker-joined"
+    worker_id: str
+    incarnation: str
+    hostname: str
+    cpus: int
+    memory_mb: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLeft(Event):
+    TYPE: ClassVar[str] = "worker-left"
+    worker_id: str
+    incarnation: str
+    reason: str  # shutdown | expired | restarted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSubmitted(Event):
+    TYPE: ClassVar[str] = "job-submitted"
+    job_id: int
+    cpus: int
+    memory_mb: int | None = None
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobAllocated(Event):
+    TYPE: ClassVar[str] = "job-allocated"
+    job_id: int
+    attempt: int
+    worker_id: str
+    cpus: int
+    memory_mb: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobStarted(Event):
+    TYPE: ClassVar[str] = "job-started"
+    job_id: int
+    attempt: int
+    worker_id: str
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFinished(Event):
+    TYPE: ClassVar[str] = "job-finished"
+    job_id: int
+    attempt: int
+    worker_id: str | None
+    state: str
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRequested(Event):
+    """On a worker's control stream: stop this attempt (SIGTERM, grace, SIGKILL)."""
+
+    TYPE: ClassVar[str] = "job-cancel-requested"
+    job_id: int
+    attempt: int
+
+
+EVENT_TYPES: Mapping[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (WorkerJoined, WorkerLeft, JobSubmitted, JobAllocated, JobStarted, JobFinished,
+                CancelRequested)
+}
+
+E = TypeVar("E", bound=Event)
+
+
+def decode(data: bytes | str) -> Event:
+    """Decode one entry's `e` field into its event model."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise EventDecodeError(f"entry is not JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise EventDecodeError("entry is not a JSON object")
+    cls = EVENT_TYPES.get(body.get("type", ""))
+    if cls is None:
+        raise EventDecodeError(f"unknown event type {body.get('type')!r}")
+    version = body.get("v")
+    if not isinstance(version, int) or version > cls.VERSION or version < 1:
+        raise EventDecodeError(f"{cls.TYPE}: unsupported schema version {version!r}")
+    if not isinstance(body.get("id"), str) or not isinstance(body.get("at"), int | float):
+        raise EventDecodeError(f"{cls.TYPE}: missing event id or timestamp")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in body.items() if k in names}
+    kwargs["event_id"] = body.get("id")
+    kwargs["occurred_at"] = body.get("at")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise EventDecodeError(f"{cls.TYPE}: bad payload: {e}") from e
+
+
+def decode_as(data: bytes | str, cls: type[E]) -> E:
+    event = decode(data)
+    if not isinstance(event, cls):
+        raise EventDecodeError(f"expected {cls.TYPE}, got {event.TYPE}")
+    return event

@@ -1,0 +1,58 @@
+"""Connecting to Redis and PostgreSQL at service start-up, patiently.
+
+A service that starts before its database (a cluster coming up, a PostgreSQL failover) waits
+with backoff and logs why, instead of exiting into a crash loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+from shared.db.migrate import migrate
+from shared.db.pool import create_pool
+
+log = logging.getLogger(__name__)
+
+_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def _retrying(what: str, give_up_after_s: float | None) -> AsyncRetrying:
+    return AsyncRetrying(
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+        stop=stop_after_delay(give_up_after_s) if give_up_after_s else stop_never,
+        retry=retry_if_exception_type((*_PG_ERRORS, RedisError)),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+
+
+async def wait_for_redis(redis: Redis, *, give_up_after_s: float | None = None) -> None:
+    async for attempt in _retrying("redis", give_up_after_s):
+        with attempt:
+            await redis.ping()
+
+
+async def open_database(
+    dsn: str, *, application_name: str, max_size: int = 10, run_migrations: bool = True,
+    give_up_after_s: float | None = None,
+) -> asyncpg.Pool[Any]:
+    """Migrate (idempotent, concurrency-safe) and open a pool, retrying until PostgreSQL answers."""
+    async for attempt in _retrying("postgresql", give_up_after_s):
+        with attempt:
+            if run_migrations:
+                await migrate(dsn)
+            return await create_pool(dsn, max_size=max_size, application_name=application_name)
+    raise AssertionError("unreachable")  # pragma: no cover

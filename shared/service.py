@@ -1,0 +1,76 @@
+"""What every service's entry point does the same way: settings, logging, connections (patiently),
+signals, health endpoints, and an orderly close."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared import failpoints, logs, runtime
+from shared.db import UNAVAILABLE
+from shared.health import HealthServer
+from shared.infra import open_database, wait_for_redis
+from shared.redis import connect
+from shared.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    settings: Settings
+    redis: Redis
+    pool: asyncpg.Pool[Any]
+    stop: asyncio.Event
+
+
+ReadyCheck = Callable[[Context], Awaitable[dict[str, bool]]]
+
+
+async def ready_if_reachable(ctx: Context) -> dict[str, bool]:
+    checks = {"redis": True, "postgresql": True}
+    try:
+        await ctx.redis.ping()
+    except RedisError:
+        checks["redis"] = False
+    try:
+        await ctx.pool.fetchval("SELECT 1")
+    except UNAVAILABLE:
+        checks["postgresql"] = False
+    return checks
+
+
+@asynccontextmanager
+async def started(
+    name: str, *, pool_size: int, label: str | None = None, ready: ReadyCheck | None = None,
+    health: bool = True,
+) -> AsyncIterator[Context]:
+    """Configure, connect (waiting for Redis and PostgreSQL, migrating), then install the
+    SIGTERM/SIGINT handlers: before that point the default action (exit) is right, there is
+    nothing to hand back yet."""
+    settings = Settings.from_env()
+    logs.configure(label or name, level=settings.log_level, fmt=settings.log_format)
+    failpoints.configure(settings.failpoint)
+    redis = connect(settings.redis_url, name=f"scns-{name}")
+    await wait_for_redis(redis)
+    pool = await open_database(settings.database_url, application_name=f"scns-{name}",
+                               max_size=pool_size)
+    stop = asyncio.Event()
+    runtime.stop_on_signals(stop)
+    ctx = Context(settings=settings, redis=redis, pool=pool, stop=stop)
+    check = ready or ready_if_reachable
+    server = HealthServer(host=settings.health_host,
+                          port=settings.health_port if health else 0,
+                          ready=lambda: check(ctx))
+    await server.start()
+    try:
+        yield ctx
+    finally:
+        await server.stop()
+        await pool.close()
+        await redis.aclose()

@@ -1,0 +1,253 @@
+"""Settings: one frozen object built from `SCNS_*` variables at the entry point and passed down.
+
+No other module reads `os.environ`. Every problem is reported at once, each naming the variable
+and the rule it broke, so a bad deployment fails with one readable message.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TypeVar
+
+from shared.errors import ConfigError
+
+T = TypeVar("T")
+
+_HASH_TAG = re.compile(r"\{[^{}]+\}")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]*[A-Za-z0-9])?$")
+_WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+_LOG_FORMATS = ("auto", "json", "text")
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/share")
+    return Path(base) / "scns"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/scns"
+    key_prefix: str = "{scns}:"
+
+    worker_id: str = field(default_factory=platform.node)
+    worker_cpus: int | None = None
+    worker_memory_mb: int | None = None
+    worker_labels: Mapping[str, str] = field(default_factory=dict)
+    heartbeat_s: float = 30.0
+    worker_ttl_s: float = 60.0
+
+    registry_sweep_s: float = 1.0
+    reconcile_s: float = 30.0
+    node_fail_grace_s: float = 60.0
+    repair_grace_s: float = 5.0
+
+    scheduler_interval_s: float = 2.0
+    scheduler_batch: int = 500
+    scheduler_exclusive: bool = True
+    reserve_after_s: float = 300.0
+
+    arq_poll_s: float = 0.02
+    arq_max_jobs: int = 64
+    kill_grace_s: float = 10.0
+    drain_grace_s: float = 30.0
+    output_ttl_s: int = 7 * 86_400
+    output_cap_bytes: int = 8 * 1024 * 1024
+
+    stream_maxlen: int = 100_000
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    health_host: str = "0.0.0.0"
+    health_port: int = 0
+
+    data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
+    log_level: str = "INFO"
+    log_format: str = "auto"
+    failpoint: str = ""  # tests only: see shared/failpoints.py
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `SCNS_*` variables; raise ConfigError listing every problem."""
+        env = os.environ if env is None else env
+        p = _Parser(env)
+        d = cls()
+        values: dict[str, object] = {
+            "redis_url": p.text("SCNS_REDIS_URL", d.redis_url),
+            "database_url": p.text("SCNS_DATABASE_URL", d.database_url),
+            "key_prefix": p.text("SCNS_KEY_PREFIX", d.key_prefix),
+            "worker_id": p.text("SCNS_WORKER_ID", env.get("NODE_NAME") or platform.node()),
+            "worker_cpus": p.optional("SCNS_WORKER_CPUS", _positive_int),
+            "worker_memory_mb": p.optional("SCNS_WORKER_MEMORY_MB", _positive_int),
+            "worker_labels": p.value("SCNS_WORKER_LABELS", parse_labels, dict[str, str]()),
+            "heartbeat_s": p.value("SCNS_HEARTBEAT_S", _positive_float, d.heartbeat_s),
+            "worker_ttl_s": p.value("SCNS_WORKER_TTL_S", _positive_float, d.worker_ttl_s),
+            "registry_sweep_s": p.value(
+                "SCNS_REGISTRY_SWEEP_S", _positive_float, d.registry_sweep_s
+            ),
+            "reconcile_s": p.value("SCNS_RECONCILE_S", _positive_float, d.reconcile_s),
+            "node_fail_grace_s": p.value("SCNS_NODE_FAIL_GRACE_S", _non_negative_float,
+                                         d.node_fail_grace_s),
+            "repair_grace_s": p.value("SCNS_REPAIR_GRACE_S", _non_negative_float,
+                                      d.repair_grace_s),
+            "scheduler_interval_s": p.value("SCNS_SCHEDULER_INTERVAL_S", _positive_float,
+                                            d.scheduler_interval_s),
+            "scheduler_batch": p.value("SCNS_SCHEDULER_BATCH", _positive_int, d.scheduler_batch),
+            "scheduler_exclusive": p.value("SCNS_SCHEDULER_EXCLUSIVE", _bool,
+                                           d.scheduler_exclusive),
+            "reserve_after_s": p.value("SCNS_RESERVE_AFTER_S", _positive_float,
+                                       d.reserve_after_s),
+            "arq_poll_s": p.value("SCNS_ARQ_POLL_S", _positive_float, d.arq_poll_s),
+            "arq_max_jobs": p.value("SCNS_ARQ_MAX_JOBS", _positive_int, d.arq_max_jobs),
+            "kill_grace_s": p.value("SCNS_KILL_GRACE_S", _positive_float, d.kill_grace_s),
+            "drain_grace_s": p.value("SCNS_DRAIN_GRACE_S", _non_negative_float,
+                                     d.drain_grace_s),
+            "output_ttl_s": p.value("SCNS_OUTPUT_TTL_S", _positive_int, d.output_ttl_s),
+            "output_cap_bytes": p.value("SCNS_OUTPUT_CAP_BYTES", _positive_int,
+                                        d.output_cap_bytes),
+            "stream_maxlen": p.value("SCNS_STREAM_MAXLEN", _positive_int, d.stream_maxlen),
+            "claim_idle_ms": p.value("SCNS_CLAIM_IDLE_MS", _positive_int, d.claim_idle_ms),
+            "max_deliveries": p.value("SCNS_MAX_DELIVERIES", _positive_int, d.max_deliveries),
+            "gateway_host": p.text("SCNS_GATEWAY_HOST", d.gateway_host),
+            "gateway_port": p.value("SCNS_GATEWAY_PORT", _port, d.gateway_port),
+            "health_host": p.text("SCNS_HEALTH_HOST", d.health_host),
+            "health_port": p.value("SCNS_HEALTH_PORT", _port, d.health_port),
+            "data_dir": p.value("SCNS_DATA_DIR", lambda s: Path(s).expanduser(), None)
+            or default_data_dir(env),
+            "log_level": p.text("SCNS_LOG_LEVEL", d.log_level).upper(),
+            "log_format": p.text("SCNS_LOG_FORMAT", d.log_format).lower(),
+            "failpoint": p.text("SCNS_FAILPOINT", ""),
+        }
+        settings = cls(**values)  # type: ignore[arg-type]
+        p.errors.extend(settings.problems())
+        if p.errors:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(p.errors))
+        return settings
+
+    def problems(self) -> list[str]:
+        """Cross-field and format rules; empty when the settings are usable."""
+        out: list[str] = []
+        if not _HASH_TAG.search(self.key_prefix):
+            out.append(
+                f"SCNS_KEY_PREFIX must contain a Redis hash tag such as '{{scns}}:' "
+                f"(got {self.key_prefix!r}); multi-key Lua scripts need it on Redis Cluster"
+            )
+        if not _WORKER_ID.match(self.worker_id):
+            out.append(
+                "SCNS_WORKER_ID must be 1-63 characters of letters, digits, '.', '_' or '-' "
+                f"starting with a letter or digit (got {self.worker_id!r})"
+            )
+        if self.worker_ttl_s <= self.heartbeat_s:
+            out.append(
+                "SCNS_WORKER_TTL_S must be greater than SCNS_HEARTBEAT_S "
+                f"(got {self.worker_ttl_s:g} <= {self.heartbeat_s:g})"
+            )
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            out.append(f"SCNS_REDIS_URL must start with redis://, rediss:// or unix:// "
+                       f"(got {self.redis_url!r})")
+        if not self.database_url.startswith(("postgresql://", "postgres://")):
+            out.append("SCNS_DATABASE_URL must start with postgresql:// or postgres://")
+        if self.log_format not in _LOG_FORMATS:
+            out.append(f"SCNS_LOG_FORMAT must be one of {', '.join(_LOG_FORMATS)} "
+                       f"(got {self.log_format!r})")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            out.append(f"SCNS_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR "
+                       f"(got {self.log_level!r})")
+        return out
+
+    def as_env(self) -> dict[str, str]:
+        """The `SCNS_*` variables that rebuild these settings (for child processes)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or (f.name == "failpoint" and not value):
+                continue
+            if f.name == "worker_labels":
+                value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+            out["SCNS_" + f.name.upper()] = str(value)
+        return out
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """Parse `k=v,k2=v2` into a dict; keys follow Kubernetes label-key rules."""
+    labels: dict[str, str] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not _LABEL_KEY.match(key):
+            raise ValueError(f"expected comma-separated key=value pairs, bad item {item!r}")
+        labels[key] = value
+    return labels
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be zero or a positive number")
+    return value
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number between 0 and 65535")
+    return value
+
+
+class _Parser:
+    """Collects parse errors instead of stopping at the first one."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.errors: list[str] = []
+
+    def text(self, name: str, default: str) -> str:
+        value = self.env.get(name, "").strip()
+        return value or default
+
+    def value(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except ValueError as e:
+            detail = str(e) if str(e) and "invalid literal" not in str(e) else "not a number"
+            self.errors.append(f"{name}={raw!r}: {detail}")
+            return default
+
+    def optional(self, name: str, parse: Callable[[str], T]) -> T | None:
+        return self.value(name, parse, None)

@@ -1,0 +1,76 @@
+"""Acceptance: `scns up` as a user runs it, then the CLI against it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from services.cli.up import _pg_dir
+from shared.localinfra import free_port
+from tests.procs import ROOT
+
+SCNS = [sys.executable, "-m", "services.cli"]
+
+
+def scns(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SCNS, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+def test_scns_up_then_submit_wait_queue_show_workers(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SCNS_") or k.startswith("SCNS_TEST_")}
+    env.update({"SCNS_DATA_DIR": str(tmp_path / "data"), "SCNS_GATEWAY_PORT": str(port),
+                "SCNS_WORKER_ID": "laptop"})
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115
+    up = subprocess.Popen([*SCNS, "up"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while "Press Ctrl-C to stop" not in (tmp_path / "up.log").read_text():
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.2)
+        text = (tmp_path / "up.log").read_text()
+        assert f"http://127.0.0.1:{port}" in text
+        assert "scns submit --wait examples/hello.sh" in text
+
+        client_env = {**env, "SCNS_URL": f"http://127.0.0.1:{port}"}
+        done = scns("submit", "--wait", "examples/hello.sh", env=client_env)
+        assert done.returncode == 0, done.stderr
+        assert "Hello from job 1 on laptop with 1 CPU(s)" in done.stdout
+        assert "SLURM_JOB_ID=1 SLURM_CPUS_PER_TASK=1" in done.stdout
+        assert "COMPLETED" in done.stderr
+
+        q = scns("queue", "--all", env=client_env)
+        assert q.returncode == 0 and "hello" in q.stdout and "COMPLETED" in q.stdout
+        s = scns("show", "1", env=client_env)
+        assert s.returncode == 0 and "COMPLETED" in s.stdout and "laptop" in s.stdout
+        w = scns("workers", env=client_env)
+        assert w.returncode == 0 and "laptop" in w.stdout and "ready" in w.stdout
+        j = scns("show", "1", "--json", env=client_env)
+        assert '"exit_code": 0' in j.stdout
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 6  # redis, postgres, registry, scheduler, executor, gateway
+    finally:
+        up.send_signal(signal.SIGINT)  # Ctrl-C
+        code = up.wait(90)
+        log.close()
+        pg_dir = _pg_dir(tmp_path / "data")
+        if not pg_dir.is_relative_to(tmp_path):  # the root fallback outside the test's dir
+            shutil.rmtree(pg_dir.parent, ignore_errors=True)
+    out = (tmp_path / "up.log").read_text()
+    assert code == 0, out
+    assert "stopped." in out
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child

@@ -1,0 +1,56 @@
+"""Small helpers shared by integration tests (real Redis / PostgreSQL only)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+
+from shared.keys import Keys
+from shared.membership import Lease, Membership
+
+
+async def add_worker(
+    membership: Membership, worker_id: str, *, cpus: int, memory_mb: int,
+    ttl_ms: int = 60_000, hostname: str = "test-host",
+) -> Lease:
+    """Register and announce a worker through the real scripts (heartbeat, then join)."""
+    incarnation = f"inc-{worker_id}"
+    await membership.heartbeat(worker_id=worker_id, incarnation=incarnation, hostname=hostname,
+                               cpus=cpus, memory_mb=memory_mb, labels={}, ttl_ms=ttl_ms,
+                               now_ms=int(time.time() * 1000))
+    lease = Lease(worker_id=worker_id, incarnation=incarnation, hostname=hostname, cpus=cpus,
+                  memory_mb=memory_mb)
+    status, _ = await membership.join(lease, now_ms=int(time.time() * 1000))
+    if status != 1:
+        raise RuntimeError(f"could not announce {worker_id}: {status}")
+    return lease
+
+
+async def open_epoch(redis: Redis, keys: Keys) -> None:
+    """What the reconciler does on its first pass over an empty record: allow placements."""
+    from shared.allocation import Allocator
+
+    await Allocator(redis, keys).restore([], epoch="test")
+
+
+async def delete_prefix(redis: Redis, keys: Keys) -> None:
+    batch = [k async for k in redis.scan_iter(match=keys.pattern(), count=1000)]
+    if batch:
+        await redis.unlink(*batch)
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.05,
+    what: str = "condition",
+) -> float:
+    """Poll until `predicate()` is true; returns the seconds it took."""
+    start = time.monotonic()
+    while True:
+        if await predicate():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)

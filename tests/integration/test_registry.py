@@ -1,0 +1,155 @@
+"""The registry in-process: every membership change announced once, PostgreSQL kept in step."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from services.registry.service import Registry
+from shared.capacity import Capacity
+from shared.db.workers import WorkerStore
+from shared.errors import WorkerIdConflict
+from shared.events import WorkerJoined, WorkerLeft, decode
+from shared.heartbeat import HeartbeatClient
+from shared.keys import Keys
+from shared.membership import Membership
+from shared.settings import Settings
+
+
+async def events(redis: Redis, keys: Keys, type_: str) -> list[Any]:
+    return [decode(f["e"]) for _, f in await redis.xrange(keys.stream(type_))]
+
+
+def client(membership: Membership, wid: str, *, cpus: int = 4, host: str | None = None,
+           ttl_s: float = 2.0) -> HeartbeatClient:
+    return HeartbeatClient(membership, worker_id=wid, capacity=Capacity(cpus=cpus, memory_mb=512),
+                           labels={"arch": "test"}, heartbeat_s=0.5, ttl_s=ttl_s,
+                           hostname=host or f"host-{wid}")
+
+
+async def test_join_then_shutdown(redis: Redis, keys: Keys, settings: Settings,
+                                  pool: asyncpg.Pool[Any]) -> None:
+    reg = Registry(settings, redis, pool)
+    hb = client(reg.membership, "n1", cpus=6)
+    await hb.register()
+    r = await reg.sweep()
+    assert r.joined == ["n1"]
+    joined = await events(redis, keys, WorkerJoined.TYPE)
+    assert len(joined) == 1 and joined[0].cpus == 6 and joined[0].labels == {"arch": "test"}
+    assert await redis.get(keys.total_cpus) == "6"
+    row = await WorkerStore(pool).get("n1")
+    assert row is not None and row.state == "ready" and row.cpus == 6
+    assert (await reg.sweep()).joined == []  # nothing new
+
+    await hb.deregister()
+    r = await reg.sweep()
+    assert r.left == [("n1", "shutdown")]
+    left = await events(redis, keys, WorkerLeft.TYPE)
+    assert [(e.worker_id, e.reason) for e in left] == [("n1", "shutdown")]
+    assert await redis.get(keys.total_cpus) == "0"
+    row = await WorkerStore(pool).get("n1")
+    assert row is not None and row.state == "down" and row.left_reason == "shutdown"
+    assert not await redis.exists(keys.worker_lease("n1"))
+
+
+async def test_a_lapsed_lease_is_announced_as_expired(redis: Redis, keys: Keys,
+                                                      settings: Settings,
+                                                      pool: asyncpg.Pool[Any]) -> None:
+    reg = Registry(settings, redis, pool)
+    hb = client(reg.membership, "n2", ttl_s=0.3)
+    await hb.register()
+    await reg.sweep()
+    await asyncio.sleep(0.4)  # no heartbeat: the lease expires
+    r = await reg.sweep()
+    assert r.left == [("n2", "expired")]
+    r = await reg.sweep()
+    assert r.left == [] and r.joined == []
+    assert await redis.sismember(keys.workers_known, "n2") == 0
+
+
+async def test_a_restarted_executor_is_a_new_incarnation(redis: Redis, keys: Keys,
+                                                         settings: Settings,
+                                                         pool: asyncpg.Pool[Any]) -> None:
+    reg = Registry(settings, redis, pool)
+    first = client(reg.membership, "n3", host="same")
+    await first.register()
+    await reg.sweep()
+    second = client(reg.membership, "n3", host="same")  # SIGKILLed and restarted at once
+    await second.register()
+    r = await reg.sweep()
+    assert r.left == [("n3", "restarted")] and r.joined == ["n3"]
+    joined = await events(redis, keys, WorkerJoined.TYPE)
+    assert [e.incarnation for e in joined] == [first.incarnation, second.incarnation]
+    assert await redis.get(keys.total_cpus) == "4"
+
+
+async def test_another_host_cannot_take_a_live_worker_id(redis: Redis, keys: Keys) -> None:
+    m = Membership(redis, keys)
+    await client(m, "n4", host="a").register()
+    intruder = client(m, "n4", host="b")
+    with pytest.raises(WorkerIdConflict, match="held by a live process on another host"):
+        await intruder.register()
+
+
+async def test_two_replicas_racing_announce_each_change_once(
+    redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool[Any]
+) -> None:
+    regs = [Registry(settings, redis, pool) for _ in range(3)]
+    clients = [client(regs[0].membership, f"r{i}", ttl_s=0.5) for i in range(10)]
+    for c in clients:
+        await c.register()
+    await asyncio.gather(*(r.sweep() for r in regs for _ in range(3)))
+    for c in clients[:5]:
+        await c.deregister()
+    await asyncio.sleep(0.6)  # the other five expire
+    await asyncio.gather(*(r.sweep() for r in regs for _ in range(3)))
+    joined = await events(redis, keys, WorkerJoined.TYPE)
+    left = await events(redis, keys, WorkerLeft.TYPE)
+    assert sorted(e.worker_id for e in joined) == sorted(f"r{i}" for i in range(10))
+    assert sorted((e.worker_id, e.reason) for e in left) == sorted(
+        [(f"r{i}", "shutdown") for i in range(5)] + [(f"r{i}", "expired") for i in range(5, 10)])
+    assert await redis.get(keys.total_cpus) == "0"
+
+
+async def test_drain_survives_a_restart_and_resume_clears_it(
+    redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool[Any]
+) -> None:
+    reg = Registry(settings, redis, pool)
+    hb = client(reg.membership, "n5", host="h5")
+    await hb.register()
+    await reg.sweep()
+    assert await reg.membership.set_drain("n5", True) == "draining"
+    await hb.deregister()
+    await reg.sweep()
+    again = client(reg.membership, "n5", host="h5")
+    await again.register()
+    await reg.sweep()
+    members = {m.worker_id: m for m in await reg.membership.live_members()}
+    assert members["n5"].state == "draining"
+    assert await reg.membership.set_drain("n5", False) == "ready"
+    await reg.sync_db()
+    row = await WorkerStore(pool).get("n5")
+    assert row is not None and row.state == "ready" and not row.drain
+
+
+async def test_sync_repairs_postgres_after_a_missed_write(
+    redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool[Any]
+) -> None:
+    """The registry crashed between the Redis announcement and the PostgreSQL write."""
+    membership = Membership(redis, keys)
+    hb = client(membership, "n6")
+    await hb.register()
+    lease = (await membership.observe())[0].lease
+    assert lease is not None
+    status, _ = await membership.join(lease, now_ms=int(time.time() * 1000))
+    assert status == 1
+    assert await WorkerStore(pool).get("n6") is None
+    reg = Registry(settings, redis, pool)
+    await reg.sync_db()
+    row = await WorkerStore(pool).get("n6")
+    assert row is not None and row.state == "ready" and row.last_heartbeat is not None
