@@ -56,6 +56,12 @@ class Leadership:
             await self.close()
             return False
 
+    async def __aenter__(self) -> Leadership:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
             try:

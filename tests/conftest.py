@@ -8,6 +8,7 @@ cloned from a template database migrated once per session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -90,34 +91,34 @@ async def redis(infra: Infra, keys: Keys) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-@pytest.fixture
-async def database_url(infra: Infra) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test only."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+@contextlib.asynccontextmanager
+async def _scratch_database(infra: Infra, prefix: str, template: str | None
+                            ) -> AsyncIterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(infra.postgres_url)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+        await conn.execute(f'CREATE DATABASE "{name}"'
+                           + (f' TEMPLATE "{template}"' if template else ""))
     finally:
         await conn.close()
     try:
         yield with_database(infra.postgres_url, name)
     finally:
         await _drop_database(infra.postgres_url, name)
+
+
+@pytest.fixture
+async def database_url(infra: Infra) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test only."""
+    async with _scratch_database(infra, "t", TEMPLATE_DB) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_database_url(infra: Infra) -> AsyncIterator[str]:
     """A fresh database with no schema (for migration tests)."""
-    name = f"e_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(infra.postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield with_database(infra.postgres_url, name)
-    finally:
-        await _drop_database(infra.postgres_url, name)
+    async with _scratch_database(infra, "e", None) as url:
+        yield url
 
 
 @pytest.fixture

@@ -293,16 +293,13 @@ async def _main() -> int:
 
     async with service.started("reconciler", pool_size=4) as ctx:
         reconciler = Reconciler(ctx.settings, ctx.redis, ctx.pool)
-        leadership = Leadership(ctx.settings.database_url, lock_id=RECONCILER_LOCK_ID,
-                                name="reconciler")
         log.info("reconciler started", extra={"event": "started",
                                               "period_s": ctx.settings.reconcile_s})
         reconciler.wakeups.set()  # a first pass at once: it (re)opens the allocation epoch
-        try:
+        async with Leadership(ctx.settings.database_url, lock_id=RECONCILER_LOCK_ID,
+                              name="reconciler") as leadership:
             await runtime.supervise({"reconciler": reconciler.run(ctx.stop, leadership)},
                                     ctx.stop)
-        finally:
-            await leadership.close()
     return 0
 
 def main() -> int:

@@ -244,14 +244,12 @@ async def _main() -> int:
 
     async with service.started("scheduler", pool_size=4, ready=ready) as ctx:
         scheduler = Scheduler(ctx.settings, ctx.redis, ctx.pool)
-        leadership = Leadership(ctx.settings.database_url, lock_id=SCHEDULER_LOCK_ID,
-                                name="scheduler", exclusive=ctx.settings.scheduler_exclusive)
         log.info("scheduler started", extra={"event": "started"})
-        try:
+        async with Leadership(ctx.settings.database_url, lock_id=SCHEDULER_LOCK_ID,
+                              name="scheduler",
+                              exclusive=ctx.settings.scheduler_exclusive) as leadership:
             await runtime.supervise({"scheduler": scheduler.run(ctx.stop, leadership)},
                                     ctx.stop)
-        finally:
-            await leadership.close()
     return 0
 
 def main() -> int:
