@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -250,6 +251,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                    "concurrency": args.concurrency},
         "rounds": [],
     }
+    if args.reference:
+        # the same machine, the same minute: a naive arq worker running /bin/true per job
+        out = await asyncio.to_thread(subprocess.run, [
+            sys.executable, str(Path(__file__).with_name("naive_arq.py")),
+            "--jobs", str(args.jobs)], capture_output=True, text=True, check=True)
+        results["reference_naive_arq"] = orjson.loads(out.stdout.strip().splitlines()[-1])
+        print(f"reference: naive arq worker, /bin/true per job, "
+              f"{results['reference_naive_arq']['jobs_per_s']} jobs/s")
     for poll in args.poll:
         with system(args, poll) as (url, db_url, pids):
             db = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
@@ -272,6 +281,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await db.close()
         round_ = {"arq_poll_s": poll, "idle": idle, "load": load, "peak_rss_mb": rss,
                   "load_cpu_seconds": cpu}
+        if args.reference:
+            round_["ratio_to_naive_arq"] = round(
+                load["end_to_end_jobs_per_s"] / results["reference_naive_arq"]["jobs_per_s"], 3)
         results["rounds"].append(round_)
         print_round(round_)
     return results
@@ -286,7 +298,9 @@ def print_round(r: dict[str, Any]) -> None:
           f"{idle['resources_server_time']['p99_ms']} ms")
     print(f"  load  {load['jobs']} jobs: {load['submits_per_s']} submits/s, "
           f"{load['end_to_end_jobs_per_s']} jobs/s end to end, "
-          f"completed {load['completed']}")
+          f"completed {load['completed']}"
+          + (f"  ({r['ratio_to_naive_arq']} x the naive arq worker)"
+             if "ratio_to_naive_arq" in r else ""))
     print(f"        submit->start  p50 {load['submit_to_start_ms']['p50']} ms   "
           f"p99 {load['submit_to_start_ms']['p99']} ms")
     print(f"        submit->allocate {load['submit_to_allocate_ms']}  allocate->start "
@@ -311,6 +325,8 @@ def main() -> int:
                     help="arq poll delay(s), comma-separated: one round each")
     ap.add_argument("--url", help="use a running gateway instead of starting a system")
     ap.add_argument("--database-url", help="its PostgreSQL (with --url)")
+    ap.add_argument("--no-reference", dest="reference", action="store_false",
+                    help="skip the naive-arq reference run (bench/naive_arq.py)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     if args.url and not args.database_url:

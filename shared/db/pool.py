@@ -17,6 +17,14 @@ async def _init(conn: asyncpg.Connection[Any]) -> None:
     )
 
 
+async def _reset(conn: asyncpg.Connection[Any]) -> None:
+    """Replaces asyncpg's default reset (RESET ALL, UNLISTEN *, CLOSE ALL,
+    pg_advisory_unlock_all: a round trip and server work on every release). Our pooled
+    connections never change session state: SET, LISTEN, cursors and session advisory locks
+    live on dedicated connections. asyncpg still rolls back an open transaction before calling
+    this (tests/integration/test_db.py checks it)."""
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, application_name: str = "scns"
 ) -> asyncpg.Pool[asyncpg.Record]:
@@ -25,6 +33,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init,
+        reset=_reset,
         command_timeout=30,
         server_settings={"application_name": application_name},
     )

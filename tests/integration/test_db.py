@@ -13,6 +13,7 @@ import pytest
 
 from shared.db.jobs import JobSpec, JobStore
 from shared.db.migrate import current_version, load_migrations, migrate
+from shared.db.pool import create_pool
 from shared.errors import ConductorError
 from shared.states import JobState
 
@@ -124,3 +125,27 @@ async def test_terminal_states_are_final(pool: asyncpg.Pool[Any]) -> None:
     assert await jobs.transition(job.id, attempt=1, to=S.CANCELLED) is not None
     for target in (S.PENDING, S.ALLOCATED, S.RUNNING, S.COMPLETED, S.FAILED):
         assert await jobs.transition(job.id, attempt=1, to=target, worker_id="w") is None
+
+
+async def test_pool_release_rolls_back_an_abandoned_transaction(database_url: str) -> None:
+    """Our pool skips asyncpg's full session reset (a round trip per release); a task cancelled
+    inside a transaction must still not hand the next user an open transaction or its writes."""
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async def abandon() -> None:
+            async with pool.acquire() as conn:
+                tr = conn.transaction()
+                await tr.start()
+                await conn.execute("INSERT INTO jobs (script, cpus) VALUES ('echo', 1)")
+                await asyncio.sleep(10)  # cancelled here, transaction open
+
+        task = asyncio.create_task(abandon())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with pool.acquire() as conn:  # the only connection, handed on
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM jobs") == 0
+    finally:
+        await pool.close()
