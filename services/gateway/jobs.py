@@ -59,14 +59,13 @@ async def submit(request: web.Request) -> web.Response:
         job, created = await JobStore(g.pool).insert_once(spec, idempotency_key=key)
     except IdempotencyConflict as e:
         raise RequestError(409, "idempotency_conflict", str(e)) from e
-    if not created:  # a retry: the first request made this job; announce it again if it waits
-        if job.state is JobState.PENDING:
-            await _announce(g, job)
-        resp = json(job_json(job), status=200)
+    # a retry returns the job the first request made, announced again if it still waits
+    if created or job.state is JobState.PENDING:
+        await _announce(g, job)
+    resp = json(job_json(job), status=201 if created else 200)
+    if not created:
         resp.headers["Idempotent-Replayed"] = "true"
-        return resp
-    await _announce(g, job)
-    return json(job_json(job), status=201)
+    return resp
 
 
 def _idempotency_key(request: web.Request) -> str | None:
