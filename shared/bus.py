@@ -57,11 +57,12 @@ def consumer_name(service: str) -> str:
 class StreamBus:
     """Publishing side, plus stream maintenance (groups, trimming)."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, maxlen: int = 100_000) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, maxlen: int = 100_000,
+                 scripts: Scripts | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen
-        self.scripts = Scripts(redis)
+        self.scripts = scripts or Scripts(redis)
         self._since_trim: dict[str, int] = {}
 
     async def publish(self, event: Event) -> str:

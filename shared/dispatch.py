@@ -27,10 +27,11 @@ from typing import Any, Protocol
 
 import orjson
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.worker import Retry, Worker, func
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from shared.db import UNAVAILABLE
@@ -56,6 +57,8 @@ class Dispatcher(Protocol):
     async def withdraw(self, item: Dispatch) -> None: ...
 
     async def queued(self, worker_id: str) -> list[tuple[int, int]]: ...
+
+    async def missing(self, items: Sequence[Dispatch]) -> list[Dispatch]: ...
 
 
 def _dumps(value: Any) -> bytes:
@@ -90,11 +93,27 @@ class ArqDispatcher:
 
     async def withdraw(self, item: Dispatch) -> None:
         """Remove a launch that must not run (its job was cancelled or handed back)."""
-        arq_id = self.keys.arq_job_id(item.job_id, item.attempt)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.arq_queue(item.worker_id), arq_id)
-            pipe.delete(job_key_prefix + arq_id)
+            self.withdraw_in(pipe, item)
             await pipe.execute()
+
+    def withdraw_in(self, pipe: Pipeline, item: Dispatch) -> None:
+        """Queue a `withdraw` on a pipeline the caller executes."""
+        arq_id = self.keys.arq_job_id(item.job_id, item.attempt)
+        pipe.zrem(self.keys.arq_queue(item.worker_id), arq_id)
+        pipe.delete(job_key_prefix + arq_id)
+
+    async def missing(self, items: Sequence[Dispatch]) -> list[Dispatch]:
+        """The launches that are neither waiting on their queue nor being run by arq (they
+        vanished: a Redis restart, a crash between a placement and its enqueue)."""
+        if not items:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for it in items:
+                arq_id = self.keys.arq_job_id(it.job_id, it.attempt)
+                pipe.exists(job_key_prefix + arq_id, in_progress_key_prefix + arq_id)
+            present = await pipe.execute()
+        return [it for it, n in zip(items, present, strict=True) if not n]
 
     async def queued(self, worker_id: str) -> list[tuple[int, int]]:
         """(job, attempt) of every launch waiting on a worker's queue."""

@@ -33,3 +33,11 @@ class NotFound(ConductorError):
 
 class IdempotencyConflict(ConductorError):
     """An idempotency key was sent again with a different request than the one it first made."""
+
+
+class NotAllowed(ConductorError):
+    """The caller may not do this (a role or an ownership rule says no)."""
+
+
+class Unsatisfiable(ConductorError):
+    """A request no worker of this cluster could ever satisfy."""

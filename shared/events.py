@@ -97,6 +97,9 @@ class JobStarted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobFinished(Event):
+    """An attempt ended. `next_attempt` is set when the job goes on as a new attempt (a retry, a
+    requeue): then the job itself has not ended, and only the last attempt's end is final."""
+
     TYPE: ClassVar[str] = "job-finished"
     job_id: int
     attempt: int
@@ -104,21 +107,51 @@ class JobFinished(Event):
     state: str
     exit_code: int | None = None
     signal: int | None = None
+    reason: str | None = None
+    elapsed_s: float | None = None
+    next_attempt: int | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.next_attempt is None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRequeued(Event):
+    """A finished job starts over as a new attempt (an explicit requeue)."""
+
+    TYPE: ClassVar[str] = "job-requeued"
+    job_id: int
+    attempt: int
+    reason: str = "requeue"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobUpdated(Event):
+    """A pending job was held, released or changed (scontrol hold / release / update)."""
+
+    TYPE: ClassVar[str] = "job-updated"
+    job_id: int
+    attempt: int
+    change: str  # hold | release | update
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CancelRequested(Event):
-    """On a worker's control stream: stop this attempt (SIGTERM, grace, SIGKILL)."""
+    """On a worker's control stream: stop this attempt (SIGTERM, grace, SIGKILL); with
+    `requeue`, the job then starts over as a new attempt instead of ending CANCELLED."""
 
     TYPE: ClassVar[str] = "job-cancel-requested"
     job_id: int
     attempt: int
+    requeue: bool = False
 
 
 EVENT_TYPES: Mapping[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (WorkerJoined, WorkerLeft, JobSubmitted, JobAllocated, JobStarted, JobFinished,
-                CancelRequested)
+                JobRequeued, JobUpdated, CancelRequested)
 }
 
 E = TypeVar("E", bound=Event)

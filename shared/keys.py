@@ -15,6 +15,8 @@ STREAM_TYPES = (
     "job-allocated",
     "job-started",
     "job-finished",
+    "job-requeued",
+    "job-updated",
 )
 
 

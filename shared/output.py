@@ -18,6 +18,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.jobfiles import open_regular, size_of
 from shared.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class _Cursor:
     offset: int = 0
     shipped: int = 0
     truncated: bool = False
+    broken: bool = False  # the job replaced its output file with something unreadable
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
@@ -56,7 +58,7 @@ class OutputShipper:
         """Send what was written since the last call; returns bytes shipped."""
         chunks: list[tuple[str, str]] = []
         for name, cur in tail.cursors.items():
-            chunks.extend((name, text) for text in self._read_new(tail.jobdir / name, cur, final))
+            chunks.extend((name, text) for text in self._read_new(tail, name, cur, final))
         if not chunks and (not final or not any(c.shipped for c in tail.cursors.values())):
             return 0  # nothing new; a job that never wrote anything leaves no keys behind
         try:
@@ -81,31 +83,53 @@ class OutputShipper:
             await self.redis.delete(*(self.keys.job_output(tail.job_id, tail.attempt, s)
                                       for s in STREAMS))
 
-    def _read_new(self, path: Path, cur: _Cursor, final: bool) -> list[str]:
-        out: list[str] = []
+    def _read_new(self, tail: Tail, name: str, cur: _Cursor, final: bool) -> list[str]:
+        """What was appended since the last call. The file is the job's to change: it is read
+        without following links and only while it is a regular file (shared/jobfiles.py); once
+        it is not, this stream says so and stops, and no other job is affected."""
+        if cur.truncated or cur.broken:
+            return []
         try:
-            size = os.stat(path).st_size
-        except OSError:
+            fd = open_regular(tail.jobdir, name)
+        except FileNotFoundError:
+            return []  # not written yet
+        except OSError as e:
+            cur.broken = True
+            log.warning("job %s replaced its %s: %s", tail.job_id, name, e,
+                        extra={"event": "output-unreadable", "job_id": tail.job_id})
+            return [f"\n[scns: {name} of job {tail.job_id} is no longer a regular file; output "
+                    "stops here]\n"]
+        try:
+            return self._read_fd(fd, tail.jobdir / name, cur, final)
+        except OSError as e:
+            cur.broken = True
+            log.warning("could not read %s of job %s: %s", name, tail.job_id, e,
+                        extra={"event": "output-unreadable", "job_id": tail.job_id})
+            return []
+        finally:
+            os.close(fd)
+
+    def _read_fd(self, fd: int, path: Path, cur: _Cursor, final: bool) -> list[str]:
+        out: list[str] = []
+        size = size_of(fd)
+        if size <= cur.offset:
             return out
-        if size <= cur.offset or cur.truncated:
-            return out
-        with open(path, "rb") as f:
-            f.seek(cur.offset)
-            while cur.offset < size:
-                room = self.cap_bytes - cur.shipped
-                if room <= 0:
-                    cur.truncated = True
-                    out.append(f"\n[scns: output truncated after {self.cap_bytes} bytes; the "
-                               f"full file is {path} on the worker]\n")
-                    break
-                data = f.read(min(CHUNK, room, size - cur.offset))
-                if not data:
-                    break
-                cur.offset += len(data)
-                cur.shipped += len(data)
-                text = cur.decoder.decode(data, final=final and cur.offset >= size)
-                if text:
-                    out.append(text)
+        os.lseek(fd, cur.offset, os.SEEK_SET)
+        while cur.offset < size:
+            room = self.cap_bytes - cur.shipped
+            if room <= 0:
+                cur.truncated = True
+                out.append(f"\n[scns: output truncated after {self.cap_bytes} bytes; the "
+                           f"full file is {path} on the worker]\n")
+                break
+            data = os.read(fd, min(CHUNK, room, size - cur.offset))
+            if not data:
+                break
+            cur.offset += len(data)
+            cur.shipped += len(data)
+            text = cur.decoder.decode(data, final=final and cur.offset >= size)
+            if text:
+                out.append(text)
         return out
 
 

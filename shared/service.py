@@ -1,5 +1,5 @@
 """What every service's entry point does the same way: settings, logging, connections (patiently),
-signals, health endpoints, and an orderly close."""
+the process's wiring (built once), signals, health endpoints, and an orderly close."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from shared.health import HealthServer
 from shared.infra import open_database, wait_for_redis
 from shared.redis import connect
 from shared.settings import Settings
+from shared.wiring import Wiring
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class Context:
     redis: Redis
     pool: asyncpg.Pool[Any]
     stop: asyncio.Event
+    wiring: Wiring
 
 
 ReadyCheck = Callable[[Context], Awaitable[dict[str, bool]]]
@@ -62,7 +64,8 @@ async def started(
                                max_size=pool_size)
     stop = asyncio.Event()
     runtime.stop_on_signals(stop)
-    ctx = Context(settings=settings, redis=redis, pool=pool, stop=stop)
+    ctx = Context(settings=settings, redis=redis, pool=pool, stop=stop,
+                  wiring=Wiring.build(settings, redis, pool))
     check = ready or ready_if_reachable
     server = HealthServer(host=settings.health_host,
                           port=settings.health_port if health else 0,

@@ -56,6 +56,7 @@ class Settings:
     arq_max_jobs: int = 64
     kill_grace_s: float = 10.0
     drain_grace_s: float = 30.0
+    audit_s: float = 30.0
     output_ttl_s: int = 7 * 86_400
     output_cap_bytes: int = 8 * 1024 * 1024
 
@@ -109,6 +110,7 @@ class Settings:
             "kill_grace_s": p.value("SCNS_KILL_GRACE_S", _positive_float, d.kill_grace_s),
             "drain_grace_s": p.value("SCNS_DRAIN_GRACE_S", _non_negative_float,
                                      d.drain_grace_s),
+            "audit_s": p.value("SCNS_AUDIT_S", _positive_float, d.audit_s),
             "output_ttl_s": p.value("SCNS_OUTPUT_TTL_S", _positive_int, d.output_ttl_s),
             "output_cap_bytes": p.value("SCNS_OUTPUT_CAP_BYTES", _positive_int,
                                         d.output_cap_bytes),

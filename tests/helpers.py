@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import asyncpg
 from redis.asyncio import Redis
 
+from shared.db.jobs import Job, JobSpec
 from shared.keys import Keys
+from shared.lifecycle import Lifecycle
 from shared.membership import Lease, Membership
+from shared.settings import Settings
+from shared.wiring import Wiring
 
 
 async def add_worker(
@@ -54,3 +60,13 @@ async def wait_for(
         if time.monotonic() - start > timeout:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def wire(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any]) -> Wiring:
+    """A process's parts, as a service's entry point builds them."""
+    return Wiring.build(settings, redis, pool)
+
+
+async def submitted(lifecycle: Lifecycle, **spec: Any) -> Job:
+    job, _ = await lifecycle.submit(JobSpec(**spec))
+    return job

@@ -19,16 +19,19 @@ kills the wrapper before it has recorded the status.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
+import resource
 import shutil
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from shared.jobfiles import read_status
 
 WRAPPER = r"""
 jobdir=$1
@@ -70,8 +73,10 @@ class Spawned:
     fd: int
     child_pid: asyncio.Future[int]
     status: asyncio.Future[int]
+    # what the wrapper and the processes it waited for (the job and every descendant the job
+    # waited for) consumed, from wait4 when we reap it; None for an adopted job (not our child)
+    rusage: asyncio.Future[resource.struct_rusage | None]
     _buf: bytes = b""
-    _reaped: bool = field(default=False)
 
 
 async def spawn(jobdir: Path, env: dict[str, str]) -> Spawned:
@@ -105,7 +110,7 @@ async def spawn(jobdir: Path, env: dict[str, str]) -> Spawned:
         os.close(w)
     os.set_blocking(r, False)
     sp = Spawned(wrapper_pid=pid, fd=r, child_pid=loop.create_future(),
-                 status=loop.create_future())
+                 status=loop.create_future(), rusage=loop.create_future())
     loop.add_reader(r, _on_readable, sp)
     return sp
 
@@ -135,23 +140,30 @@ def _on_readable(sp: Spawned) -> None:
         sp.child_pid.set_exception(ProcessLookupError("the job wrapper exited before starting"))
     if not sp.status.done():
         sp.status.set_result(-1)  # unknown: the caller reads the status file, then gives up
-    task = loop.create_task(reap(sp.wrapper_pid))
+    task = loop.create_task(reap(sp))
     _reapers.add(task)
     task.add_done_callback(_reapers.discard)
 
 
-async def reap(pid: int) -> None:
-    """Collect the wrapper's exit (it follows its last write to the pipe within microseconds)."""
+async def reap(sp: Spawned) -> None:
+    """Collect the wrapper's exit and its resource usage (it follows its last write to the
+    pipe within microseconds)."""
     delay = 0.001
-    for _ in range(200):
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
-        except ChildProcessError:
-            return
-        if done:
-            return
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)
+    usage: resource.struct_rusage | None = None
+    try:
+        for _ in range(200):
+            try:
+                done, _, ru = os.wait4(sp.wrapper_pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
+            except ChildProcessError:
+                return
+            if done:
+                usage = ru
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+    finally:
+        if not sp.rusage.done():
+            sp.rusage.set_result(usage)
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -163,14 +175,6 @@ def signal_group(pgid: int, sig: int) -> bool:
     except PermissionError:
         return False
     return True
-
-
-def read_pids(jobdir: Path) -> tuple[int, int | None] | None:
-    """(job pid, wrapper pid) as the wrapper recorded them."""
-    with contextlib.suppress(OSError, ValueError):
-        parts = (jobdir / "pid").read_text().split()
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else None
-    return None
 
 
 def alive(pid: int | None, *, not_before: float) -> bool:
@@ -185,38 +189,57 @@ def alive(pid: int | None, *, not_before: float) -> bool:
         return False
 
 
-def adopt(jobdir: Path, child: int, wrapper: int | None, started: float) -> Spawned:
+def belongs_to(pid: int | None, *, job_id: int, attempt: int, not_before: float) -> bool:
+    """Is `pid` a live process of this job's attempt? The pid comes from a file the job can
+    write, so it must not only be alive and younger than the job, but carry the job's own
+    SCNS_JOB_ID and SCNS_ATTEMPT: a job that writes another process's pid there (the
+    executor's, say) gets nothing signalled or adopted but its own processes."""
+    if pid is None or pid in (os.getpid(), os.getppid()) or not alive(pid, not_before=not_before):
+        return False
+    try:
+        env = psutil.Process(pid).environ()
+    except psutil.Error:
+        return False
+    return env.get("SCNS_JOB_ID") == str(job_id) and env.get("SCNS_ATTEMPT") == str(attempt)
+
+
+def adopt(jobdir: Path, child: int | None, wrapper: int | None, *,
+          alive_check: Callable[[int | None], bool]) -> Spawned:
     """Watch a job a previous executor started (we are not its parent): its status arrives in
-    the status file, written by its wrapper, which outlived that executor."""
+    the status file, written by its wrapper, which outlived that executor. `child` is None when
+    the job's own process is not known for sure (nothing will be signalled then)."""
     loop = asyncio.get_running_loop()
     sp = Spawned(wrapper_pid=wrapper or -1, fd=-1, child_pid=loop.create_future(),
-                 status=loop.create_future())
-    sp.child_pid.set_result(child)
-    task = loop.create_task(_watch_adopted(sp, jobdir, child, wrapper, started))
+                 status=loop.create_future(), rusage=loop.create_future())
+    if child is None:
+        sp.child_pid.set_exception(ProcessLookupError("the job's process is not known"))
+        sp.child_pid.exception()  # retrieved: nobody has to
+    else:
+        sp.child_pid.set_result(child)
+    sp.rusage.set_result(None)
+    task = loop.create_task(_watch_adopted(sp, jobdir, child, wrapper, alive_check))
     _reapers.add(task)
     task.add_done_callback(_reapers.discard)
     return sp
 
 
-async def _watch_adopted(sp: Spawned, jobdir: Path, child: int, wrapper: int | None,
-                         started: float) -> None:
+async def _watch_adopted(sp: Spawned, jobdir: Path, child: int | None, wrapper: int | None,
+                         alive_check: Callable[[int | None], bool]) -> None:
+    """The wrapper's status file, once valid, is the answer. Without one: once the wrapper is
+    gone (nothing will write it), or the job has been gone for a while, the answer is unknown
+    (-1) and the supervisor decides."""
+    job_gone_polls = 0
     while not sp.status.done():
         status = read_status(jobdir)
-        if status is not None:
-            sp.status.set_result(status)
+        if status.value is not None:
+            sp.status.set_result(status.value)
             return
-        if not alive(wrapper, not_before=started) and not alive(child, not_before=started):
-            # both gone without a recorded status; one last look (the write may just land)
-            status = read_status(jobdir)
-            sp.status.set_result(status if status is not None else -1)
+        job_gone_polls = 0 if alive_check(child) else job_gone_polls + 1
+        if not alive_check(wrapper) or job_gone_polls > 2:
+            status = read_status(jobdir)  # one last look: the write may just have landed
+            sp.status.set_result(status.value if status.value is not None else -1)
             return
         await asyncio.sleep(0.5)
-
-
-def read_status(jobdir: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return int((jobdir / "status").read_text().strip())
-    return None
 
 
 SIGTERM = signal.SIGTERM

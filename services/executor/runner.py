@@ -1,12 +1,17 @@
 """The executor's supervisor: starts launched jobs and watches them to the end.
 
 A launch (from arq) wins the guarded ALLOCATED -> RUNNING transition for its attempt on this
-worker, or is dropped: a duplicated delivery, a stale attempt or a cancelled job never runs.
-The job then runs under the wrapper (see process.py) for as long as it takes; this supervisor
-enforces its time limit (SIGTERM to its process group, SIGKILL after SCNS_KILL_GRACE_S ->
-TIMEOUT), cancels it on request (same signalling -> CANCELLED), ships its output, and finally
-records the terminal state (guarded by attempt and worker, shielded from cancellation, retried
-until PostgreSQL takes it), releases the allocation and emits `job-finished`.
+worker (shared/lifecycle), or is dropped: a duplicated delivery, a stale attempt or a cancelled
+job never runs. The job then runs under the wrapper (see process.py) for as long as it takes;
+this supervisor enforces its time limit (SIGTERM to its process group, SIGKILL after
+SCNS_KILL_GRACE_S -> TIMEOUT), stops it on request (cancel -> CANCELLED; requeue -> a new
+attempt), ships its output, samples what it consumes, and finally records the end through the
+lifecycle (shielded from cancellation, retried until PostgreSQL takes it), which also decides
+whether a retry or a requeue follows.
+
+The job directory is the job's to write: what is read back from it (pid, status, output) is
+parsed defensively (shared/jobfiles.py), and a failure about one job never stops the tasks that
+serve the others.
 """
 
 from __future__ import annotations
@@ -16,34 +21,21 @@ import contextlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from services.executor.environment import decode_status, job_environment
-from services.executor.process import (
-    SIGKILL,
-    SIGTERM,
-    Spawned,
-    adopt,
-    alive,
-    read_pids,
-    read_status,
-    signal_group,
-    spawn,
-)
-from shared.allocation import Allocator
-from shared.bus import StreamBus
+from services.executor.process import SIGKILL, SIGTERM, Spawned, signal_group, spawn
+from services.executor.usage import Sample, combine, sample_groups
 from shared.db import UNAVAILABLE
-from shared.db.jobs import Job, JobStore, QueueStore, finish, hand_back
-from shared.events import JobFinished, JobStarted
-from shared.keys import Keys
+from shared.db.jobs import Job, JobStore, Usage
+from shared.dispatch import Dispatch
+from shared.jobfiles import read_status
+from shared.lifecycle import Ended, Lifecycle
 from shared.output import OutputShipper, Tail
 from shared.states import JobState, state_for_exit
 
@@ -55,7 +47,8 @@ DROPPED = Counter("scns_executor_launches_dropped_total",
                   "Launches dropped because the guarded start did not match")
 RUNNING = Gauge("scns_executor_running_jobs", "Jobs running on this worker")
 
-_PG_ERRORS = UNAVAILABLE
+REQUEUE_REASON = "requeue requested"
+ENDED_MEMORY = 10_000  # attempts this process ended, remembered so an audit never redoes one
 
 
 @dataclass(slots=True)
@@ -70,68 +63,109 @@ class RunningJob:
     adopted: bool = False
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    peak: Sample = field(default_factory=Sample)
+    lost_reason: str | None = None  # why its status is unknown, when it is
 
 
 class Runner:
     def __init__(
-        self, *, worker_id: str, data_dir: Path, pool: asyncpg.Pool[Any], redis: Redis,
-        keys: Keys, allocator: Allocator, bus: StreamBus, shipper: OutputShipper,
-        base_env: Mapping[str, str], kill_grace_s: float,
+        self, *, worker_id: str, data_dir: Path, lifecycle: Lifecycle, jobs: JobStore,
+        shipper: OutputShipper, base_env: Mapping[str, str], kill_grace_s: float,
         lease_valid: Callable[[], bool] = lambda: True,
     ) -> None:
         self.worker_id = worker_id
         self.jobs_dir = data_dir / "jobs"
-        self.pool = pool
-        self.redis = redis
-        self.keys = keys
-        self.allocator = allocator
-        self.bus = bus
+        self.lifecycle = lifecycle
+        self.jobs = jobs
         self.shipper = shipper
         self.base_env = dict(base_env)
         self.kill_grace_s = kill_grace_s
         self.lease_valid = lease_valid
-        self.queue = QueueStore(pool)
         self.running: dict[int, RunningJob] = {}
-        self._cancel_before_start: set[tuple[int, int]] = set()
-        self._ship_task: asyncio.Task[None] | None = None
+        self._cancel_before_start: dict[tuple[int, int], bool] = {}  # -> requeue?
+        self._launching: set[tuple[int, int]] = set()
+        # starts this process committed (or may have) without hearing the answer: it never
+        # spawned them, so it may still do so (see launch())
+        self._unconfirmed: set[tuple[int, int]] = set()
+        self._ended: OrderedDict[tuple[int, int], None] = OrderedDict()
+
+    def jobdir(self, job: Job) -> Path:
+        return self.jobs_dir / f"{job.id}.{job.attempt}"
 
     # --- launch --------------------------------------------------------------------------
     async def launch(self, job_id: int, attempt: int) -> bool:
         """Start one attempt if it is still ours to start; False when the launch is dropped."""
+        key = (job_id, attempt)
+        current = self.running.get(job_id)
+        if key in self._launching or (current is not None and current.job.attempt == attempt):
+            DROPPED.inc()
+            return False  # a duplicate delivery of a launch in progress
+        self._launching.add(key)
+        try:
+            return await self._launch(job_id, attempt)
+        finally:
+            self._launching.discard(key)
+
+    async def _launch(self, job_id: int, attempt: int) -> bool:
+        key = (job_id, attempt)
         if not self.lease_valid():
             # Fencing: the cluster may already count this worker as gone. Do not start work it
             # no longer expects here; give the job back to be placed again.
-            await hand_back(self.pool, job_id=job_id, attempt=attempt, worker_id=self.worker_id)
+            await self.lifecycle.hand_back([Dispatch(worker_id=self.worker_id, job_id=job_id,
+                                                     attempt=attempt)])
             DROPPED.inc()
             log.warning("launch refused: this worker's lease is not valid",
                         extra={"event": "launch-fenced", "job_id": job_id})
             return False
-        job = await self.queue.start(job_id, attempt, self.worker_id)
+        try:
+            job = await self.lifecycle.start(job_id, attempt, self.worker_id)
+        except UNAVAILABLE:
+            # the start may have committed: if so, the row says RUNNING here and nothing runs;
+            # the retried launch (or the audit) finds it through _unconfirmed
+            self._unconfirmed.add(key)
+            raise
+        if job is None and key in self._unconfirmed:
+            job = await self._own_lost_start(job_id, attempt)
+        self._unconfirmed.discard(key)
         if job is None:
             DROPPED.inc()
             log.info("launch dropped: the attempt is not ALLOCATED to this worker",
                      extra={"event": "launch-dropped", "job_id": job_id, "attempt": attempt})
             return False
-        jobdir = self.jobs_dir / f"{job_id}.{attempt}"
-        try:
-            proc = await self._start(job, jobdir)
-        except OSError as e:
-            log.error("could not start the job: %s", e, extra={"job_id": job_id})
-            await self._record(job, JobState.FAILED, exit_code=None, signal=None,
-                               reason=f"launch failed: {e}"[:200])
-            return True
-        rj = RunningJob(job=job, jobdir=jobdir, proc=proc,
-                        tail=Tail(job_id=job_id, attempt=attempt, jobdir=jobdir))
-        self.running[job_id] = rj
-        RUNNING.set(len(self.running))
-        STARTED.inc()
-        rj.task = asyncio.create_task(self._supervise(rj), name=f"job-{job_id}.{attempt}")
-        if job.cancel_requested or (job_id, attempt) in self._cancel_before_start:
-            self._cancel_before_start.discard((job_id, attempt))
-            self.stop(rj, JobState.CANCELLED, "cancelled")
+        await self._run(job)
         return True
 
-    async def _start(self, job: Job, jobdir: Path) -> Spawned:
+    async def _own_lost_start(self, job_id: int, attempt: int) -> Job | None:
+        """Our earlier start of this attempt committed but its answer was lost: the row says
+        RUNNING on this worker, and this process (the only one that could have) never spawned
+        it. Start it now rather than leave a RUNNING job with nothing running."""
+        job = await self.jobs.get(job_id)
+        if job is None or job.state is not JobState.RUNNING or job.attempt != attempt \
+                or job.worker_id != self.worker_id or job_id in self.running:
+            return None
+        log.warning("the answer to a start was lost; starting the job now",
+                    extra={"event": "start-confirmed-late", "job_id": job_id})
+        return job
+
+    async def _run(self, job: Job) -> None:
+        jobdir = self.jobdir(job)
+        try:
+            proc = await self._spawn(job, jobdir)
+        except OSError as e:
+            log.error("could not start the job: %s", e, extra={"job_id": job.id})
+            await self._record(job, JobState.FAILED, reason=f"launch failed: {e}"[:200])
+            return
+        rj = RunningJob(job=job, jobdir=jobdir, proc=proc,
+                        tail=Tail(job_id=job.id, attempt=job.attempt, jobdir=jobdir))
+        self._track(rj)
+        STARTED.inc()
+        requeue = self._cancel_before_start.pop((job.id, job.attempt), None)
+        if job.cancel_requested or requeue is False:
+            self.stop(rj, JobState.CANCELLED, "cancelled")
+        elif job.requeue_requested or requeue:
+            self.stop(rj, JobState.CANCELLED, REQUEUE_REASON)
+
+    async def _spawn(self, job: Job, jobdir: Path) -> Spawned:
         # one mkdir per job: on a busy node directory creation is a visible part of the cost
         try:
             os.mkdir(jobdir)
@@ -147,19 +181,33 @@ class Runner:
             worker_id=self.worker_id)
         return await spawn(jobdir, env)
 
+    def _track(self, rj: RunningJob) -> None:
+        self.running[rj.job.id] = rj
+        RUNNING.set(len(self.running))
+        rj.task = asyncio.create_task(self._supervise(rj),
+                                      name=f"job-{rj.job.id}.{rj.job.attempt}")
+
     # --- supervision ---------------------------------------------------------------------
     async def _supervise(self, rj: RunningJob) -> None:
+        job = rj.job
+        try:
+            status = await self._watch(rj)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug about one job must not leave it RUNNING forever
+            log.exception("supervising job %s failed", job.id, extra={"job_id": job.id})
+            status, rj.lost_reason = -1, f"the executor lost track of it: {e}"[:200]
+        await asyncio.shield(self._finish(rj, status))
+
+    async def _watch(self, rj: RunningJob) -> int:
         job = rj.job
         loop = asyncio.get_running_loop()
         try:
             pid = await rj.proc.child_pid
             if not rj.adopted:
-                await self.bus.publish(JobStarted(job_id=job.id, attempt=job.attempt,
-                                                  worker_id=self.worker_id, pid=pid))
+                await self.lifecycle.started(job, pid)
         except ProcessLookupError:
             pass  # the wrapper died before starting the job; its status says so below
-        except RedisError as e:
-            log.warning("could not publish job-started: %s", e, extra={"job_id": job.id})
         if job.time_limit_s:
             remaining = job.time_limit_s - (time.monotonic() - rj.started)
             rj.timers.append(loop.call_later(max(remaining, 0), self.stop, rj,
@@ -168,9 +216,14 @@ class Runner:
         for t in rj.timers:
             t.cancel()
         if status < 0:
+            # the wrapper died without reporting: its status file is all we have, and the job
+            # may have written it itself
             recorded = read_status(rj.jobdir)
-            status = recorded if recorded is not None else -1
-        await asyncio.shield(self._finish(rj, status))
+            if recorded.value is not None:
+                return recorded.value
+            rj.lost_reason = ("its status file is unreadable (the job changed it)"
+                              if recorded.tampered else "the job wrapper died")
+        return status
 
     def stop(self, rj: RunningJob, state: JobState, reason: str) -> None:
         """SIGTERM the job's process group now, SIGKILL it after the grace period."""
@@ -194,122 +247,111 @@ class Runner:
         loop = asyncio.get_running_loop()
         rj.timers.append(loop.call_later(self.kill_grace_s, signal_group, pgid, SIGKILL))
 
-    async def cancel(self, job_id: int, attempt: int) -> bool:
+    async def cancel(self, job_id: int, attempt: int, *, requeue: bool = False) -> bool:
         rj = self.running.get(job_id)
         if rj is None or rj.job.attempt != attempt:
-            # the launch may still be on its way: remember, launch() checks
-            self._cancel_before_start.add((job_id, attempt))
+            # the launch may still be on its way: remember, _run() checks
+            self._cancel_before_start[(job_id, attempt)] = requeue
             return False
-        self.stop(rj, JobState.CANCELLED, "cancelled")
+        self.stop(rj, JobState.CANCELLED, REQUEUE_REASON if requeue else "cancelled")
         return True
 
     async def _finish(self, rj: RunningJob, status: int) -> None:
         job = rj.job
-        pid = rj.proc.child_pid
-        if pid.done() and not pid.cancelled() and pid.exception() is None and (
-                not rj.adopted or alive(pid.result(), not_before=_started_wall(job))):
-            # whatever the script left running in its process group ends with it
-            signal_group(pid.result(), SIGKILL)
-        await self.shipper.ship(rj.tail, final=True)
-        exit_code, sig = decode_status(status) if status >= 0 else (None, None)
+        try:
+            pid = rj.proc.child_pid
+            if pid.done() and not pid.cancelled() and pid.exception() is None:
+                # whatever the script left running in its process group ends with it (an
+                # adopted job's pid was checked to be the job's own when it was adopted)
+                signal_group(pid.result(), SIGKILL)
+            await self.shipper.ship(rj.tail, final=True)
+            usage = await self._usage(rj)
+        except Exception:  # never let bookkeeping keep the end from being recorded
+            log.exception("could not collect job %s's output or usage", job.id,
+                          extra={"job_id": job.id})
+            usage = Usage()
+        exit_code, sig = decode_status(status) if 0 <= status <= 255 else (None, None)
         if rj.stop_state is not None:
             state, reason = rj.stop_state, rj.stop_reason
-        elif status < 0:
-            state, reason = JobState.FAILED, "the job wrapper died"
+        elif status < 0 or status > 255:
+            state, reason = JobState.FAILED, rj.lost_reason or "the job wrapper died"
         else:
             state, reason = state_for_exit(exit_code, sig), None
-        await self._record(job, state, exit_code=exit_code, signal=sig, reason=reason)
-        self.running.pop(job.id, None)
-        RUNNING.set(len(self.running))
+        try:
+            await self._record(job, state, exit_code=exit_code, signal=sig, reason=reason,
+                               usage=usage)
+        finally:
+            self.running.pop(job.id, None)
+            RUNNING.set(len(self.running))
         log.info("job finished", extra={"event": "job-finished", "job_id": job.id,
                                         "attempt": job.attempt, "state": str(state),
                                         "exit_code": exit_code, "signal": sig})
 
-    async def _record(self, job: Job, state: JobState, *, exit_code: int | None,
-                      signal: int | None, reason: str | None) -> None:
-        """PostgreSQL (retried until it answers), then the Redis release, then the event."""
+    async def _usage(self, rj: RunningJob) -> Usage:
+        ru = None
+        if not rj.adopted:
+            with contextlib.suppress(TimeoutError):
+                ru = await asyncio.wait_for(asyncio.shield(rj.proc.rusage), timeout=2.0)
+        return combine(rj.peak, ru)
+
+    async def _record(self, job: Job, state: JobState, *, exit_code: int | None = None,
+                      signal: int | None = None, reason: str | None = None,
+                      usage: Usage | None = None) -> Ended | None:
+        """Through the lifecycle, retried until PostgreSQL answers."""
         delay = 0.2
         while True:
             try:
-                done = await finish(self.pool, job_id=job.id, attempt=job.attempt,
-                                    worker_id=self.worker_id, state=state, exit_code=exit_code,
-                                    signal=signal, reason=reason)
+                ended = await self.lifecycle.finish(job, state, exit_code=exit_code,
+                                                    signal=signal, reason=reason, usage=usage)
                 break
-            except _PG_ERRORS as e:
+            except UNAVAILABLE as e:
                 log.warning("cannot record the end of job %s yet: %s", job.id, e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if done is None:
+        self._remember_end(job)
+        if ended is None:
             log.warning("the attempt is no longer ours; its end is not recorded",
                         extra={"job_id": job.id, "attempt": job.attempt})
         FINISHED.labels(str(state)).inc()
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await self.allocator.release_in(pipe, job_id=job.id, attempt=job.attempt,
-                                                worker_id=self.worker_id)
-                if done is not None:
-                    self.bus.publish_in(pipe, JobFinished(
-                        job_id=job.id, attempt=job.attempt, worker_id=self.worker_id,
-                        state=str(state), exit_code=exit_code, signal=signal))
-                    pipe.publish(self.keys.wakeup("scheduler"), str(job.id))
-                await pipe.execute()
-        except RedisError as e:
-            # the reconciler releases allocations PostgreSQL says are released
-            log.warning("could not release or announce job %s: %s", job.id, e)
+        return ended
 
-    # --- after a restart --------------------------------------------------------------
-    async def recover(self) -> dict[str, int]:
-        """Take over the jobs a previous executor of this worker left RUNNING.
+    def _remember_end(self, job: Job) -> None:
+        self._ended[(job.id, job.attempt)] = None
+        while len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
 
-        (a) the job's process is still alive (same pid, created after the job started):
-        re-adopt it and finish it normally; (b) it ended while no executor watched: its
-        wrapper recorded the status, finish it with that; (c) it vanished without a status:
-        NODE_FAIL, then a new attempt if the job asked for requeue. Nothing is retried unless
-        the job asked for it.
-        """
-        counts = {"adopted": 0, "collected": 0, "lost": 0}
-        for job in await self.queue.on_worker(self.worker_id, [JobState.RUNNING]):
-            if job.id in self.running:
-                continue
-            jobdir = self.jobs_dir / f"{job.id}.{job.attempt}"
-            started = _started_wall(job)
-            status = read_status(jobdir)
-            pids = read_pids(jobdir)
-            tail = Tail(job_id=job.id, attempt=job.attempt, jobdir=jobdir)
-            if status is None and pids and (alive(pids[0], not_before=started)
-                                            or alive(pids[1], not_before=started)):
-                counts["adopted"] += 1
-            elif status is not None and pids:
-                counts["collected"] += 1
-            else:
-                counts["lost"] += 1
-                await self._record(job, JobState.NODE_FAIL, exit_code=None, signal=None,
-                                   reason="its process vanished while the executor was down")
-                if job.requeue:
-                    await JobStore(self.pool).requeue(job.id, attempt=job.attempt)
-                continue
-            # the previous executor shipped part of the output: ship it all again, from the file
-            await self.shipper.reset(tail)
-            rj = RunningJob(job=job, jobdir=jobdir, proc=adopt(jobdir, pids[0], pids[1], started),
-                            tail=tail, started=time.monotonic() - (time.time() - started),
-                            adopted=True)
-            self.running[job.id] = rj
-            RUNNING.set(len(self.running))
-            rj.task = asyncio.create_task(self._supervise(rj), name=f"job-{job.id}.{job.attempt}")
-            if job.cancel_requested:
-                self.stop(rj, JobState.CANCELLED, "cancelled")
-        if any(counts.values()):
-            log.warning("recovered jobs of a previous executor: %s", counts,
-                        extra={"event": "recovered", **counts})
-        return counts
-
-    # --- output and shutdown -------------------------------------------------------------
-    async def ship_output(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
+    # --- output, usage and shutdown ------------------------------------------------------
+    async def tend(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
+        """Every second: ship new output and sample usage of every running job. One job's
+        trouble is logged and skipped; it never stops this loop."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every_s)
-            for rj in list(self.running.values()):
-                await self.shipper.ship(rj.tail)
+            jobs = list(self.running.values())
+            self._sample(jobs)
+            for rj in jobs:
+                try:
+                    await self.shipper.ship(rj.tail)
+                except Exception:
+                    log.exception("shipping job %s's output failed", rj.job.id,
+                                  extra={"job_id": rj.job.id})
+
+    def _sample(self, jobs: list[RunningJob]) -> None:
+        groups = {rj.proc.child_pid.result(): rj for rj in jobs
+                  if rj.proc.child_pid.done() and not rj.proc.child_pid.cancelled()
+                  and rj.proc.child_pid.exception() is None}
+        if not groups:
+            return
+        try:
+            samples = sample_groups(groups)
+        except Exception:
+            log.exception("sampling job usage failed")
+            return
+        for pgid, s in samples.items():
+            peak = groups[pgid].peak
+            peak.rss_kb = max(peak.rss_kb, s.rss_kb)
+            peak.user_s = max(peak.user_s, s.user_s)
+            peak.system_s = max(peak.system_s, s.system_s)
 
     async def wait_all(self, within_s: float) -> bool:
         tasks = [rj.task for rj in self.running.values() if rj.task is not None]
@@ -322,7 +364,3 @@ class Runner:
         for rj in list(self.running.values()):
             self.stop(rj, state, reason)
         await self.wait_all(self.kill_grace_s + 5)
-
-
-def _started_wall(job: Job) -> float:
-    return job.started_at.timestamp() if job.started_at else time.time()

@@ -14,27 +14,22 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
 
-import asyncpg
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.executor.environment import base_environment
+from services.executor.recovery import Auditor
 from services.executor.runner import Runner
 from shared import capacity
-from shared.allocation import Allocator
-from shared.bus import Consumer, Delivery, StreamBus
+from shared.bus import Consumer, Delivery
 from shared.db import UNAVAILABLE
-from shared.db.jobs import JobStore, QueueStore, hand_back
-from shared.dispatch import ArqDispatcher, ArqIntake, Dispatch
+from shared.dispatch import ArqIntake
 from shared.events import CancelRequested, Event
 from shared.heartbeat import HeartbeatClient
-from shared.keys import Keys
-from shared.membership import Membership
 from shared.output import OutputShipper
 from shared.settings import Settings
 from shared.states import JobState
+from shared.wiring import Wiring
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +37,26 @@ _PG_ERRORS = UNAVAILABLE
 
 
 class Executor:
-    def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool[Any],
-                 executor_env: Mapping[str, str]) -> None:
-        self.settings = settings
-        self.redis = redis
-        self.pool = pool
-        self.keys = Keys(settings.key_prefix)
+    def __init__(self, wiring: Wiring, executor_env: Mapping[str, str]) -> None:
+        settings = self.settings = wiring.settings
+        self.keys = wiring.keys
         self.worker_id = settings.worker_id
-        membership = Membership(redis, self.keys)
-        self.bus = StreamBus(redis, self.keys, maxlen=settings.stream_maxlen)
-        self.allocator = Allocator(redis, self.keys, membership.scripts)
-        self.dispatcher = ArqDispatcher(redis, self.keys, membership.scripts)
+        self.jobs = wiring.jobs
+        self.lifecycle = wiring.lifecycle
+        self.bus = wiring.bus
         cap = capacity.detect(settings.worker_cpus, settings.worker_memory_mb)
         self.heartbeat = HeartbeatClient(
-            membership, worker_id=self.worker_id, capacity=cap,
+            wiring.membership, worker_id=self.worker_id, capacity=cap,
             labels=capacity.default_labels(settings.worker_labels),
             heartbeat_s=settings.heartbeat_s, ttl_s=settings.worker_ttl_s)
         self.runner = Runner(
-            worker_id=self.worker_id, data_dir=settings.data_dir, pool=pool, redis=redis,
-            keys=self.keys, allocator=self.allocator, bus=self.bus,
-            shipper=OutputShipper(redis, self.keys, cap_bytes=settings.output_cap_bytes,
+            worker_id=self.worker_id, data_dir=settings.data_dir, lifecycle=wiring.lifecycle,
+            jobs=wiring.jobs,
+            shipper=OutputShipper(wiring.redis, self.keys, cap_bytes=settings.output_cap_bytes,
                                   ttl_s=settings.output_ttl_s),
             base_env=base_environment(executor_env), kill_grace_s=settings.kill_grace_s,
             lease_valid=self.heartbeat.lease_valid)
+        self.auditor = Auditor(self.runner)
         self.intake = ArqIntake(settings.redis_url, self.keys, self.worker_id, self._launch,
                                 max_jobs=settings.arq_max_jobs, poll_delay_s=settings.arq_poll_s)
         self.control = Consumer(
@@ -81,7 +73,7 @@ class Executor:
 
     async def _on_control(self, event: Event, delivery: Delivery) -> None:
         if isinstance(event, CancelRequested):
-            await self.runner.cancel(event.job_id, event.attempt)
+            await self.runner.cancel(event.job_id, event.attempt, requeue=event.requeue)
 
     @property
     def fence_kill_after_s(self) -> float:
@@ -92,7 +84,7 @@ class Executor:
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.heartbeat.register()
-        await self.runner.recover()
+        await self.auditor.audit()  # what a previous executor of this worker left running
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = {
@@ -100,7 +92,9 @@ class Executor:
             "intake": asyncio.create_task(self._intake(stop), name="intake"),
             "fence": asyncio.create_task(self._fence(stop), name="fence"),
             "control": asyncio.create_task(self._consume_control(stop), name="control"),
-            "output": asyncio.create_task(self.runner.ship_output(stop), name="output"),
+            "output": asyncio.create_task(self.runner.tend(stop), name="output"),
+            "audit": asyncio.create_task(self.auditor.run(stop, self.settings.audit_s),
+                                         name="audit"),
         }
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -147,7 +141,9 @@ class Executor:
                 await asyncio.sleep(1)
 
     async def drain(self) -> None:
-        """Two-phase shutdown: stop intake, hand back, wait, stop what is left."""
+        """Two-phase shutdown: stop intake, hand back, wait, stop what is left. A job stopped
+        here ends NODE_FAIL, and the lifecycle starts a new attempt only if it asked for
+        requeue and was genuinely running to the end (not cancelled meanwhile)."""
         log.info("draining", extra={"event": "drain", "running": len(self.runner.running)})
         self._accepting = False
         try:
@@ -157,36 +153,19 @@ class Executor:
         await self.intake.stop()
         await self.hand_back_unstarted()
         if not await self.runner.wait_all(self.settings.drain_grace_s):
-            unfinished = [rj.job for rj in self.runner.running.values()]
             log.warning("stopping %d jobs still running after the grace period",
-                        len(unfinished), extra={"event": "drain-stop"})
+                        len(self.runner.running), extra={"event": "drain-stop"})
             await self.runner.stop_all(JobState.NODE_FAIL, "executor shut down")
-            store = JobStore(self.pool)
-            for job in unfinished:
-                if job.requeue:
-                    await store.requeue(job.id, attempt=job.attempt)
-            if any(j.requeue for j in unfinished):
-                await self.redis.publish(self.keys.wakeup("scheduler"), "requeue")
 
     async def hand_back_unstarted(self) -> int:
         """ALLOCATED jobs on this worker go back to PENDING with their attempt unchanged."""
         try:
-            jobs = await QueueStore(self.pool).on_worker(self.worker_id, [JobState.ALLOCATED])
+            jobs = await self.jobs.on_worker(self.worker_id, [JobState.ALLOCATED])
+            n = await self.lifecycle.hand_back([self.lifecycle.slot(j) for j in jobs])
         except _PG_ERRORS as e:
             log.warning("could not hand back unstarted jobs (the reconciler will): %s", e)
             return 0
-        n = 0
-        for job in jobs:
-            if await hand_back(self.pool, job_id=job.id, attempt=job.attempt,
-                               worker_id=self.worker_id) is None:
-                continue
-            n += 1
-            await self.allocator.release(job_id=job.id, attempt=job.attempt,
-                                         worker_id=self.worker_id)
-            await self.dispatcher.withdraw(Dispatch(worker_id=self.worker_id, job_id=job.id,
-                                                    attempt=job.attempt))
         if n:
-            await self.redis.publish(self.keys.wakeup("scheduler"), "hand-back")
             log.info("handed back %d unstarted jobs", n, extra={"event": "hand-back"})
         return n
 
@@ -202,7 +181,7 @@ async def _main() -> int:
     settings = Settings.from_env()
     async with service.started("executor", pool_size=8, ready=ready,
                                label=f"executor:{settings.worker_id}") as ctx:
-        executor = Executor(ctx.settings, ctx.redis, ctx.pool, dict(os.environ))
+        executor = Executor(ctx.wiring, dict(os.environ))
         holder.append(executor)
         await executor.start()
         log.info("executor started", extra={"event": "started", "worker_id": settings.worker_id,

@@ -6,25 +6,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 from aiohttp import web
 from prometheus_client import Counter, Histogram
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.gateway import cluster, jobs
+from services.gateway import cluster, control, jobs
 from services.gateway.common import GATEWAY, MAX_BODY, Gateway, error, json
 from services.gateway.validation import RequestError
-from shared.allocation import Allocator
-from shared.bus import StreamBus
 from shared.db import UNAVAILABLE
-from shared.dispatch import ArqDispatcher
 from shared.health import metrics_response
-from shared.keys import Keys
-from shared.membership import Membership
-from shared.settings import Settings
+from shared.wiring import Wiring
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +54,11 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     except UNAVAILABLE as e:
         log.warning("PostgreSQL unavailable: %s", e)
         resp = error(503, "unavailable", "the database is unavailable; retry shortly")
+    except asyncpg.DataError as e:
+        # a value the handlers' validation let through and PostgreSQL refused: still the
+        # caller's input, so a 4xx (and logged, so the validation can be tightened)
+        log.warning("input refused by PostgreSQL: %s", e, extra={"path": request.path})
+        resp = error(400, "invalid_input", f"invalid input: {e}")
     except RedisError as e:
         log.warning("Redis unavailable: %s", e)
         resp = error(503, "unavailable", "Redis is unavailable; retry shortly")
@@ -100,16 +98,11 @@ async def metrics(_: web.Request) -> web.Response:
     return metrics_response()
 
 
-def create_app(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any]) -> web.Application:
-    keys = Keys(settings.key_prefix)
-    membership = Membership(redis, keys)
+def create_app(wiring: Wiring) -> web.Application:
     app = web.Application(middlewares=[api_errors], client_max_size=MAX_BODY)
-    app[GATEWAY] = Gateway(
-        settings=settings, redis=redis, pool=pool, keys=keys, membership=membership,
-        allocator=Allocator(redis, keys, membership.scripts),
-        dispatcher=ArqDispatcher(redis, keys, membership.scripts),
-        bus=StreamBus(redis, keys, maxlen=settings.stream_maxlen))
+    app[GATEWAY] = Gateway(wiring=wiring)
     app.add_routes(jobs.routes)
+    app.add_routes(control.routes)
     app.add_routes(cluster.routes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -122,7 +115,7 @@ async def _main() -> int:
 
     async with service.started("gateway", pool_size=20, health=False) as ctx:
         settings = ctx.settings
-        runner = web.AppRunner(create_app(settings, ctx.redis, ctx.pool), access_log=None)
+        runner = web.AppRunner(create_app(ctx.wiring), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, settings.gateway_host, settings.gateway_port).start()
         log.info("gateway listening on http://%s:%d", settings.gateway_host,

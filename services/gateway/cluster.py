@@ -12,7 +12,6 @@ from aiohttp import web
 
 from services.gateway.common import error, iso, json, state
 from shared.db import UNAVAILABLE
-from shared.db.jobs import QueueStore
 from shared.db.workers import WorkerStore, from_ms
 
 routes = web.RouteTableDef()
@@ -106,7 +105,7 @@ async def reconcile(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/queues/stats")
 async def queue_stats(request: web.Request) -> web.Response:
-    rows = await QueueStore(state(request).pool).stats()
+    rows = await state(request).jobs.stats()
     by_state: dict[str, int] = {}
     pending: dict[str, int] = {}
     cpus: dict[str, int] = {}

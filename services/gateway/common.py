@@ -11,29 +11,49 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.gateway.validation import RequestError
+from services.gateway.validation import MAX_ID, RequestError
 from shared.allocation import Allocator
-from shared.bus import StreamBus
-from shared.db.jobs import Job
-from shared.dispatch import ArqDispatcher
+from shared.db.jobs import Attempt, Job, JobStore
 from shared.keys import Keys
+from shared.lifecycle import Lifecycle, Role
 from shared.membership import Membership
-from shared.settings import Settings
+from shared.wiring import Wiring
 
 MAX_BODY = 2 * 1024 * 1024  # a 1 MiB script plus JSON escaping and the other fields
 
 
 @dataclass(slots=True)
 class Gateway:
-    settings: Settings
-    redis: Redis
-    pool: asyncpg.Pool[Any]
-    keys: Keys
-    membership: Membership
-    allocator: Allocator
-    dispatcher: ArqDispatcher
-    bus: StreamBus
+    wiring: Wiring
     largest: tuple[float, int | None, int | None] = (0.0, None, None)
+
+    @property
+    def redis(self) -> Redis:
+        return self.wiring.redis
+
+    @property
+    def pool(self) -> asyncpg.Pool[Any]:
+        return self.wiring.pool
+
+    @property
+    def keys(self) -> Keys:
+        return self.wiring.keys
+
+    @property
+    def membership(self) -> Membership:
+        return self.wiring.membership
+
+    @property
+    def allocator(self) -> Allocator:
+        return self.wiring.allocator
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return self.wiring.lifecycle
+
+    @property
+    def jobs(self) -> JobStore:
+        return self.wiring.jobs
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -71,27 +91,60 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def job_json(job: Job, *, with_script: bool = False) -> dict[str, Any]:
+def job_json(job: Job, *, full: bool = False) -> dict[str, Any]:
+    """A job as the API shows it; `full` (GET /jobs/{id}) adds its script and environment,
+    which listings never carry."""
     out: dict[str, Any] = {
         "id": job.id, "name": job.name, "user": job.user, "state": str(job.state),
         "reason": job.reason, "cpus": job.cpus, "memory_mb": job.memory_mb,
         "time_limit": job.time_limit_s, "worker_id": job.worker_id, "attempt": job.attempt,
         "exit_code": job.exit_code, "signal": job.signal, "priority": job.priority,
         "requeue": job.requeue, "cancel_requested": job.cancel_requested,
-        "submit_dir": job.submit_dir, "env": dict(job.env),
-        "submitted_at": iso(job.submitted_at), "allocated_at": iso(job.allocated_at),
-        "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+        "requeue_requested": job.requeue_requested, "retries": job.retries,
+        "retry_delay_s": job.retry_delay_s, "retries_used": job.retries_used,
+        "array_job_id": job.array_job_id, "array_task_id": job.array_task_id,
+        "dependency": job.dependency, "partition": job.partition,
+        "submit_dir": job.submit_dir,
+        "submitted_at": iso(job.submitted_at), "begin_at": iso(job.begin_at),
+        "allocated_at": iso(job.allocated_at), "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
     }
-    if with_script:
+    if job.usage is not None:
+        out["peak_rss_kb"] = job.usage.peak_rss_kb
+        out["cpu_s"] = job.usage.cpu_s
+    if full:
         out["script"] = job.script
+        out["env"] = dict(job.env)
     return out
+
+
+def attempt_json(a: Attempt) -> dict[str, Any]:
+    elapsed = None
+    if a.started_at is not None:
+        end = a.finished_at or datetime.now(UTC)
+        elapsed = round((end - a.started_at).total_seconds(), 3)
+    return {
+        "attempt": a.attempt, "worker_id": a.worker_id, "cpus": a.cpus,
+        "memory_mb": a.memory_mb, "state": a.state, "reason": a.reason,
+        "exit_code": a.exit_code, "signal": a.signal, "allocated_at": iso(a.allocated_at),
+        "started_at": iso(a.started_at), "finished_at": iso(a.finished_at),
+        "elapsed_s": elapsed, "peak_rss_kb": a.usage.peak_rss_kb,
+        "cpu_user_s": a.usage.cpu_user_s, "cpu_system_s": a.usage.cpu_system_s,
+        "cpu_s": a.usage.cpu_s,
+    }
 
 
 def path_int(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 18:
-        raise RequestError(400, "invalid_id", f"{name} must be a positive integer, got {raw!r}")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) > MAX_ID:
+        raise RequestError(400, "invalid_id",
+                           f"{name} must be a positive integer, got {raw[:40]!r}")
     return int(raw)
+
+
+def role_of(request: web.Request) -> Role:
+    """The caller's role. Until tokens land (the users issue) every caller is a user."""
+    return Role.USER
 
 
 def user_of(request: web.Request) -> str:

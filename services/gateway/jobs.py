@@ -1,4 +1,4 @@
-"""Job endpoints: submit, list, show, cancel, output."""
+"""Job endpoints: submit, list, show, output. (Controls are in control.py.)"""
 
 from __future__ import annotations
 
@@ -7,23 +7,28 @@ import logging
 import time
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from services.gateway.common import (
-    Gateway,
     error,
     job_json,
     json,
     path_int,
     read_json,
+    role_of,
     state,
     user_of,
 )
-from services.gateway.validation import RequestError, parse_submission
-from shared.db.jobs import Job, JobStore, QueueStore, cancel_unstarted, request_cancel
-from shared.dispatch import Dispatch
-from shared.errors import IdempotencyConflict
-from shared.events import CancelRequested, JobFinished, JobSubmitted
+from services.gateway.validation import (
+    RequestError,
+    parse_submission,
+    query_id,
+    query_int,
+    query_text,
+    query_time,
+)
+from shared.db.jobs import Page
+from shared.errors import IdempotencyConflict, NotAllowed
+from shared.lifecycle import check_priority
 from shared.output import read_output
 from shared.states import JobState
 
@@ -35,7 +40,7 @@ LARGEST_TTL_S = 1.0
 MAX_KEY = 255
 
 
-async def _largest_worker(request: web.Request) -> tuple[int | None, int | None]:
+async def largest_worker(request: web.Request) -> tuple[int | None, int | None]:
     """The biggest live worker's CPUs and memory (cached for a second)."""
     g = state(request)
     at, cpus, mem = g.largest
@@ -51,17 +56,18 @@ async def _largest_worker(request: web.Request) -> tuple[int | None, int | None]
 async def submit(request: web.Request) -> web.Response:
     g = state(request)
     body = await read_json(request)
-    cpus, mem = await _largest_worker(request)
+    cpus, mem = await largest_worker(request)
     spec = parse_submission(body, user=user_of(request), largest_cpus=cpus,
                             largest_memory_mb=mem)
+    try:
+        check_priority(spec.priority, role_of(request))
+    except NotAllowed as e:
+        raise RequestError(403, "forbidden", str(e)) from e
     key = _idempotency_key(request)
-    try:  # durable before the 201
-        job, created = await JobStore(g.pool).insert_once(spec, idempotency_key=key)
+    try:  # durable before the 201; a retry returns the job the first request made
+        job, created = await g.lifecycle.submit(spec, idempotency_key=key)
     except IdempotencyConflict as e:
         raise RequestError(409, "idempotency_conflict", str(e)) from e
-    # a retry returns the job the first request made, announced again if it still waits
-    if created or job.state is JobState.PENDING:
-        await _announce(g, job)
     resp = json(job_json(job), status=201 if created else 200)
     if not created:
         resp.headers["Idempotent-Replayed"] = "true"
@@ -78,102 +84,46 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-async def _announce(g: Gateway, job: Job) -> None:
-    try:
-        async with g.redis.pipeline(transaction=False) as pipe:
-            g.bus.publish_in(pipe, JobSubmitted(job_id=job.id, cpus=job.cpus,
-                                                memory_mb=job.memory_mb, priority=job.priority))
-            pipe.publish(g.keys.wakeup("scheduler"), str(job.id))
-            await pipe.execute()
-    except RedisError as e:
-        # The row is the truth; the scheduler's timer finds the job without the event.
-        log.warning("job %s accepted but not announced: %s", job.id, e)
-
-
 @routes.get("/api/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
+    """Newest first. Listings never carry a job's script or environment."""
     q = request.query
     states = [s.strip().upper() for s in q.get("state", "").split(",") if s.strip()]
     bad = [s for s in states if s not in JobState.__members__]
     if bad:
-        raise RequestError(400, "invalid_query", f"unknown state(s) {', '.join(bad)}; use "
-                                                 f"{', '.join(JobState.__members__)}")
-    try:
-        limit = int(q.get("limit", "100"))
-        cursor = int(q["cursor"]) if q.get("cursor") else None
-    except ValueError as e:
-        raise RequestError(400, "invalid_query", "limit and cursor must be integers") from e
-    if not 1 <= limit <= MAX_PAGE:
-        raise RequestError(400, "invalid_query", f"limit must be between 1 and {MAX_PAGE}")
-    jobs = await QueueStore(state(request).pool).page(
-        states=states or None, user=q.get("user") or None, name=q.get("name") or None,
-        before_id=cursor, limit=limit + 1)
+        raise RequestError(400, "invalid_query", f"unknown state(s) {', '.join(bad)[:200]}; "
+                                                 f"use {', '.join(JobState.__members__)}")
+    limit = query_int(q, "limit", default=100, low=1, high=MAX_PAGE)
+    page = Page(states=states or None, user=query_text(q, "user"), name=query_text(q, "name"),
+                before_id=query_id(q, "cursor"), since=query_time(q, "since"),
+                until=query_time(q, "until"), limit=limit + 1)
+    jobs = await state(request).jobs.page(page)
     items = jobs[:limit]
     next_cursor = str(items[-1].id) if len(jobs) > limit else None
     return json({"items": [job_json(j) for j in items], "next_cursor": next_cursor})
 
 
-async def _get(request: web.Request) -> tuple[int, JobStore]:
-    return path_int(request, "job_id"), JobStore(state(request).pool)
-
-
 @routes.get("/api/v1/jobs/{job_id}")
 async def show(request: web.Request) -> web.Response:
-    job_id, store = await _get(request)
-    job = await store.get(job_id)
+    job_id = path_int(request, "job_id")
+    job = await state(request).jobs.get(job_id)
     if job is None:
         return error(404, "not_found", f"job {job_id} does not exist")
-    return json(job_json(job, with_script=True))
-
-
-@routes.delete("/api/v1/jobs/{job_id}")
-async def cancel(request: web.Request) -> web.Response:
-    """A job that has not started is cancelled at once (200); a running one is signalled
-    through its executor (202, then CANCELLED once it has stopped)."""
-    g = state(request)
-    job_id, store = await _get(request)
-    job = await store.get(job_id)
-    if job is None:
-        return error(404, "not_found", f"job {job_id} does not exist")
-    if job.state.terminal:
-        return error(409, "already_finished", f"job {job_id} is already {job.state}")
-    done = await cancel_unstarted(g.pool, job_id)
-    if done is not None:
-        if done.worker_id:  # it was ALLOCATED: give the capacity back, withdraw the launch
-            await g.allocator.release(job_id=job_id, attempt=done.attempt,
-                                      worker_id=done.worker_id)
-            await g.dispatcher.withdraw(Dispatch(worker_id=done.worker_id, job_id=job_id,
-                                                 attempt=done.attempt))
-        await g.bus.publish(JobFinished(job_id=job_id, attempt=done.attempt,
-                                        worker_id=done.worker_id, state=str(done.state)))
-        await g.redis.publish(g.keys.wakeup("scheduler"), str(job_id))
-        return json(job_json(done))
-    running = await request_cancel(g.pool, job_id)
-    if running is not None and running.worker_id:
-        await g.bus.publish_to(g.keys.control(running.worker_id),
-                               CancelRequested(job_id=job_id, attempt=running.attempt))
-        return json(job_json(running), status=202)
-    job = await store.get(job_id)  # it finished in the meantime
-    if job is None:
-        return error(404, "not_found", f"job {job_id} does not exist")
-    return error(409, "already_finished", f"job {job_id} is already {job.state}")
+    return json(job_json(job, full=True))
 
 
 @routes.get("/api/v1/jobs/{job_id}/log")
 async def output(request: web.Request) -> web.StreamResponse:
     g = state(request)
-    job_id, store = await _get(request)
+    job_id = path_int(request, "job_id")
+    store = g.jobs
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise RequestError(400, "invalid_query", "stream must be stdout or stderr")
     job = await store.get(job_id)
     if job is None:
         return error(404, "not_found", f"job {job_id} does not exist")
-    attempt = job.attempt
-    if request.query.get("attempt"):
-        if not request.query["attempt"].isdigit():
-            raise RequestError(400, "invalid_query", "attempt must be an integer")
-        attempt = int(request.query["attempt"])
+    attempt = query_int(request.query, "attempt", default=job.attempt, low=1, high=1_000_000)
     follow = request.query.get("follow") in ("1", "true", "yes")
     text, last, eof = await read_output(g.redis, g.keys, job_id=job_id, attempt=attempt,
                                         stream=stream)

@@ -1,12 +1,16 @@
-"""Turning a submission body into a JobSpec, or a 4xx that says exactly what is wrong. Pure."""
+"""Turning request bodies and query strings into typed values, or a 4xx that says exactly what is
+wrong. Pure."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.db.jobs import JobSpec
+from shared.lifecycle import Changes
+from shared.lifecycle.policy import MAX_RETRIES
 
 MAX_SCRIPT_BYTES = 1024 * 1024
 MAX_ENV_VARS = 256
@@ -15,8 +19,14 @@ MAX_NAME = 200
 MAX_TIME_LIMIT_S = 365 * 86_400
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = re.compile(r"^(SCNS_|SLURM_)")
+MAX_RETRY_DELAY_S = 7 * 86_400
+MAX_ID = 10**18 - 1  # ids are PostgreSQL bigints; 18 digits always fit
+PRIORITY_RANGE = (-(2**31) + 1, 2**31 - 2)  # what the column holds; policy narrows it per role
 FIELDS = frozenset({"script", "cpus", "memory_mb", "time_limit", "name", "env", "array",
-                    "dependency", "hold", "requeue", "partition", "submit_dir"})
+                    "dependency", "hold", "requeue", "partition", "submit_dir", "priority",
+                    "begin_at", "retries", "retry_delay_s"})
+PATCHABLE = {"priority": "priority", "time_limit": "time_limit_s", "cpus": "cpus",
+             "memory_mb": "memory_mb", "name": "name", "begin_at": "begin_at"}
 NOT_YET = {"array": "job arrays", "dependency": "job dependencies"}
 
 
@@ -68,6 +78,23 @@ def _text(body: Mapping[str, Any], key: str, *, max_len: int) -> str | None:
     return value
 
 
+def parse_time(value: Any, key: str) -> datetime:
+    """ISO 8601 (`2026-11-24T02:30:00Z`, `...+01:00`; without an offset: UTC)."""
+    if not isinstance(value, str) or not 10 <= len(value) <= 40:
+        raise _bad("invalid_field", f"'{key}' must be an ISO 8601 time such as "
+                                    "2026-11-24T02:30:00Z")
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise _bad("invalid_field", f"'{key}' is not an ISO 8601 time: {value!r} (e.g. "
+                                    "2026-11-24T02:30:00Z)") from e
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    if not 1970 <= at.year <= 9999:
+        raise _bad("invalid_field", f"'{key}' is out of range: {value!r}")
+    return at
+
+
 def _env(value: Any) -> dict[str, str]:
     if value is None:
         return {}
@@ -117,18 +144,105 @@ def parse_submission(body: Any, *, user: str, largest_cpus: int | None,
     cpus = _int(body, "cpus", minimum=1, maximum=100_000) or 1
     memory_mb = _int(body, "memory_mb", minimum=1, maximum=1 << 40)
     time_limit = _int(body, "time_limit", minimum=1, maximum=MAX_TIME_LIMIT_S)
-    if largest_cpus is not None and cpus > largest_cpus:
-        raise _bad("unsatisfiable", f"{cpus} CPUs can never be satisfied: the largest worker "
-                                    f"has {largest_cpus}", 422)
-    if largest_memory_mb is not None and memory_mb is not None and memory_mb > largest_memory_mb:
-        raise _bad("unsatisfiable", f"{memory_mb} MB of memory can never be satisfied: the "
-                                    f"largest worker has {largest_memory_mb} MB", 422)
+    check_fits(cpus=cpus, memory_mb=memory_mb, largest_cpus=largest_cpus,
+               largest_memory_mb=largest_memory_mb)
     partition = _text(body, "partition", max_len=64)
     if partition not in (None, "", "default"):
         raise _bad("not_supported", f"partition {partition!r} does not exist (only 'default')",
                    422)
     name = _text(body, "name", max_len=MAX_NAME) or "job"
     submit_dir = _text(body, "submit_dir", max_len=4096)
+    priority = _int(body, "priority", minimum=PRIORITY_RANGE[0], maximum=PRIORITY_RANGE[1])
+    begin_at = parse_time(body["begin_at"], "begin_at") if body.get("begin_at") is not None \
+        else None
     return JobSpec(script=script, cpus=cpus, name=name, user=user, memory_mb=memory_mb,
                    time_limit_s=time_limit, env=_env(body.get("env")), submit_dir=submit_dir,
-                   partition=None, requeue=_bool(body, "requeue"), hold=_bool(body, "hold"))
+                   partition=None, requeue=_bool(body, "requeue"), hold=_bool(body, "hold"),
+                   priority=priority or 0, begin_at=begin_at,
+                   retries=_int(body, "retries", minimum=0, maximum=MAX_RETRIES) or 0,
+                   retry_delay_s=_int(body, "retry_delay_s", minimum=0,
+                                      maximum=MAX_RETRY_DELAY_S) or 0)
+
+
+def check_fits(*, cpus: int | None, memory_mb: int | None, largest_cpus: int | None,
+               largest_memory_mb: int | None) -> None:
+    """422 for a request no live worker could ever hold (None: no worker is live yet)."""
+    if largest_cpus is not None and cpus is not None and cpus > largest_cpus:
+        raise _bad("unsatisfiable", f"{cpus} CPUs can never be satisfied: the largest worker "
+                                    f"has {largest_cpus}", 422)
+    if largest_memory_mb is not None and memory_mb is not None and memory_mb > largest_memory_mb:
+        raise _bad("unsatisfiable", f"{memory_mb} MB of memory can never be satisfied: the "
+                                    f"largest worker has {largest_memory_mb} MB", 422)
+
+
+def parse_changes(body: Any) -> Changes:
+    """A PATCH /jobs/{id} body: the fields to change (`null` removes a time limit, memory
+    request or begin time)."""
+    if not isinstance(body, dict) or not body:
+        raise _bad("invalid_body", "send a JSON object with the fields to change: "
+                                   f"{', '.join(PATCHABLE)}")
+    unknown = sorted(set(body) - set(PATCHABLE))
+    if unknown:
+        raise _bad("unknown_field", f"cannot change {', '.join(unknown)}; a pending job's "
+                                    f"{', '.join(PATCHABLE)} can be changed")
+    values: dict[str, Any] = {}
+    for key in body:
+        if key == "begin_at":
+            values["begin_at"] = None if body[key] is None else parse_time(body[key], key)
+        elif key == "name":
+            if body[key] is None or not str(body[key]).strip():
+                raise _bad("invalid_field", "'name' must be a non-empty string")
+            values["name"] = _text(body, key, max_len=MAX_NAME)
+        elif key == "priority":
+            if body[key] is None:
+                raise _bad("invalid_field", "'priority' must be an integer")
+            values["priority"] = _int(body, key, minimum=PRIORITY_RANGE[0],
+                                      maximum=PRIORITY_RANGE[1])
+        elif key == "cpus":
+            if body[key] is None:
+                raise _bad("invalid_field", "'cpus' must be an integer")
+            values["cpus"] = _int(body, key, minimum=1, maximum=100_000)
+        elif key == "time_limit":
+            values["time_limit_s"] = _int(body, key, minimum=1, maximum=MAX_TIME_LIMIT_S)
+        else:
+            values["memory_mb"] = _int(body, key, minimum=1, maximum=1 << 40)
+    return Changes(set=frozenset(PATCHABLE[k] for k in body), **values)
+
+
+def query_text(query: Mapping[str, str], key: str, *, max_len: int = 200) -> str | None:
+    """A free-text query parameter: bounded, printable (PostgreSQL text cannot hold NUL)."""
+    value = query.get(key)
+    if not value:
+        return None
+    if len(value) > max_len or not value.isprintable():
+        raise _bad("invalid_query", f"'{key}' must be at most {max_len} printable characters")
+    return value
+
+
+def query_id(query: Mapping[str, str], key: str) -> int | None:
+    value = query.get(key)
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_ID:
+        raise _bad("invalid_query", f"'{key}' must be a job id (digits), got {value[:40]!r}")
+    return int(value)
+
+
+def query_int(query: Mapping[str, str], key: str, *, default: int, low: int, high: int) -> int:
+    value = query.get(key)
+    if value is None or value == "":
+        return default
+    if not (value.isascii() and value.lstrip("-").isdigit()) or len(value) > 12 \
+            or not low <= int(value) <= high:
+        raise _bad("invalid_query", f"'{key}' must be an integer from {low} to {high}")
+    return int(value)
+
+
+def query_time(query: Mapping[str, str], key: str) -> datetime | None:
+    value = query.get(key)
+    if not value:
+        return None
+    try:
+        return parse_time(value, key)
+    except RequestError as e:
+        raise _bad("invalid_query", e.message) from e

@@ -16,7 +16,9 @@ SCNS_RECONCILE_S and on demand (a `wake:reconciler` hint, `scns reconcile`):
    RUNNING ones become NODE_FAIL (then a new attempt if they asked for requeue), ALLOCATED ones,
    which never started, go back to PENDING;
 4. re-enqueues ALLOCATED jobs whose arq launch vanished (same attempt: the guard makes a
-   duplicate harmless), and re-sends cancel requests a worker has not acted on.
+   duplicate harmless), and re-sends cancel and requeue requests a worker has not acted on.
+
+Every job transition among these is an operation of the lifecycle module (shared/lifecycle).
 
 Every repair is a guarded SQL update or an idempotent script, and a pass reads before it writes:
 on a quiet, consistent system it writes nothing. Several replicas may run; a PostgreSQL advisory
@@ -30,28 +32,20 @@ import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
-import asyncpg
 import orjson
-from arq.constants import in_progress_key_prefix, job_key_prefix
 from prometheus_client import Counter, Histogram
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.allocation import AllocationRecord, Allocator, Outcome
-from shared.bus import StreamBus
+from shared.allocation import AllocationRecord
 from shared.db import UNAVAILABLE
-from shared.db.jobs import Job, JobStore, hand_back
+from shared.db.jobs import Job
 from shared.db.repairs import Active, RepairStore, Unreleased
-from shared.dispatch import ArqDispatcher, Dispatch
-from shared.events import CancelRequested, JobFinished
-from shared.keys import Keys
 from shared.leader import RECONCILER_LOCK_ID, Leadership
-from shared.membership import Membership
 from shared.redis import aw
-from shared.settings import Settings
+from shared.states import JobState, PendingReason
 from shared.wakeup import Wakeups
+from shared.wiring import Wiring
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +79,15 @@ class Report:
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool[Any]) -> None:
-        self.settings = settings
-        self.redis = redis
-        self.pool = pool
-        self.keys = Keys(settings.key_prefix)
-        self.membership = Membership(redis, self.keys)
-        self.allocator = Allocator(redis, self.keys, self.membership.scripts)
-        self.dispatcher = ArqDispatcher(redis, self.keys, self.membership.scripts)
-        self.bus = StreamBus(redis, self.keys, maxlen=settings.stream_maxlen)
-        self.repairs = RepairStore(pool)
-        self.jobs = JobStore(pool)
-        self.wakeups = Wakeups(redis, self.keys.wakeup("reconciler"))
+    def __init__(self, wiring: Wiring) -> None:
+        self.settings = wiring.settings
+        self.redis = wiring.redis
+        self.keys = wiring.keys
+        self.membership = wiring.membership
+        self.allocator = wiring.allocator
+        self.lifecycle = wiring.lifecycle
+        self.repairs = RepairStore(wiring.pool)
+        self.wakeups = Wakeups(wiring.redis, wiring.keys.wakeup("reconciler"))
 
     async def run_pass(self) -> Report:
         r = Report()
@@ -144,9 +135,7 @@ class Reconciler:
         held = {(x.job_id, x.attempt) for x in rows if x.current}
         for rec in records.values():
             if (rec.job_id, rec.attempt) not in held:
-                released = await self.allocator.release(job_id=rec.job_id, attempt=rec.attempt,
-                                                        worker_id=rec.worker_id)
-                r.stale_records_released += released == 1
+                r.stale_records_released += await self.lifecycle.release_stale(rec)
         missing: list[Unreleased] = []
         for row in rows:
             if not row.current:
@@ -161,24 +150,10 @@ class Reconciler:
         return missing
 
     async def _recreate(self, r: Report, row: Unreleased) -> None:
-        job_id, attempt, worker_id = row.job_id, row.attempt, row.worker_id
-        if row.state == "RUNNING":
-            r.running_recorded += await self.allocator.record_running(AllocationRecord(
-                job_id=job_id, worker_id=worker_id, cpus=row.cpus, memory_mb=row.memory_mb,
-                attempt=attempt))
-            return
-        placed = await self.allocator.allocate(job_id=job_id, attempt=attempt, cpus=row.cpus,
-                                               memory_mb=row.memory_mb, candidates=[worker_id])
-        if placed.outcome is Outcome.PLACED:
-            r.records_recreated += 1
-            return
-        if placed.outcome is Outcome.NOT_READY:
-            return
-        if await hand_back(self.pool, job_id=job_id, attempt=attempt,
-                           worker_id=worker_id) is not None:
-            await self.dispatcher.withdraw(Dispatch(worker_id=worker_id, job_id=job_id,
-                                                    attempt=attempt))
-            r.handed_back_no_room += 1
+        done = await self.lifecycle.restore_allocation(row)
+        r.running_recorded += done == "recorded-running"
+        r.records_recreated += done == "recreated"
+        r.handed_back_no_room += done == "handed-back"
 
     # --- 2. counters ---------------------------------------------------------------------
     async def _counters(self, r: Report) -> None:
@@ -204,55 +179,30 @@ class Reconciler:
     # --- 3. jobs on workers that are gone ------------------------------------------------
     async def _lost_workers(self, r: Report, live: set[str], active: list[Active]) -> None:
         lost = await self.repairs.lost_workers(self.settings.node_fail_grace_s) - live
-        for a in active:
-            job: Job = a.job
-            if job.worker_id is None or job.worker_id not in lost:
+        gone = [a.job for a in active if a.job.worker_id in lost]
+        unstarted = [j for j in gone if j.state is JobState.ALLOCATED]
+        r.handed_back_lost_worker += await self.lifecycle.hand_back(
+            [self.lifecycle.slot(j) for j in unstarted], PendingReason.PRIORITY)
+        for job in gone:
+            if job.state is not JobState.RUNNING:
                 continue
-            if job.state == "ALLOCATED":
-                if await hand_back(self.pool, job_id=job.id, attempt=job.attempt,
-                                   worker_id=job.worker_id) is not None:
-                    await self.allocator.release(job_id=job.id, attempt=job.attempt,
-                                                 worker_id=job.worker_id)
-                    await self.dispatcher.withdraw(Dispatch(worker_id=job.worker_id,
-                                                            job_id=job.id, attempt=job.attempt))
-                    r.handed_back_lost_worker += 1
-                continue
-            failed = await self.repairs.fail_on_lost_worker(job, f"worker {job.worker_id} lost")
-            if failed is None:
+            ended = await self.lifecycle.node_fail(job, f"worker {job.worker_id} lost")
+            if ended is None:
                 continue
             r.node_failed += 1
-            await self.allocator.release(job_id=job.id, attempt=job.attempt,
-                                         worker_id=job.worker_id)
-            await self.bus.publish(JobFinished(job_id=job.id, attempt=job.attempt,
-                                               worker_id=job.worker_id, state="NODE_FAIL"))
-            if job.requeue and await self.jobs.requeue(job.id, attempt=job.attempt,
-                                                       reason="Priority") is not None:
-                r.requeued += 1
-        if r.node_failed or r.handed_back_lost_worker:
-            await self.redis.publish(self.keys.wakeup("scheduler"), "reconciler")
+            r.requeued += ended.again
 
-    # --- 4. launches that vanished, cancels not acted on ---------------------------------
+    # --- 4. launches that vanished, stop requests not acted on ---------------------------
     async def _deliveries(self, r: Report, live: set[str], active: list[Active]) -> None:
-        waiting = [a.job for a in active if a.job.state == "ALLOCATED" and a.job.worker_id in live
-                   and a.age_s >= self.settings.repair_grace_s]
-        if waiting:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for job in waiting:
-                    arq_id = self.keys.arq_job_id(job.id, job.attempt)
-                    pipe.exists(job_key_prefix + arq_id, in_progress_key_prefix + arq_id)
-                present = await pipe.execute()
-            lost = [j for j, n in zip(waiting, present, strict=True) if not n]
-            done = await self.dispatcher.enqueue([Dispatch(worker_id=str(j.worker_id),
-                                                           job_id=j.id, attempt=j.attempt)
-                                                  for j in lost])
-            r.reenqueued += sum(done)
+        r.reenqueued += await self.lifecycle.relaunch(
+            [a.job for a in active if a.job.state is JobState.ALLOCATED
+             and a.job.worker_id in live and a.age_s >= self.settings.repair_grace_s])
         for a in active:
-            job = a.job
-            if job.state == "RUNNING" and job.cancel_requested and job.worker_id \
+            job: Job = a.job
+            if job.state is JobState.RUNNING and (job.cancel_requested or job.requeue_requested) \
                     and job.worker_id in live \
                     and a.age_s > CANCEL_RESEND_AFTER_S + self.settings.kill_grace_s:
-                await self.bus.publish_to(self.keys.control(job.worker_id),
-                                          CancelRequested(job_id=job.id, attempt=job.attempt))
+                await self.lifecycle.resend_stop(job)
                 r.cancels_resent += 1
 
     # --- the loop ------------------------------------------------------------------------
@@ -292,7 +242,7 @@ async def _main() -> int:
     from shared import runtime, service
 
     async with service.started("reconciler", pool_size=4) as ctx:
-        reconciler = Reconciler(ctx.settings, ctx.redis, ctx.pool)
+        reconciler = Reconciler(ctx.wiring)
         log.info("reconciler started", extra={"event": "started",
                                               "period_s": ctx.settings.reconcile_s})
         reconciler.wakeups.set()  # a first pass at once: it (re)opens the allocation epoch

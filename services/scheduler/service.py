@@ -9,8 +9,14 @@ fixes: PostgreSQL first (a guarded batch UPDATE to ALLOCATED plus allocation row
 the snapshot) is rolled back to PENDING. The reconciler repairs whatever gap a crash leaves
 between the steps.
 
-Passes run when events arrive (job-submitted, job-finished, worker-joined, worker-left, through a
-consumer group), on pub/sub wake-up hints, and every SCNS_SCHEDULER_INTERVAL_S as a safety net.
+Jobs waiting for a begin time are not in the queue a pass reads: each pass first promotes those
+whose time has come (an indexed statement, shared/lifecycle) and the loop sleeps no longer than
+until the next one, so a job starts within moments of its begin time without any pass scanning
+the pending jobs for it.
+
+Passes run when events arrive (job-submitted, -finished, -requeued, -updated, worker-joined,
+worker-left, through a consumer group), on pub/sub wake-up hints, at the next begin time, and
+every SCNS_SCHEDULER_INTERVAL_S as a safety net.
 """
 
 from __future__ import annotations
@@ -19,33 +25,26 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
-import asyncpg
 from prometheus_client import Counter, Histogram
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import failpoints
-from shared.allocation import Allocator, Outcome
-from shared.bus import Consumer, Delivery, StreamBus, consumer_name
+from shared.bus import Consumer, Delivery, consumer_name
 from shared.db import UNAVAILABLE
-from shared.db.jobs import Allocated, QueueStore
-from shared.dispatch import ArqDispatcher, Dispatch
 from shared.events import (
     Event,
-    JobAllocated,
     JobFinished,
+    JobRequeued,
     JobSubmitted,
+    JobUpdated,
     WorkerJoined,
     WorkerLeft,
 )
-from shared.keys import Keys
 from shared.leader import SCHEDULER_LOCK_ID, Leadership
-from shared.membership import Membership
 from shared.placement import Node, Placement, Request, plan
-from shared.settings import Settings
+from shared.states import WorkerState
 from shared.wakeup import Wakeups
+from shared.wiring import Wiring
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,8 @@ PLACED = Counter("scns_scheduler_placed_total", "Jobs placed")
 ROLLED_BACK = Counter("scns_scheduler_rolled_back_total",
                       "Placements rolled back because the Redis step found no room")
 
-WAKE_TYPES = (JobSubmitted.TYPE, JobFinished.TYPE, WorkerJoined.TYPE, WorkerLeft.TYPE)
+WAKE_TYPES = (JobSubmitted.TYPE, JobFinished.TYPE, JobRequeued.TYPE, JobUpdated.TYPE,
+              WorkerJoined.TYPE, WorkerLeft.TYPE)
 MAX_PAGES = 20
 COALESCE_S = 0.025
 _PG_ERRORS = UNAVAILABLE
@@ -78,22 +78,22 @@ def _after(nodes: list[Node], placed: list[Placement]) -> list[Node]:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool[Any]) -> None:
-        self.settings = settings
-        self.redis = redis
-        self.keys = Keys(settings.key_prefix)
-        self.membership = Membership(redis, self.keys)
-        self.allocator = Allocator(redis, self.keys, self.membership.scripts)
-        self.dispatcher = ArqDispatcher(redis, self.keys, self.membership.scripts)
-        self.bus = StreamBus(redis, self.keys, maxlen=settings.stream_maxlen)
-        self.queue = QueueStore(pool)
-        self.wakeups = Wakeups(redis, self.keys.wakeup("scheduler"))
+    def __init__(self, wiring: Wiring) -> None:
+        self.settings = wiring.settings
+        self.membership = wiring.membership
+        self.allocator = wiring.allocator
+        self.bus = wiring.bus
+        self.jobs = wiring.jobs
+        self.lifecycle = wiring.lifecycle
+        self.wakeups = Wakeups(wiring.redis, wiring.keys.wakeup("scheduler"))
+        self.next_begin_s: float | None = None  # until the next begin time, as of the last pass
 
     def wake(self) -> None:
         self.wakeups.set()
 
     async def nodes(self) -> list[Node]:
-        members = [m for m in await self.membership.live_members() if m.state == "ready"]
+        members = [m for m in await self.membership.live_members()
+                   if m.state == WorkerState.READY]
         usage = await self.allocator.usage([m.worker_id for m in members])
         return [Node(id=m.worker_id, cpus=m.cpus, memory_mb=m.memory_mb,
                      cpus_used=usage[m.worker_id].cpus,
@@ -102,6 +102,7 @@ class Scheduler:
     async def run_pass(self) -> PassResult:
         result = PassResult()
         with PASSES.time():
+            self.next_begin_s = await self.lifecycle.promote_due()
             if not await self.allocator.ready():
                 # Redis lost its records; the reconciler rebuilds them from PostgreSQL first
                 log.warning("placement paused: allocation records are being rebuilt",
@@ -116,7 +117,7 @@ class Scheduler:
                     break  # every CPU is taken: nothing can be placed, reasons stand
                 # at most `free` jobs can start; a few more let backfill look past wide ones
                 limit = min(self.settings.scheduler_batch, free + 64)
-                pending = await self.queue.pending(limit=limit, after=after)
+                pending = await self.jobs.pending(limit=limit, after=after)
                 if not pending:
                     break
                 result.considered += len(pending)
@@ -125,8 +126,11 @@ class Scheduler:
                          nodes, reserve_after_s=self.settings.reserve_after_s)
                 reasons.update(p.blocked)
                 if p.placements:
-                    placed, back = await self._commit(
+                    done = await self.lifecycle.place(
                         [(x.job_id, x.attempt, x.worker_id) for x in p.placements])
+                    placed, back = len(done.placed), done.rolled_back
+                    PLACED.inc(placed)
+                    ROLLED_BACK.inc(back)
                     result.placed += placed
                     result.rolled_back += back
                     # a rollback means our snapshot was stale: read it again; otherwise
@@ -135,46 +139,8 @@ class Scheduler:
                 if len(pending) < limit:
                     break
                 after = (pending[-1].priority, pending[-1].id)
-            await self.queue.set_reasons(reasons)
+            await self.lifecycle.set_reasons(reasons)
         return result
-
-    async def _commit(self, placements: list[tuple[int, int, str]]) -> tuple[int, int]:
-        # 1. PostgreSQL: the record of what should be allocated (guarded; returns the winners)
-        won: list[Allocated] = await self.queue.allocate(placements)
-        failpoints.hit("scheduler:after-pg-write")
-        # 2. Redis: the atomic capacity check and counters
-        outcomes = await self.allocator.allocate_many(
-            [(a.job_id, a.attempt, a.cpus, a.memory_mb, a.worker_id) for a in won])
-        failpoints.hit("scheduler:after-lua")
-        ok: list[Allocated] = []
-        back: list[tuple[int, int]] = []
-        for a, o in zip(won, outcomes, strict=True):
-            if o.outcome is Outcome.PLACED and o.worker_id == a.worker_id:
-                ok.append(a)
-            else:
-                if o.outcome is Outcome.HELD:
-                    log.warning("an older attempt still holds an allocation; the reconciler "
-                                "will release it", extra={"job_id": a.job_id,
-                                                          "held_attempt": o.held_attempt})
-                back.append((a.job_id, a.attempt))
-        if back:
-            await self.queue.unallocate(back, "Resources")
-            ROLLED_BACK.inc(len(back))
-        # 3. the launch on each worker's queue, 4. the events
-        await self.dispatcher.enqueue([Dispatch(worker_id=a.worker_id, job_id=a.job_id,
-                                                attempt=a.attempt) for a in ok])
-        events = [JobAllocated(job_id=a.job_id, attempt=a.attempt, worker_id=a.worker_id,
-                               cpus=a.cpus, memory_mb=a.memory_mb) for a in ok]
-        if events:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for e in events:
-                    self.bus.publish_in(pipe, e)
-                await pipe.execute()
-            await self.bus.published(events)
-        PLACED.inc(len(ok))
-        if ok:
-            log.debug("placed %d jobs", len(ok), extra={"event": "placed", "count": len(ok)})
-        return len(ok), len(back)
 
     # --- the loop ------------------------------------------------------------------------
     async def on_event(self, event: Event, delivery: Delivery) -> None:
@@ -199,7 +165,11 @@ class Scheduler:
         self.wake()
         last_pass = 0.0
         while not stop.is_set():
-            await self.wakeups.wait(stop, self.settings.scheduler_interval_s)
+            timeout = self.settings.scheduler_interval_s
+            if self.next_begin_s is not None:  # a begin time comes sooner than the timer
+                timeout = min(timeout, max(self.next_begin_s - (time.monotonic() - last_pass),
+                                           0.0))
+            await self.wakeups.wait(stop, timeout)
             if stop.is_set():
                 return
             # Under load wake-ups arrive per job; gathering them for a few milliseconds makes
@@ -243,7 +213,7 @@ async def _main() -> int:
         return {"redis": (await service.ready_if_reachable(ctx))["redis"]}
 
     async with service.started("scheduler", pool_size=4, ready=ready) as ctx:
-        scheduler = Scheduler(ctx.settings, ctx.redis, ctx.pool)
+        scheduler = Scheduler(ctx.wiring)
         log.info("scheduler started", extra={"event": "started"})
         async with Leadership(ctx.settings.database_url, lock_id=SCHEDULER_LOCK_ID,
                               name="scheduler",

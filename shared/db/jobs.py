@@ -1,4 +1,8 @@
-"""Jobs in PostgreSQL: every state change is a guarded UPDATE derived from the state machine."""
+"""Jobs in PostgreSQL: the models, and the reads every service makes.
+
+Writes are not here: every change of a job is an operation of the lifecycle module
+(shared/lifecycle), which runs the guarded statements of queries.sql.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,9 @@ import asyncpg
 import orjson
 
 from shared.db.queries import q
-from shared.errors import ConductorError, IdempotencyConflict
-from shared.states import REQUEUE_FROM, TERMINAL, JobState, sources_for
+from shared.states import JobState
 
 Executor: TypeAlias = "asyncpg.Pool[asyncpg.Record] | asyncpg.Connection[Any]"
-
-_TERMINAL_NAMES = sorted(str(s) for s in TERMINAL)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,12 +39,30 @@ class JobSpec:
     priority: int = 0
     dependency: str | None = None
     hold: bool = False
+    begin_at: datetime | None = None
+    retries: int = 0
+    retry_delay_s: int = 0
 
 
 def spec_digest(spec: JobSpec) -> str:
     """A stable fingerprint of a request, to tell a retry from a reused key."""
     fields = dataclasses.asdict(spec) | {"env": dict(spec.env)}
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """What an attempt's processes consumed (None where it could not be measured)."""
+
+    peak_rss_kb: int | None = None
+    cpu_user_s: float | None = None
+    cpu_system_s: float | None = None
+
+    @property
+    def cpu_s(self) -> float | None:
+        if self.cpu_user_s is None and self.cpu_system_s is None:
+            return None
+        return (self.cpu_user_s or 0.0) + (self.cpu_system_s or 0.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,9 +91,21 @@ class Job:
     allocated_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    begin_at: datetime | None = None
+    retries: int = 0
+    retry_delay_s: int = 0
+    retries_used: int = 0
+    requeue_requested: bool = False
+    array_job_id: int | None = None
+    array_task_id: int | None = None
+    usage: Usage | None = None  # the current attempt's, where the query joined it
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Job:
+        usage = None
+        if "peak_rss_kb" in row.keys():  # noqa: SIM118 - a Record is not a dict
+            usage = Usage(peak_rss_kb=row["peak_rss_kb"], cpu_user_s=row["cpu_user_s"],
+                          cpu_system_s=row["cpu_system_s"])
         return cls(
             id=row["id"], name=row["name"], user=row["user_name"],
             state=JobState(row["state"]), reason=row["reason"], priority=row["priority"],
@@ -85,72 +116,39 @@ class Job:
             signal=row["signal"], cancel_requested=row["cancel_requested"],
             submitted_at=row["submitted_at"], allocated_at=row["allocated_at"],
             started_at=row["started_at"], finished_at=row["finished_at"],
+            begin_at=row["begin_at"], retries=row["retries"],
+            retry_delay_s=row["retry_delay_s"], retries_used=row["retries_used"],
+            requeue_requested=row["requeue_requested"], array_job_id=row["array_job_id"],
+            array_task_id=row["array_task_id"], usage=usage,
         )
 
 
-class JobStore:
-    def __init__(self, db: Executor) -> None:
-        self.db = db
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One placed attempt of a job, as sacct would show it."""
 
-    async def insert(self, spec: JobSpec) -> Job:
-        job, _ = await self.insert_once(spec, idempotency_key=None)
-        return job
+    attempt: int
+    worker_id: str
+    cpus: int
+    memory_mb: int
+    allocated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    state: str | None
+    reason: str | None
+    exit_code: int | None
+    signal: int | None
+    usage: Usage
 
-    async def insert_once(self, spec: JobSpec, *,
-                          idempotency_key: str | None) -> tuple[Job, bool]:
-        """Insert the job, or with a key the user already sent, return the job that key made
-        (`created` False). The same key with a different request is an IdempotencyConflict."""
-        reason = "Held" if spec.hold else ("Dependency" if spec.dependency else "Priority")
-        digest = spec_digest(spec) if idempotency_key is not None else None
-        row = await self.db.fetchrow(
-            q("insert_job"), spec.name, spec.user, spec.script, spec.cpus, spec.memory_mb,
-            spec.time_limit_s, dict(spec.env), spec.submit_dir, spec.partition, spec.requeue,
-            spec.priority, spec.dependency, reason, idempotency_key, digest,
-        )
-        if row is not None:
-            return Job.from_row(row), True
-        if idempotency_key is None:
-            raise ConductorError("INSERT ... RETURNING returned no row")
-        row = await self.db.fetchrow(q("get_job_by_key"), spec.user, idempotency_key)
-        if row is None:  # cannot happen: the conflicting row is committed before DO NOTHING
-            raise ConductorError(f"key {idempotency_key!r} conflicted but no job has it")
-        if row["request_digest"] != digest:
-            raise IdempotencyConflict(
-                f"Idempotency-Key {idempotency_key!r} was already used for a different request "
-                f"(job {row['id']}); use a new key for a new job")
-        return Job.from_row(row), False
-
-    async def get(self, job_id: int) -> Job | None:
-        row = await self.db.fetchrow(q("get_job"), job_id)
-        return Job.from_row(row) if row else None
-
-    async def transition(
-        self,
-        job_id: int,
-        *,
-        attempt: int,
-        to: JobState,
-        reason: str | None = None,
-        worker_id: str | None = None,
-        exit_code: int | None = None,
-        signal: int | None = None,
-    ) -> Job | None:
-        """Move the job to `to` if the state machine allows it from its current state and it is
-        still at `attempt`. Returns the updated job, or None when the guard did not match (some
-        other actor got there first, or the attempt is stale): callers treat None as "not mine"."""
-        sources = sorted(str(s) for s in sources_for(to))
-        row = await self.db.fetchrow(
-            q("transition_job"), job_id, attempt, str(to), reason, worker_id, exit_code,
-            signal, sources, _TERMINAL_NAMES,
-        )
-        return Job.from_row(row) if row else None
-
-    async def requeue(self, job_id: int, *, attempt: int, reason: str = "Priority") -> Job | None:
-        """Start a new attempt (PENDING, attempt + 1) if the job is still at `attempt`."""
-        row = await self.db.fetchrow(
-            q("requeue_job"), job_id, attempt, reason, sorted(str(s) for s in REQUEUE_FROM)
-        )
-        return Job.from_row(row) if row else None
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Attempt:
+        return cls(attempt=row["attempt"], worker_id=row["worker_id"], cpus=row["cpus"],
+                   memory_mb=row["memory_mb"], allocated_at=row["allocated_at"],
+                   started_at=row["started_at"], finished_at=row["finished_at"],
+                   state=row["state"], reason=row["reason"], exit_code=row["exit_code"],
+                   signal=row["signal"],
+                   usage=Usage(peak_rss_kb=row["peak_rss_kb"], cpu_user_s=row["cpu_user_s"],
+                               cpu_system_s=row["cpu_system_s"]))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,23 +162,36 @@ class PendingJob:
     waited_s: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Allocated:
-    job_id: int
-    attempt: int
-    worker_id: str
-    cpus: int
-    memory_mb: int
-
-
 MAX_PRIORITY = 2**31 - 1
 
 
-class QueueStore:
-    """The scheduler's and executor's batch operations on jobs."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Page:
+    """Filters of a job listing (None matches everything)."""
+
+    states: Sequence[str] | None = None
+    user: str | None = None
+    name: str | None = None
+    before_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+
+
+class JobStore:
+    """Reads of jobs (the gateway, the scheduler's queue, the executor's own jobs)."""
 
     def __init__(self, db: Executor) -> None:
         self.db = db
+
+    async def get(self, job_id: int) -> Job | None:
+        row = await self.db.fetchrow(q("get_job"), job_id)
+        return Job.from_row(row) if row else None
+
+    async def by_key(self, user: str, key: str) -> tuple[Job, str] | None:
+        """The job an idempotency key made, with the digest of the request that made it."""
+        row = await self.db.fetchrow(q("get_job_by_key"), user, key)
+        return (Job.from_row(row), row["request_digest"]) if row else None
 
     async def pending(self, *, limit: int, after: tuple[int, int] | None = None
                       ) -> list[PendingJob]:
@@ -191,70 +202,18 @@ class QueueStore:
                            memory_mb=r["memory_mb"], priority=r["priority"], reason=r["reason"],
                            waited_s=r["waited_s"]) for r in rows]
 
-    async def allocate(self, plan: Sequence[tuple[int, int, str]]) -> list[Allocated]:
-        """Record placements (job, attempt, worker); returns those this call won."""
-        if not plan:
-            return []
-        rows = await self.db.fetch(q("allocate_jobs"), [p[0] for p in plan],
-                                   [p[1] for p in plan], [p[2] for p in plan])
-        return [Allocated(job_id=r["id"], attempt=r["attempt"], worker_id=r["worker_id"],
-                          cpus=r["cpus"], memory_mb=r["memory_mb"]) for r in rows]
-
-    async def unallocate(self, jobs: Sequence[tuple[int, int]], reason: str) -> int:
-        if not jobs:
-            return 0
-        rows = await self.db.fetch(q("unallocate_jobs"), [j for j, _ in jobs],
-                                   [a for _, a in jobs], reason)
-        return len(rows)
-
-    async def set_reasons(self, reasons: Mapping[int, str]) -> None:
-        if reasons:
-            items = sorted(reasons.items())
-            await self.db.execute(q("set_pending_reasons"), [j for j, _ in items],
-                                  [r for _, r in items])
-
-    async def start(self, job_id: int, attempt: int, worker_id: str) -> Job | None:
-        row = await self.db.fetchrow(q("start_job"), job_id, attempt, worker_id)
-        return Job.from_row(row) if row else None
-
     async def on_worker(self, worker_id: str, states: Sequence[JobState]) -> list[Job]:
         rows = await self.db.fetch(q("jobs_on_worker"), worker_id, [str(s) for s in states])
         return [Job.from_row(r) for r in rows]
 
-    async def page(self, *, states: Sequence[str] | None, user: str | None, name: str | None,
-                   before_id: int | None, limit: int) -> list[Job]:
-        rows = await self.db.fetch(q("list_jobs"), list(states) if states else None, user, name,
-                                   before_id, limit)
+    async def page(self, p: Page) -> list[Job]:
+        rows = await self.db.fetch(q("list_jobs"), list(p.states) if p.states else None,
+                                   p.user, p.name, p.before_id, p.limit, p.since, p.until)
         return [Job.from_row(r) for r in rows]
+
+    async def attempts(self, job_id: int) -> list[Attempt]:
+        return [Attempt.from_row(r) for r in await self.db.fetch(q("job_attempts"), job_id)]
 
     async def stats(self) -> list[tuple[str, str, int, int]]:
         rows = await self.db.fetch(q("queue_stats"))
         return [(r["state"], r["reason"], r["n"], r["cpus"]) for r in rows]
-
-
-async def finish(
-    db: Executor, *, job_id: int, attempt: int, worker_id: str, state: JobState,
-    exit_code: int | None, signal: int | None, reason: str | None = None,
-) -> Job | None:
-    """RUNNING -> terminal and the allocation row released (one statement)."""
-    row = await db.fetchrow(q("finish_job"), job_id, attempt, worker_id, str(state), exit_code,
-                            signal, reason)
-    return Job.from_row(row) if row else None
-
-
-async def hand_back(db: Executor, *, job_id: int, attempt: int, worker_id: str) -> Job | None:
-    """ALLOCATED -> PENDING (same attempt: nothing ran) and the allocation row released."""
-    row = await db.fetchrow(q("hand_back_job"), job_id, attempt, worker_id)
-    return Job.from_row(row) if row else None
-
-
-async def cancel_unstarted(db: Executor, job_id: int) -> Job | None:
-    """PENDING/ALLOCATED -> CANCELLED at once, allocation row released. The returned job still
-    names the worker an ALLOCATED job was placed on (its Redis allocation must be released)."""
-    row = await db.fetchrow(q("cancel_unstarted"), job_id)
-    return Job.from_row(row) if row else None
-
-
-async def request_cancel(db: Executor, job_id: int) -> Job | None:
-    row = await db.fetchrow(q("request_cancel"), job_id)
-    return Job.from_row(row) if row else None

@@ -9,6 +9,7 @@ import asyncpg
 
 from shared.db.jobs import Job
 from shared.db.queries import q
+from shared.states import JobState
 
 Executor: TypeAlias = "asyncpg.Pool[asyncpg.Record] | asyncpg.Connection[Any]"
 
@@ -27,7 +28,7 @@ class Unreleased:
     @property
     def current(self) -> bool:
         """The row belongs to the job's current attempt, which holds (or will hold) capacity."""
-        return self.state in ("ALLOCATED", "RUNNING") and self.attempt == self.job_attempt
+        return JobState(self.state).active and self.attempt == self.job_attempt
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,11 +42,11 @@ class RepairStore:
         self.db = db
 
     async def unreleased(self) -> list[Unreleased]:
-        rows = await self.db.fetch(q("unreleased_allocations"))
+        rows = await self.db.fetch(q("unreleased_attempts"))
         return [Unreleased(**dict(r)) for r in rows]
 
     async def release_orphan(self, job_id: int, attempt: int) -> bool:
-        return bool(await self.db.fetch(q("release_orphan_allocation"), job_id, attempt))
+        return bool(await self.db.fetch(q("release_orphan_attempt"), job_id, attempt))
 
     async def active(self) -> list[Active]:
         return [Active(job=Job.from_row(r), age_s=r["age_s"])
@@ -53,11 +54,6 @@ class RepairStore:
 
     async def lost_workers(self, grace_s: float) -> set[str]:
         return {r["id"] for r in await self.db.fetch(q("lost_workers"), grace_s)}
-
-    async def fail_on_lost_worker(self, job: Job, reason: str) -> Job | None:
-        row = await self.db.fetchrow(q("fail_on_lost_worker"), job.id, job.attempt,
-                                     job.worker_id, reason)
-        return Job.from_row(row) if row else None
 
     async def drained_workers(self) -> set[str]:
         return {r["id"] for r in await self.db.fetch(q("worker_drain_flags"))}

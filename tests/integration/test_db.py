@@ -1,4 +1,5 @@
-"""Migrations and the guarded job state machine against a real PostgreSQL."""
+"""Migrations and the guarded job statements against a real PostgreSQL (every operation from
+every state: tests/integration/test_lifecycle_guards.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shared.db.jobs import JobSpec, JobStore
+from shared.db.jobs import JobSpec, JobStore, Usage
 from shared.db.migrate import current_version, load_migrations, migrate
 from shared.db.pool import create_pool
 from shared.errors import ConductorError
+from shared.lifecycle.store import TransitionStore
 from shared.states import JobState
 
 S = JobState
@@ -49,7 +51,7 @@ async def test_migrations_run_concurrently_from_four_processes(
             load_migrations())
         tables = await conn.fetchval(
             "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = "
-            "ANY($1::text[])", ["jobs", "workers", "allocations", "schedules"])
+            "ANY($1::text[])", ["jobs", "workers", "attempts", "schedules"])
         assert tables == 4
     finally:
         await conn.close()
@@ -73,58 +75,53 @@ async def test_an_edited_migration_is_refused(empty_database_url: str) -> None:
 
 
 async def test_the_happy_path_of_a_job(pool: asyncpg.Pool[Any]) -> None:
-    jobs = JobStore(pool)
-    job = await jobs.insert(JobSpec(script="echo hi", cpus=2, name="hello", user="ann"))
-    assert (job.state, job.reason, job.attempt) == (S.PENDING, "Priority", 1)
-    job2 = await jobs.transition(job.id, attempt=1, to=S.ALLOCATED, worker_id="w1")
-    assert job2 is not None and job2.state is S.ALLOCATED and job2.worker_id == "w1"
-    assert job2.allocated_at is not None
-    job3 = await jobs.transition(job.id, attempt=1, to=S.RUNNING)
-    assert job3 is not None and job3.started_at is not None and job3.worker_id == "w1"
-    job4 = await jobs.transition(job.id, attempt=1, to=S.COMPLETED, exit_code=0)
-    assert job4 is not None and job4.finished_at is not None and job4.exit_code == 0
+    t = TransitionStore(pool)
+    job = await t.insert(JobSpec(script="echo hi", cpus=2, name="hello", user="ann"),
+                         idempotency_key=None)
+    assert job is not None and (job.state, job.reason, job.attempt) == (S.PENDING, "Priority", 1)
+    [placed] = await t.place([(job.id, 1, "w1")])
+    assert (placed.worker_id, placed.cpus) == ("w1", 2)
+    running = await t.start(job.id, 1, "w1")
+    assert running is not None and running.started_at is not None and running.worker_id == "w1"
+    ended = await t.finish(running, S.COMPLETED, exit_code=0, signal=None, reason=None,
+                           usage=Usage(peak_rss_kb=1024, cpu_user_s=0.5, cpu_system_s=0.25),
+                           again_after_s=None, retry=False)
+    assert ended is not None and not ended.again and ended.state is S.COMPLETED
+    assert ended.job.finished_at is not None and ended.job.exit_code == 0
+    [attempt] = await JobStore(pool).attempts(job.id)
+    assert (attempt.state, attempt.worker_id, attempt.exit_code) == ("COMPLETED", "w1", 0)
+    assert attempt.started_at == running.started_at and attempt.finished_at is not None
+    assert attempt.usage.cpu_s == 0.75 and attempt.usage.peak_rss_kb == 1024
 
 
-async def test_guards_refuse_what_the_state_machine_forbids(pool: asyncpg.Pool[Any]) -> None:
-    jobs = JobStore(pool)
-    job = await jobs.insert(JobSpec(script="true"))
-    assert await jobs.transition(job.id, attempt=1, to=S.RUNNING) is None  # skips ALLOCATED
-    assert await jobs.transition(job.id, attempt=1, to=S.COMPLETED) is None
-    assert await jobs.transition(job.id, attempt=2, to=S.ALLOCATED, worker_id="w") is None
-    assert (await jobs.get(job.id)).state is S.PENDING  # type: ignore[union-attr]
-
-
-async def test_only_one_of_many_racing_transitions_wins(pool: asyncpg.Pool[Any]) -> None:
+async def test_only_one_of_many_racing_starts_wins(pool: asyncpg.Pool[Any]) -> None:
     """Twenty concurrent ALLOCATED -> RUNNING for one attempt: exactly one wins."""
-    jobs = JobStore(pool)
-    job = await jobs.insert(JobSpec(script="true"))
-    await jobs.transition(job.id, attempt=1, to=S.ALLOCATED, worker_id="w")
-    results = await asyncio.gather(*(jobs.transition(job.id, attempt=1, to=S.RUNNING)
-                                     for _ in range(20)))
+    t = TransitionStore(pool)
+    job = await t.insert(JobSpec(script="true"), idempotency_key=None)
+    assert job is not None
+    await t.place([(job.id, 1, "w")])
+    results = await asyncio.gather(*(t.start(job.id, 1, "w") for _ in range(20)))
     assert sum(r is not None for r in results) == 1
 
 
 async def test_a_stale_attempt_cannot_write(pool: asyncpg.Pool[Any]) -> None:
-    jobs = JobStore(pool)
-    job = await jobs.insert(JobSpec(script="true", requeue=True))
-    await jobs.transition(job.id, attempt=1, to=S.ALLOCATED, worker_id="w")
-    await jobs.transition(job.id, attempt=1, to=S.RUNNING)
-    await jobs.transition(job.id, attempt=1, to=S.NODE_FAIL)
-    again = await jobs.requeue(job.id, attempt=1)
-    assert again is not None and again.attempt == 2 and again.state is S.PENDING
+    t = TransitionStore(pool)
+    job = await t.insert(JobSpec(script="true", requeue=True), idempotency_key=None)
+    assert job is not None
+    await t.place([(job.id, 1, "w")])
+    running = await t.start(job.id, 1, "w")
+    assert running is not None
+    ended = await t.finish(running, S.NODE_FAIL, exit_code=None, signal=None, reason="lost",
+                           usage=Usage(), again_after_s=0.0, retry=False)
+    assert ended is not None and ended.again and ended.state is S.NODE_FAIL
+    again = ended.job
+    assert again.attempt == 2 and again.state is S.PENDING
     assert again.worker_id is None and again.started_at is None
     # the old attempt's executor comes back and tries to report
-    assert await jobs.transition(job.id, attempt=1, to=S.COMPLETED, exit_code=0) is None
-    assert await jobs.requeue(job.id, attempt=1) is None  # requeue is fenced too
-    assert (await jobs.get(job.id)).attempt == 2  # type: ignore[union-attr]
-
-
-async def test_terminal_states_are_final(pool: asyncpg.Pool[Any]) -> None:
-    jobs = JobStore(pool)
-    job = await jobs.insert(JobSpec(script="true"))
-    assert await jobs.transition(job.id, attempt=1, to=S.CANCELLED) is not None
-    for target in (S.PENDING, S.ALLOCATED, S.RUNNING, S.COMPLETED, S.FAILED):
-        assert await jobs.transition(job.id, attempt=1, to=target, worker_id="w") is None
+    assert await t.finish(running, S.COMPLETED, exit_code=0, signal=None, reason=None,
+                          usage=Usage(), again_after_s=None, retry=False) is None
+    assert await t.start(job.id, 1, "w") is None
+    assert (await JobStore(pool).get(job.id)).attempt == 2  # type: ignore[union-attr]
 
 
 async def test_pool_release_rolls_back_an_abandoned_transaction(database_url: str) -> None:

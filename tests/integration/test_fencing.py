@@ -14,11 +14,12 @@ import asyncpg
 from redis.asyncio import Redis
 
 from services.executor.service import Executor
-from shared.db.jobs import JobSpec, JobStore, QueueStore, finish
+from shared.db.jobs import JobSpec, JobStore, Usage
 from shared.keys import Keys
+from shared.lifecycle.store import TransitionStore
 from shared.settings import Settings
 from shared.states import JobState
-from tests.helpers import open_epoch
+from tests.helpers import open_epoch, wire
 
 
 async def executor(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any],
@@ -26,14 +27,16 @@ async def executor(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any],
     s = dataclasses.replace(settings, worker_id="fenced", data_dir=tmp_path / "node",
                             worker_cpus=4, worker_memory_mb=1024, kill_grace_s=1.0,
                             node_fail_grace_s=1.0)
-    ex = Executor(s, redis, pool, dict(os.environ))
+    ex = Executor(wire(s, redis, pool), dict(os.environ))
     await ex.start()
     return ex
 
 
 async def allocated(pool: asyncpg.Pool[Any], script: str) -> int:
-    job = await JobStore(pool).insert(JobSpec(script=script))
-    won = await QueueStore(pool).allocate([(job.id, 1, "fenced")])
+    t = TransitionStore(pool)
+    job = await t.insert(JobSpec(script=script), idempotency_key=None)
+    assert job is not None
+    won = await t.place([(job.id, 1, "fenced")])
     assert won
     return job.id
 
@@ -77,21 +80,29 @@ async def test_a_lapsed_lease_stops_running_jobs(settings: Settings, redis: Redi
 async def test_a_stale_executor_cannot_overwrite_a_newer_attempt(
     pool: asyncpg.Pool[Any]
 ) -> None:
-    jobs = JobStore(pool)
-    job = await jobs.insert(JobSpec(script="true", requeue=True))
-    await QueueStore(pool).allocate([(job.id, 1, "old")])
-    await QueueStore(pool).start(job.id, 1, "old")
+    jobs, t = JobStore(pool), TransitionStore(pool)
+    job = await t.insert(JobSpec(script="true", requeue=True), idempotency_key=None)
+    assert job is not None
+    await t.place([(job.id, 1, "old")])
+    old = await t.start(job.id, 1, "old")
+    assert old is not None
     # the cluster lost "old": NODE_FAIL, requeued, placed on "new", running there
-    await pool.execute("UPDATE jobs SET state = 'NODE_FAIL' WHERE id = $1", job.id)
-    await jobs.requeue(job.id, attempt=1)
-    await QueueStore(pool).allocate([(job.id, 2, "new")])
-    await QueueStore(pool).start(job.id, 2, "new")
+    ended = await t.finish(old, JobState.NODE_FAIL, exit_code=None, signal=None, reason="lost",
+                           usage=Usage(), again_after_s=0.0, retry=False)
+    assert ended is not None and ended.again
+    await t.place([(job.id, 2, "new")])
+    new = await t.start(job.id, 2, "new")
+    assert new is not None
+
+    async def report(attempt: int, worker: str) -> object:
+        stale = dataclasses.replace(new, attempt=attempt, worker_id=worker)
+        return await t.finish(stale, JobState.COMPLETED, exit_code=0, signal=None, reason=None,
+                              usage=Usage(), again_after_s=None, retry=False)
+
     # "old" comes back from its partition and reports the end of attempt 1
-    assert await finish(pool, job_id=job.id, attempt=1, worker_id="old",
-                        state=JobState.COMPLETED, exit_code=0, signal=None) is None
+    assert await report(1, "old") is None
     # and even claiming attempt 2 fails: the worker guard
-    assert await finish(pool, job_id=job.id, attempt=2, worker_id="old",
-                        state=JobState.COMPLETED, exit_code=0, signal=None) is None
+    assert await report(2, "old") is None
     current = await jobs.get(job.id)
     assert current is not None and current.state is JobState.RUNNING
     assert (current.attempt, current.worker_id) == (2, "new")

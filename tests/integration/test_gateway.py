@@ -18,7 +18,7 @@ from services.gateway.app import create_app
 from shared.keys import Keys
 from shared.membership import Membership
 from shared.settings import Settings
-from tests.helpers import add_worker
+from tests.helpers import add_worker, wire
 
 MiB = 1024 * 1024
 
@@ -27,7 +27,8 @@ MiB = 1024 * 1024
 async def http(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any], keys: Keys
                ) -> AsyncIterator[TestClient[Any, Any]]:
     await add_worker(Membership(redis, keys), "big", cpus=8, memory_mb=4096)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings, redis, pool)))
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(wire(settings, redis,
+                                                                           pool))))
     await client.start_server()
     try:
         yield client
@@ -65,7 +66,15 @@ BAD_SUBMISSIONS: list[tuple[str, Any, int, str]] = [
     ("env name with a dash", {**OK, "env": {"MY-VAR": "x"}}, 400, "not valid"),
     ("env value not a string", {**OK, "env": {"A": 1}}, 400, "must be a string"),
     ("reserved env name", {**OK, "env": {"SCNS_JOB_ID": "7"}}, 400, "reserved"),
-    ("unknown field", {**OK, "priority": 100}, 400, "unknown field(s): priority"),
+    ("unknown field", {**OK, "nice": 100}, 400, "unknown field(s): nice"),
+    ("priority above a user's range", {**OK, "priority": 101}, 403, "only an admin"),
+    ("negative priority", {**OK, "priority": -1}, 403, "outside 0-100"),
+    ("priority as string", {**OK, "priority": "high"}, 400, "'priority' must be an integer"),
+    ("retries above 10", {**OK, "retries": 11}, 400, "'retries' must be at most 10"),
+    ("negative retry delay", {**OK, "retry_delay_s": -1}, 400, "'retry_delay_s'"),
+    ("begin_at not a time", {**OK, "begin_at": "tomorrow"}, 400, "ISO 8601"),
+    ("begin_at a number", {**OK, "begin_at": 1700000000}, 400, "ISO 8601"),
+    ("begin_at year 0", {**OK, "begin_at": "0000-01-01T00:00:00Z"}, 400, "ISO 8601"),
     ("name not a string", {**OK, "name": 5}, 400, "'name' must be a string"),
     ("name too long", {**OK, "name": "n" * 201}, 400, "longer than"),
     ("name with a newline", {**OK, "name": "a\nb"}, 400, "control characters"),

@@ -13,13 +13,14 @@ from redis.asyncio import Redis
 from services.reconciler.service import Reconciler
 from services.scheduler.service import Scheduler
 from shared.allocation import Allocator
-from shared.db.jobs import JobSpec, JobStore, QueueStore
+from shared.db.jobs import JobSpec, JobStore
 from shared.db.workers import WorkerStore
 from shared.keys import Keys
+from shared.lifecycle.store import TransitionStore
 from shared.membership import Membership
 from shared.settings import Settings
 from shared.states import JobState
-from tests.helpers import add_worker
+from tests.helpers import add_worker, wire
 
 WRITES = {"SET", "SETEX", "PSETEX", "DEL", "UNLINK", "HSET", "HDEL", "HINCRBY", "INCRBY",
           "DECRBY", "INCR", "SADD", "SREM", "ZADD", "ZREM", "XADD", "XACK", "XTRIM", "EXPIRE",
@@ -40,8 +41,9 @@ class World:
 async def world(settings: Settings, redis: Redis, keys: Keys, pool: asyncpg.Pool[Any],
                 **overrides: Any) -> World:
     s = dataclasses.replace(settings, repair_grace_s=0.0, node_fail_grace_s=0.0, **overrides)
-    w = World(settings=s, redis=redis, keys=keys, pool=pool, reconciler=Reconciler(s, redis, pool),
-              scheduler=Scheduler(s, redis, pool), jobs=JobStore(pool))
+    wiring = wire(s, redis, pool)
+    w = World(settings=s, redis=redis, keys=keys, pool=pool, reconciler=Reconciler(wiring),
+              scheduler=Scheduler(wiring), jobs=JobStore(pool))
     membership = Membership(redis, keys)
     for wid in ("w1", "w2"):
         lease = await add_worker(membership, wid, cpus=4, memory_mb=4096)
@@ -54,14 +56,16 @@ async def world(settings: Settings, redis: Redis, keys: Keys, pool: asyncpg.Pool
 
 
 async def place(w: World, n: int, cpus: int = 1) -> list[int]:
-    ids = [(await w.jobs.insert(JobSpec(script="true", cpus=cpus))).id for _ in range(n)]
+    t = TransitionStore(w.pool)
+    ids = [(await t.insert(JobSpec(script="true", cpus=cpus),  # type: ignore[union-attr]
+                           idempotency_key=None)).id for _ in range(n)]
     await w.scheduler.run_pass()
     return ids
 
 
 async def row_versions(pool: asyncpg.Pool[Any]) -> dict[str, list[Any]]:
     out = {}
-    for table in ("jobs", "allocations", "workers"):
+    for table in ("jobs", "attempts", "workers"):
         out[table] = [tuple(r) for r in await pool.fetch(
             f"SELECT xmin::text, * FROM {table} ORDER BY 2")]
     return out
@@ -72,7 +76,7 @@ async def test_a_pass_on_a_quiet_consistent_system_writes_nothing(
 ) -> None:
     w = await world(settings, redis, keys, pool)
     ids = await place(w, 6, cpus=2)  # 4 placed, 2 pending (no room)
-    await QueueStore(pool).start(ids[0], 1, "w1")  # one RUNNING, three ALLOCATED
+    await TransitionStore(pool).start(ids[0], 1, "w1")  # one RUNNING, three ALLOCATED
     assert (await w.reconciler.run_pass()).total == 0
     before = await row_versions(pool)
     seen: list[str] = []
@@ -135,7 +139,7 @@ async def test_running_jobs_are_recorded_even_without_room(
     for job_id in ids:
         job = await w.jobs.get(job_id)
         assert job is not None and job.worker_id
-        await QueueStore(pool).start(job_id, 1, job.worker_id)
+        await TransitionStore(pool).start(job_id, 1, job.worker_id)
     await redis.delete(keys.allocations)
     await redis.delete(keys.worker_alloc("w1"), keys.worker_alloc("w2"))
     await redis.set(keys.allocated_cpus, 0)
@@ -154,9 +158,9 @@ async def test_jobs_on_a_lost_worker(
     ids = await place(w, 8)  # 4 on each worker
     on_w1 = [j for j in ids if (await w.jobs.get(j)).worker_id == "w1"]  # type: ignore[union-attr]
     running, requeued, waiting = on_w1[0], on_w1[1], on_w1[2:]
-    await QueueStore(pool).start(running, 1, "w1")
+    await TransitionStore(pool).start(running, 1, "w1")
     await pool.execute("UPDATE jobs SET requeue = true WHERE id = $1", requeued)
-    await QueueStore(pool).start(requeued, 1, "w1")
+    await TransitionStore(pool).start(requeued, 1, "w1")
     # the registry declares w1 gone
     member = await Membership(redis, keys).member("w1")
     assert member is not None
@@ -175,7 +179,7 @@ async def test_jobs_on_a_lost_worker(
         assert back is not None and back.state is JobState.PENDING and back.attempt == 1
     usage = await Allocator(redis, keys).usage(["w1"])
     assert usage["w1"].cpus == 0
-    assert await pool.fetchval("SELECT count(*) FROM allocations WHERE released_at IS NULL "
+    assert await pool.fetchval("SELECT count(*) FROM attempts WHERE released_at IS NULL "
                                "AND worker_id = 'w1'") == 0
 
 

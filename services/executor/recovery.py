@@ -1,0 +1,127 @@
+"""No job stuck in RUNNING: the executor makes PostgreSQL's RUNNING jobs on its worker true.
+
+At start-up (jobs a previous executor of this worker left) and then every SCNS_AUDIT_S, every
+job PostgreSQL says is RUNNING here but that no supervisor of this process watches is taken
+over:
+
+* a start this process committed without hearing the answer (it never spawned it): started now;
+* its process is alive (the pid its wrapper recorded, checked to be this job's own): adopted
+  and supervised to its end;
+* it ended while nobody watched (its wrapper recorded a valid status): collected;
+* otherwise it is gone: NODE_FAIL (then a new attempt if it asked for requeue), or FAILED when
+  the job itself made its status file unreadable.
+
+Each job is handled on its own: one that cannot be taken over is logged and retried at the next
+audit, and never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+
+from services.executor.process import adopt, belongs_to
+from services.executor.runner import REQUEUE_REASON, Runner, RunningJob
+from shared.db import UNAVAILABLE
+from shared.db.jobs import Job
+from shared.jobfiles import read_pids, read_status
+from shared.output import Tail
+from shared.states import JobState
+
+log = logging.getLogger(__name__)
+
+
+class Auditor:
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    async def audit(self) -> dict[str, int]:
+        r = self.runner
+        counts: collections.Counter[str] = collections.Counter()
+        for job in await r.jobs.on_worker(r.worker_id, [JobState.RUNNING]):
+            if not self._unwatched(job):
+                continue
+            try:
+                counts[await self.take_over(job)] += 1
+            except asyncio.CancelledError:
+                raise
+            except UNAVAILABLE:
+                raise  # the whole audit waits for PostgreSQL
+            except Exception:
+                log.exception("could not take over job %s (next audit tries again)", job.id,
+                              extra={"event": "take-over-failed", "job_id": job.id})
+        if counts:
+            log.warning("took over jobs nobody watched: %s", dict(counts),
+                        extra={"event": "recovered", **counts})
+        return dict(counts)
+
+    def _unwatched(self, job: Job) -> bool:
+        r = self.runner
+        key = (job.id, job.attempt)
+        if key in r._launching or key in r._ended:
+            return False  # being started, or just ended (the row we read was older)
+        rj = r.running.get(job.id)
+        if rj is None:
+            return True
+        if rj.job.attempt != job.attempt:
+            return False
+        if rj.task is not None and not rj.task.done():
+            return False
+        r.running.pop(job.id, None)  # its supervisor died: take it over again
+        return True
+
+    async def take_over(self, job: Job) -> str:
+        r = self.runner
+        key = (job.id, job.attempt)
+        if key in r._unconfirmed:
+            r._unconfirmed.discard(key)
+            await r._run(job)
+            return "started"
+        jobdir = r.jobdir(job)
+        started = job.started_at.timestamp() if job.started_at else time.time()
+
+        def mine(pid: int | None) -> bool:
+            return belongs_to(pid, job_id=job.id, attempt=job.attempt, not_before=started)
+
+        status = read_status(jobdir)
+        pids = read_pids(jobdir)
+        child, wrapper = pids if pids else (None, None)
+        if status.value is not None:
+            outcome = "collected"
+        elif mine(child) or mine(wrapper):
+            outcome = "adopted"
+        else:
+            if status.tampered:
+                await r._record(job, JobState.FAILED,
+                                reason="its status file is unreadable (the job changed it)")
+            else:
+                await r._record(job, JobState.NODE_FAIL,
+                                reason="its process vanished while no executor watched it")
+            return "lost"
+        tail = Tail(job_id=job.id, attempt=job.attempt, jobdir=jobdir)
+        # a previous executor shipped part of the output: ship it all again, from the file
+        await r.shipper.reset(tail)
+        rj = RunningJob(job=job, jobdir=jobdir, tail=tail, adopted=True,
+                        proc=adopt(jobdir, child if mine(child) else None, wrapper,
+                                   alive_check=mine),
+                        started=time.monotonic() - (time.time() - started))
+        r._track(rj)
+        if job.cancel_requested:
+            r.stop(rj, JobState.CANCELLED, "cancelled")
+        elif job.requeue_requested:
+            r.stop(rj, JobState.CANCELLED, REQUEUE_REASON)
+        return outcome
+
+    async def run(self, stop: asyncio.Event, every_s: float) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            if stop.is_set():
+                return
+            try:
+                await self.audit()
+            except UNAVAILABLE as e:
+                log.warning("audit skipped, PostgreSQL unavailable: %s", e)
