@@ -98,8 +98,10 @@ class Runner:
         key = (job_id, attempt)
         current = self.running.get(job_id)
         if key in self._launching or (current is not None and current.job.attempt == attempt):
-            DROPPED.inc()
-            return False  # a duplicate delivery of a launch in progress
+            DROPPED.inc()  # a duplicate delivery of a launch in progress or done
+            log.info("launch dropped: this attempt is already started here",
+                     extra={"event": "launch-dropped", "job_id": job_id, "attempt": attempt})
+            return False
         self._launching.add(key)
         try:
             return await self._launch(job_id, attempt)

@@ -320,12 +320,12 @@ class Chaos:
             await asyncio.sleep(max(0.0, last_fault + 2 * self.system.settings.reconcile_s
                                     - time.monotonic()))
             pg_cpus = await conn.fetchval(
-                "SELECT coalesce(sum(cpus), 0) FROM allocations WHERE released_at IS NULL")
+                "SELECT coalesce(sum(cpus), 0) FROM attempts WHERE released_at IS NULL")
             redis_cpus = int(await redis.get(self.keys.allocated_cpus) or 0)
             r.drift_after_faults = abs(int(pg_cpus) - redis_cpus)
             r.final_allocated_cpus = redis_cpus
             r.final_unreleased_rows = await conn.fetchval(
-                "SELECT count(*) FROM allocations WHERE released_at IS NULL")
+                "SELECT count(*) FROM attempts WHERE released_at IS NULL")
         finally:
             await conn.close()
             await redis.aclose()

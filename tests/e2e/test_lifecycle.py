@@ -185,5 +185,5 @@ async def test_500_mixed_jobs_on_two_16_cpu_workers(
     for w in workers:
         assert int(await redis.hget(keys.worker_alloc(w), "cpus") or 0) == 0
     assert await redis.hlen(keys.allocations) == 0
-    assert await pool.fetchval("SELECT count(*) FROM allocations WHERE released_at IS NULL") == 0
-    assert await pool.fetchval("SELECT count(*) FROM allocations") == 500
+    assert await pool.fetchval("SELECT count(*) FROM attempts WHERE released_at IS NULL") == 0
+    assert await pool.fetchval("SELECT count(*) FROM attempts") == 500

@@ -76,4 +76,4 @@ async def test_racing_schedulers_and_duplicate_deliveries(
     print(f"{N} jobs, {duplicated} duplicate deliveries, {dropped} dropped by the guard")
     assert duplicated == 2 * N
     assert dropped >= duplicated - 5  # a few may still sit in a queue at the very end
-    assert await pool.fetchval("SELECT count(*) FROM allocations") == N
+    assert await pool.fetchval("SELECT count(*) FROM attempts") == N

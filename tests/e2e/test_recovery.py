@@ -25,7 +25,7 @@ async def settled(redis: Redis, keys: Keys, pool: Any) -> None:
     deadline = time.monotonic() + 20
     while True:
         cpus = int(await redis.get(keys.allocated_cpus) or 0)
-        rows = await pool.fetchval("SELECT count(*) FROM allocations WHERE released_at IS NULL")
+        rows = await pool.fetchval("SELECT count(*) FROM attempts WHERE released_at IS NULL")
         if cpus == 0 and rows == 0 and await redis.hlen(keys.allocations) == 0:
             return
         assert time.monotonic() < deadline, f"allocated cpus {cpus}, unreleased rows {rows}"
@@ -118,7 +118,7 @@ async def test_a_job_that_vanished_with_its_executor_is_node_fail_then_requeued(
             or second["state"] != "RUNNING":
         assert time.monotonic() < deadline, second
         await asyncio.sleep(0.1)
-    first = await pool.fetchrow("SELECT * FROM allocations WHERE job_id = $1 AND attempt = 1",
+    first = await pool.fetchrow("SELECT * FROM attempts WHERE job_id = $1 AND attempt = 1",
                                 job["id"])
     assert first["released_at"] is not None
     await asyncio.sleep(0.5)
@@ -215,7 +215,7 @@ async def test_postgresql_stopped_mid_run(
         try:
             deadline = time.monotonic() + 20
             while await conn.fetchval(
-                    "SELECT count(*) FROM allocations WHERE released_at IS NULL"):
+                    "SELECT count(*) FROM attempts WHERE released_at IS NULL"):
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.2)
         finally:
