@@ -21,3 +21,14 @@ def configure(name: str) -> None:
 def hit(name: str) -> None:
     if _armed and _armed == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_raised: set[str] = set()
+
+
+def raise_once(name: str, error: BaseException) -> None:
+    """Raise `error` the first time `name` is reached in this process (a lost answer, say),
+    then never again."""
+    if _armed and _armed == name and name not in _raised:
+        _raised.add(name)
+        raise error

@@ -20,12 +20,13 @@ from shared.events import WorkerJoined, WorkerLeft
 from shared.keys import Keys
 from shared.lua import Scripts
 from shared.redis import aw
+from shared.states import WorkerState
 
 LEASE_FIELDS = ("incarnation", "hostname", "cpus", "memory_mb", "labels", "heartbeat_at",
                 "started_at", "bye")
 MEMBER_FIELDS = ("incarnation", "state", "cpus", "memory_mb", "hostname", "labels", "joined_at",
                  "left_at", "left_reason")
-LIVE_STATES = ("ready", "draining")
+LIVE_STATES = (WorkerState.READY, WorkerState.DRAINING)
 
 
 def _labels(raw: str | None) -> dict[str, str]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from shared.states import PendingReason
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Node:
@@ -88,7 +90,8 @@ def plan(
             continue
         blocked_by_reservation = out.reserved and any(
             req.cpus <= free[w][0] and req.memory_mb <= free[w][1] for w in out.reserved)
-        out.blocked[req.job_id] = "Priority" if blocked_by_reservation else "Resources"
+        out.blocked[req.job_id] = (PendingReason.PRIORITY if blocked_by_reservation
+                                   else PendingReason.RESOURCES)
         if (reserve_after_s is not None and not out.reserved
                 and req.waited_s >= reserve_after_s):
             holders = [w for w, (c, m) in capacity.items()

@@ -29,6 +29,7 @@ class ApiError(ConductorError):
         super().__init__(f"{message} ({status} {code})")
         self.status = status
         self.code = code
+        self.message = message  # the server's words alone, for one-line `error: ...` reports
 
 
 class Client:

@@ -7,16 +7,32 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
-import orjson
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from services.cli.client import DEFAULT_URL, ApiError, Client
-from services.cli.directives import DirectiveError, parse_directives, parse_memory, parse_time
+from services.cli import jobs
+from services.cli.client import ApiError
+from services.cli.common import (
+    BEGIN,
+    STATE_STYLE,
+    TERMINAL,
+    client,
+    emit_json,
+    err,
+    out,
+)
+from services.cli.directives import (
+    DirectiveError,
+    parse_directives,
+    parse_memory,
+    parse_time,
+    to_utc_iso,
+)
 from shared.errors import ConductorError
 
 # service name -> module whose `main()` runs it
@@ -28,23 +44,6 @@ SERVICES: dict[str, str] = {
     "reconciler": "services.reconciler.service",
     "heartbeat": "shared.heartbeat",
 }
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
-STATE_STYLE = {"PENDING": "yellow", "ALLOCATED": "cyan", "RUNNING": "blue", "COMPLETED": "green",
-               "FAILED": "red", "CANCELLED": "magenta", "TIMEOUT": "red", "NODE_FAIL": "red",
-               "OUT_OF_MEMORY": "red"}
-
-out = Console()
-err = Console(stderr=True)
-
-
-def client() -> Client:
-    return Client(os.environ.get("SCNS_URL", DEFAULT_URL))
-
-
-def emit_json(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scns-conductor", prog_name="scns")
 def cli() -> None:
@@ -52,6 +51,10 @@ def cli() -> None:
 
     Client commands talk to the gateway at $SCNS_URL (default http://127.0.0.1:8080).
     """
+
+
+for _command in jobs.COMMANDS:  # hold, release, requeue, update, history, eff
+    cli.add_command(_command)
 
 
 # --- jobs ---------------------------------------------------------------------------------
@@ -64,11 +67,18 @@ def cli() -> None:
 @click.option("--env", "env", multiple=True, metavar="K=V", help="environment variable")
 @click.option("--requeue/--no-requeue", default=None, help="requeue if its worker is lost")
 @click.option("-H", "--hold", is_flag=True, default=None, help="submit held")
+@click.option("--priority", type=int, help="0-100, higher runs first [0]")
+@click.option("-b", "--begin", type=BEGIN,
+              help="start no earlier than: now+1hour, 14:30, 2026-11-24T02:30")
+@click.option("--retries", type=click.IntRange(0, 10), help="run again if it fails, up to N times")
+@click.option("--retry-delay", "retry_delay", type=click.IntRange(min=0), metavar="SECONDS",
+              help="wait between a failure and its retry [0]")
 @click.option("--wait", is_flag=True, help="wait for the job, show its output, exit with its code")
 @click.option("--json", "as_json", is_flag=True, help="print the job as JSON")
 def submit(*, script: str, cpus: int | None, time_limit: str | None, mem: str | None,
            name: str | None, env: tuple[str, ...], requeue: bool | None, hold: bool | None,
-           wait: bool, as_json: bool) -> None:
+           priority: int | None, begin: datetime | None, retries: int | None,
+           retry_delay: int | None, wait: bool, as_json: bool) -> None:
     """Submit SCRIPT (like sbatch; reads #SCNS and #SBATCH directives)."""
     text = sys.stdin.read() if script == "-" else Path(script).read_text()
     try:
@@ -103,6 +113,11 @@ def submit(*, script: str, cpus: int | None, time_limit: str | None, mem: str | 
         body["hold"] = True
     if d.partition:
         body["partition"] = d.partition
+    begin_at = begin or d.begin_at
+    scheduling = {"priority": priority if priority is not None else d.priority,
+                  "begin_at": to_utc_iso(begin_at) if begin_at else None,
+                  "retries": retries, "retry_delay_s": retry_delay}
+    body.update({k: v for k, v in scheduling.items() if v is not None})
     job = client().submit(body)
     if as_json and not wait:
         emit_json(job)
@@ -153,13 +168,20 @@ def wait_for(job_id: int, *, as_json: bool = False) -> int:
 
 def _jobs_table(items: list[dict[str, Any]]) -> Table:
     t = Table(box=None, header_style="bold")
-    for col in ("JOBID", "NAME", "USER", "STATE", "CPUS", "TIME", "WORKER/REASON"):
+    for col in ("JOBID", "NAME", "USER", "STATE", "CPUS", "TIME", "NODELIST(REASON)"):
         t.add_column(col, justify="right" if col in ("JOBID", "CPUS") else "left")
     for j in items:
-        t.add_row(str(j["id"]), j["name"], j["user"],
+        t.add_row(str(j["id"]), escape(j["name"]), escape(j["user"]),
                   f"[{STATE_STYLE.get(j['state'], '')}]{j['state']}[/]", str(j["cpus"]),
-                  _elapsed(j), j["worker_id"] or (f"({j['reason']})" if j["reason"] else ""))
+                  _elapsed(j), escape(_where(j)))
     return t
+
+
+def _where(job: dict[str, Any]) -> str:
+    """squeue's NODELIST(REASON): why a pending job waits, else where the job ran."""
+    if job["state"] == "PENDING":
+        return f"({job['reason'] or 'None'})"
+    return job["worker_id"] or (f"({job['reason']})" if job["reason"] else "")
 
 
 def _elapsed(job: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from shared.db.migrate import migrate
 from shared.errors import InfraError
 from shared.localinfra import Server, port_open, start_postgres, start_redis
 from shared.settings import Settings
+from shared.states import WorkerState
 
 T = TypeVar("T")
 ORDER_STOP = ("gateway", "scheduler", "reconciler", "executor", "registry")
@@ -173,7 +174,7 @@ class System:
             with contextlib.suppress(OSError, ValueError):
                 with urllib.request.urlopen(url + "/api/v1/workers", timeout=2) as r:
                     items = orjson.loads(r.read())["items"]
-                if sum(1 for w in items if w["state"] == "ready") >= self.workers:
+                if sum(1 for w in items if w["state"] == WorkerState.READY) >= self.workers:
                     return
             time.sleep(0.2)
         raise InfraError(f"the system did not become ready within {timeout:g}s; "

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 from services.executor.environment import decode_status, job_environment
 from services.executor.process import SIGKILL, SIGTERM, Spawned, signal_group, spawn
 from services.executor.usage import Sample, combine, sample_groups
+from shared import failpoints
 from shared.db import UNAVAILABLE
 from shared.db.jobs import Job, JobStore, Usage
 from shared.dispatch import Dispatch
@@ -121,6 +122,8 @@ class Runner:
             return False
         try:
             job = await self.lifecycle.start(job_id, attempt, self.worker_id)
+            failpoints.raise_once("executor:start-answer-lost",
+                                  ConnectionResetError("the answer to the start was lost"))
         except UNAVAILABLE:
             # the start may have committed: if so, the row says RUNNING here and nothing runs;
             # the retried launch (or the audit) finds it through _unconfirmed

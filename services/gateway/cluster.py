@@ -13,6 +13,7 @@ from aiohttp import web
 from services.gateway.common import error, iso, json, state
 from shared.db import UNAVAILABLE
 from shared.db.workers import WorkerStore, from_ms
+from shared.states import JobState, PendingReason, WorkerState
 
 routes = web.RouteTableDef()
 
@@ -50,7 +51,7 @@ async def workers(request: web.Request) -> web.Response:
         lease = o.lease if o else None
         item: dict[str, Any] = {
             "id": wid,
-            "state": member.state if member else (row.state if row else "down"),
+            "state": member.state if member else (row.state if row else WorkerState.DOWN),
             "cpus": member.cpus if member else (row.cpus if row else 0),
             "memory_mb": member.memory_mb if member else (row.memory_mb if row else 0),
             "allocated_cpus": usage[wid].cpus,
@@ -73,7 +74,8 @@ async def _drain(request: web.Request, drain: bool) -> web.Response:
         return error(404, "not_found", f"worker {wid} is not known")
     after = await g.membership.set_drain(wid, drain)
     row = await store.set_drain(wid, drain)
-    return json({"id": wid, "state": after or (row.state if row else "down"), "drain": drain})
+    return json({"id": wid, "state": after or (row.state if row else WorkerState.DOWN),
+                 "drain": drain})
 
 
 @routes.post("/api/v1/workers/{worker_id}/drain")
@@ -112,7 +114,8 @@ async def queue_stats(request: web.Request) -> web.Response:
     for st, reason, n, c in rows:
         by_state[st] = by_state.get(st, 0) + n
         cpus[st] = cpus.get(st, 0) + c
-        if st == "PENDING":
-            pending[reason or "Priority"] = pending.get(reason or "Priority", 0) + n
+        if st == JobState.PENDING:
+            why = reason or PendingReason.PRIORITY
+            pending[why] = pending.get(why, 0) + n
     return json({"states": by_state, "pending_reasons": pending, "cpus": cpus,
                  "window": "active jobs, and jobs finished in the last 24 hours"})

@@ -32,6 +32,7 @@ from shared.keys import STREAM_TYPES, Keys
 from shared.membership import Lease, Member, Membership, Observed
 from shared.redis import aw
 from shared.settings import Settings
+from shared.states import WorkerState
 from shared.wakeup import Wakeups
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class Registry:
                                          "incarnation": lease.incarnation, "cpus": lease.cpus,
                                          "memory_mb": lease.memory_mb})
         drained = await aw(self.redis.sismember(self.keys.workers_drained, lease.worker_id))
-        state = "draining" if drained else "ready"
+        state = WorkerState.DRAINING if drained else WorkerState.READY
         await self._record(self.workers.joined(
             worker_id=lease.worker_id, incarnation=lease.incarnation, hostname=lease.hostname,
             state=state, cpus=event.cpus, memory_mb=event.memory_mb, labels=event.labels,

@@ -5,7 +5,10 @@ PostgreSQL (so that it may wipe and stop them), a whole system on them with fast
 
 * a submitter that sends N jobs through the HTTP API at a steady pace, retrying when the gateway
   is down or answers 503; every 201 is an *accepted* job. Each job script appends
-  `job:attempt` to a marker file (O_APPEND: one line per run), then sleeps a little;
+  `job:attempt` to a marker file (O_APPEND: one line per run), then sleeps a little. Some are
+  submitted held, some fail their first attempt and have retries;
+* a controller mixing job control into the load: it releases the held jobs after a while,
+  holds and later releases some pending ones, and requeues some finished ones (each once);
 * a fault injector that, until the submissions are done and at least `faults` were injected,
   picks a fault kind (cycling through all kinds, then at random): SIGKILL and restart an
   executor, the scheduler, the registry, the reconciler or the gateway; restart Redis with its
@@ -58,6 +61,10 @@ class ChaosConfig:
     fault_gap_s: tuple[float, float] = (1.5, 4.0)
     pg_outage_s: tuple[float, float] = (2.0, 4.0)
     requeue_fraction: float = 0.3
+    hold_fraction: float = 0.1  # submitted held, released by the controller later
+    retry_fraction: float = 0.1  # fail their first attempt, retries=2
+    rehold_fraction: float = 0.05  # held by the controller while pending, then released
+    requeue_after_fraction: float = 0.05  # requeued by the controller once they finished
     settle_timeout_s: float = 240.0
     seed: int = 1
 
@@ -75,6 +82,14 @@ class ChaosResult:
     double_run_attempts: int = 0
     jobs_with_several_attempts: int = 0
     unexplained_runs: int = 0
+    held: int = 0
+    held_never_released: int = 0
+    reheld: int = 0
+    requeued: int = 0
+    requeued_without_new_attempt: int = 0
+    retry_jobs: int = 0
+    retry_jobs_completed_on_attempt_1: int = 0
+    control_conflicts: int = 0
     drift_after_faults: int = 0
     final_allocated_cpus: int = 0
     final_unreleased_rows: int = 0
@@ -86,7 +101,9 @@ class ChaosResult:
     @property
     def ok(self) -> bool:
         return (self.lost == 0 and self.uncertain_created == 0 and self.double_run_attempts == 0
-                and self.unexplained_runs == 0
+                and self.unexplained_runs == 0 and self.held_never_released == 0
+                and self.requeued_without_new_attempt == 0
+                and self.retry_jobs_completed_on_attempt_1 == 0
                 and self.drift_after_faults == 0 and self.final_allocated_cpus == 0
                 and self.final_unreleased_rows == 0 and self.leftover_processes == 0
                 and not self.services_died and set(self.states) <= set(TERMINAL))
@@ -103,6 +120,11 @@ class ChaosResult:
             f"  runs {self.runs}; attempts run twice {self.double_run_attempts}; jobs run as "
             f"several attempts {self.jobs_with_several_attempts} (unexplained "
             f"{self.unexplained_runs})",
+            f"  control: {self.held} submitted held ({self.held_never_released} never released), "
+            f"{self.reheld} held while pending, {self.requeued} requeued "
+            f"({self.requeued_without_new_attempt} without a new attempt), {self.retry_jobs} "
+            f"with retries ({self.retry_jobs_completed_on_attempt_1} completed on attempt 1), "
+            f"{self.control_conflicts} controls refused as too late (409)",
             f"  drift after the last fault {self.drift_after_faults}; final allocated CPUs "
             f"{self.final_allocated_cpus}, unreleased rows {self.final_unreleased_rows}; "
             f"job processes left {self.leftover_processes}",
@@ -128,6 +150,10 @@ class Chaos:
         self.result = ChaosResult()
         self.accepted: list[int] = []
         self._submitting = True
+        self.held: list[int] = []
+        self.released: set[int] = set()
+        self.retrying: list[int] = []
+        self.requeued: dict[int, int] = {}  # job -> the attempt that was requeued
 
     # --- servers -------------------------------------------------------------------------
     def _start_redis(self, wipe: bool) -> None:
@@ -211,17 +237,28 @@ class Chaos:
         timeout = aiohttp.ClientTimeout(total=15)
         async with aiohttp.ClientSession(url, timeout=timeout) as s:
             for i in range(self.cfg.jobs):
-                body = {"script": f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {self.marker}\n'
-                                  f"sleep {self.rng.choice(['0', '0.1', '0.3', '0.5', '1'])}\n",
-                        "cpus": self.rng.choice([1, 1, 1, 2, 4]),
-                        "requeue": self.rng.random() < self.cfg.requeue_fraction,
-                        "name": f"chaos-{i}"}
-                await self._submit_one(s, body, key=f"chaos-{self.cfg.seed}-{i}")
+                body: dict[str, Any] = {
+                    "script": f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {self.marker}\n'
+                              f"sleep {self.rng.choice(['0', '0.1', '0.3', '0.5', '1'])}\n",
+                    "cpus": self.rng.choice([1, 1, 1, 2, 4]),
+                    "requeue": self.rng.random() < self.cfg.requeue_fraction,
+                    "name": f"chaos-{i}"}
+                kind = self.rng.random()
+                if kind < self.cfg.hold_fraction:
+                    body["hold"] = True
+                elif kind < self.cfg.hold_fraction + self.cfg.retry_fraction:
+                    body["script"] += '[ "$SCNS_ATTEMPT" -ge 2 ] || exit 3\n'
+                    body |= {"retries": 2, "retry_delay_s": self.rng.choice([0, 1])}
+                job_id = await self._submit_one(s, body, key=f"chaos-{self.cfg.seed}-{i}")
+                if body.get("hold"):
+                    self.held.append(job_id)
+                elif "retries" in body:
+                    self.retrying.append(job_id)
                 await asyncio.sleep(gap)
         self._submitting = False
 
     async def _submit_one(self, s: aiohttp.ClientSession, body: dict[str, Any], *,
-                          key: str) -> None:
+                          key: str) -> int:
         """Submit until answered. A try whose answer was lost (sent, then the gateway died)
         is retried with the same Idempotency-Key: it must return the job the lost try made,
         if it made one, and never make a second (checked by `uncertain_created`)."""
@@ -231,8 +268,9 @@ class Chaos:
             try:
                 async with s.post("/api/v1/jobs", data=orjson.dumps(body), headers=headers) as r:
                     if r.status in (200, 201):
-                        self.accepted.append((await r.json())["id"])
-                        return
+                        job_id: int = (await r.json())["id"]
+                        self.accepted.append(job_id)
+                        return job_id
                     if r.status != 503:
                         raise RuntimeError(f"submit refused: {r.status} {await r.text()}")
             except aiohttp.ClientConnectorError:
@@ -242,12 +280,96 @@ class Chaos:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    # --- job control mixed into the load ------------------------------------------------
+    async def _call(self, s: aiohttp.ClientSession, method: str, path: str
+                    ) -> tuple[int, dict[str, Any]] | None:
+        """One API call; None when it got no answer (the gateway is down or died mid-call)."""
+        try:
+            async with s.request(method, path) as r:
+                if r.status == 503:
+                    return None
+                return r.status, await r.json()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def _until_answered(self, s: aiohttp.ClientSession, method: str, path: str
+                              ) -> tuple[int, dict[str, Any]]:
+        delay = 0.2
+        while True:
+            answer = await self._call(s, method, path)
+            if answer is not None:
+                return answer
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _release(self, s: aiohttp.ClientSession, job_id: int) -> None:
+        """Release is idempotent: repeat until answered. A 409 means the job is no longer
+        pending, which it only gets to once released."""
+        status, _ = await self._until_answered(s, "POST", f"/api/v1/jobs/{job_id}/release")
+        if status == 200:
+            self.released.add(job_id)
+        elif status == 409:
+            self.result.control_conflicts += 1
+            self.released.add(job_id)
+
+    async def _requeue(self, s: aiohttp.ClientSession, job_id: int) -> None:
+        """Requeue a finished job once: before each try, look whether a lost try did it."""
+        status, job = await self._until_answered(s, "GET", f"/api/v1/jobs/{job_id}")
+        if status != 200 or job["state"] not in TERMINAL:
+            return
+        seen = job["attempt"]
+        while True:
+            answer = await self._call(s, "POST", f"/api/v1/jobs/{job_id}/requeue")
+            if answer is not None:
+                if answer[0] == 200:
+                    self.requeued[job_id] = seen
+                elif answer[0] == 409:
+                    self.result.control_conflicts += 1
+                return
+            await asyncio.sleep(0.5)
+            _, job = await self._until_answered(s, "GET", f"/api/v1/jobs/{job_id}")
+            if job["attempt"] > seen:  # the lost try went through
+                self.requeued[job_id] = seen
+                return
+
+    async def control(self, url: str) -> None:
+        """Until the submissions are done: release held jobs a little after their submit,
+        hold and release some pending ones, requeue some finished ones. Then release whatever
+        is still held, so that every accepted job can end."""
+        timeout = aiohttp.ClientTimeout(total=15)
+        released_upto = 0
+        touched: set[int] = set()
+        async with aiohttp.ClientSession(url, timeout=timeout) as s:
+            while self._submitting:
+                await asyncio.sleep(self.rng.uniform(0.5, 1.5))
+                for job_id in self.held[released_upto:max(released_upto, len(self.held) - 2)]:
+                    await self._release(s, job_id)
+                    released_upto += 1
+                candidates = [j for j in self.accepted[-60:] if j not in touched]
+                if not candidates:
+                    continue
+                job_id = self.rng.choice(candidates)
+                touched.add(job_id)
+                if self.rng.random() < 0.5:
+                    status, job = await self._until_answered(
+                        s, "POST", f"/api/v1/jobs/{job_id}/hold")
+                    if status == 200 and job["reason"] == "Held":
+                        self.result.reheld += 1
+                        await asyncio.sleep(self.rng.uniform(0.1, 1.0))
+                        await self._release(s, job_id)
+                    elif status == 409:
+                        self.result.control_conflicts += 1
+                else:
+                    await self._requeue(s, job_id)
+            for job_id in self.held[released_upto:]:
+                await self._release(s, job_id)
+
     # --- the run -------------------------------------------------------------------------
     async def run(self) -> ChaosResult:
         started = time.monotonic()
         url = await asyncio.to_thread(self.start)
         try:
-            await asyncio.gather(self.submit_all(url), self.faults())
+            await asyncio.gather(self.submit_all(url), self.faults(), self.control(url))
             last_fault = time.monotonic()
             await self._settle()
             await self._check(last_fault)
@@ -315,6 +437,16 @@ class Chaos:
             # a run is explained when its attempt number is one the record reached
             r.unexplained_runs = sum(1 for job, a in per_job.items()
                                      if job in attempts and max(a) > attempts[job])
+            finals = {x["id"]: x["state"] for x in rows}
+            r.held = len(self.held)
+            r.held_never_released = len(set(self.held) - self.released)
+            r.requeued = len(self.requeued)
+            r.requeued_without_new_attempt = sum(1 for j, a in self.requeued.items()
+                                                 if attempts.get(j, 0) <= a)
+            r.retry_jobs = len(self.retrying)
+            # they fail their first attempt: a COMPLETED one must have gone on to another
+            r.retry_jobs_completed_on_attempt_1 = sum(
+                1 for j in self.retrying if finals.get(j) == "COMPLETED" and attempts[j] < 2)
             # allocations: Redis must equal PostgreSQL within one reconcile period after the
             # last fault, and be 0 now that everything ended
             await asyncio.sleep(max(0.0, last_fault + 2 * self.system.settings.reconcile_s

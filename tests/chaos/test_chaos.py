@@ -1,4 +1,5 @@
-"""Acceptance: a CI-sized chaos run (1,000 jobs, 30+ faults of every kind) keeps every promise."""
+"""Acceptance: a CI-sized chaos run (1,000 jobs, 30+ faults of every kind, with hold, release,
+requeue and retry traffic mixed in) keeps every promise."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ def test_chaos_ci_sized() -> None:
     assert set(result.faults) == set(KINDS)
     assert result.lost == 0
     assert result.double_run_attempts == 0
+    # job control was part of the load, and did what it says
+    assert result.held > 0 and result.reheld > 0 and result.requeued > 0
+    assert result.retry_jobs > 0
+    assert result.held_never_released == 0
+    assert result.requeued_without_new_attempt == 0
+    assert result.retry_jobs_completed_on_attempt_1 == 0
     assert result.unexplained_runs == 0
     assert set(result.states) <= {"COMPLETED", "FAILED", "NODE_FAIL", "CANCELLED", "TIMEOUT"}
     assert result.drift_after_faults == 0

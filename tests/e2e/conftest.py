@@ -56,9 +56,10 @@ def start_system(settings: Settings, tmp_path: Path) -> Iterator[Factory]:
     started: list[System] = []
 
     def start(*, workers: int = 1, cpus: int | None = None, **overrides: object) -> Running:
+        fast: dict[str, object] = {"heartbeat_s": 1.0, "worker_ttl_s": 5.0, "kill_grace_s": 2.0,
+                                   "drain_grace_s": 5.0}
         s = dataclasses.replace(settings, gateway_port=free_port(), data_dir=tmp_path / "sys",
-                                heartbeat_s=1.0, worker_ttl_s=5.0, kill_grace_s=2.0,
-                                drain_grace_s=5.0, **overrides)  # type: ignore[arg-type]
+                                **{**fast, **overrides})  # type: ignore[arg-type]
         env = {**os.environ, "SCNS_REDIS_URL": s.redis_url, "SCNS_DATABASE_URL": s.database_url}
         system = System(s, env, workers=workers, cpus=cpus, echo=False)
         started.append(system)
