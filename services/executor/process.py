@@ -76,6 +76,10 @@ class Spawned:
     # what the wrapper and the processes it waited for (the job and every descendant the job
     # waited for) consumed, from wait4 when we reap it; None for an adopted job (not our child)
     rusage: asyncio.Future[resource.struct_rusage | None]
+    # The kernel counts, in a process's own peak RSS, the peak of the memory it was exec'd
+    # from: for the wrapper, spawned from the executor, the executor's own peak. wait4's peak
+    # RSS tells the job's only when it is above this (read just after the spawn).
+    spawner_peak_kb: int = 0
     _buf: bytes = b""
 
 
@@ -110,7 +114,8 @@ async def spawn(jobdir: Path, env: dict[str, str]) -> Spawned:
         os.close(w)
     os.set_blocking(r, False)
     sp = Spawned(wrapper_pid=pid, fd=r, child_pid=loop.create_future(),
-                 status=loop.create_future(), rusage=loop.create_future())
+                 status=loop.create_future(), rusage=loop.create_future(),
+                 spawner_peak_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     loop.add_reader(r, _on_readable, sp)
     return sp
 

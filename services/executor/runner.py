@@ -297,7 +297,7 @@ class Runner:
         if not rj.adopted:
             with contextlib.suppress(TimeoutError):
                 ru = await asyncio.wait_for(asyncio.shield(rj.proc.rusage), timeout=2.0)
-        return combine(rj.peak, ru)
+        return combine(rj.peak, ru, spawner_peak_kb=rj.proc.spawner_peak_kb)
 
     async def _record(self, job: Job, state: JobState, *, exit_code: int | None = None,
                       signal: int | None = None, reason: str | None = None,

@@ -4,11 +4,17 @@ Two sources, combined at the end of an attempt (the larger of each wins):
 
 * wait4 on the job's wrapper returns, for the wrapper and every process it (recursively)
   waited for, the exact user and system CPU seconds and the peak RSS of the largest single
-  process. That covers a script and the commands it runs, however short-lived.
+  process. That covers a script and the commands it runs, however short-lived. One caveat:
+  the kernel counts in the wrapper's own peak RSS the peak of the executor it was spawned
+  from, so the figure tells the job's peak only when it is above the executor's (about 50 MB);
+  below, it is not used.
 * a sample every second of the job's process group, from one pass over /proc: the sum of the
   RSS of its live processes (so a job of several big processes shows their total) and their
   CPU seconds so far. A job adopted after an executor restart is not our child, so this is
   all we have for it.
+
+So a job that stays under about 50 MB and ends within a second may have no peak RSS (None).
+A memory cgroup per job (memory.peak) will make the figure exact for every job.
 """
 
 from __future__ import annotations
@@ -78,13 +84,17 @@ def sample_groups(pgids: Iterable[int], proc: str = PROC) -> dict[int, Sample]:
     return out
 
 
-def combine(peak: Sample, ru: resource.struct_rusage | None) -> Usage:
-    """An attempt's usage from its sampled peak and, when we reaped it, its wait4 usage."""
+def combine(peak: Sample, ru: resource.struct_rusage | None, *, spawner_peak_kb: int = 0
+            ) -> Usage:
+    """An attempt's usage from its sampled peak and, when we reaped it, its wait4 usage (whose
+    peak RSS is the job's only above `spawner_peak_kb`: see the module docstring)."""
+    rss = peak.rss_kb or None
+    if ru is not None and ru.ru_maxrss > spawner_peak_kb:
+        rss = max(int(ru.ru_maxrss), peak.rss_kb)
     if ru is None:
-        if peak.rss_kb == 0 and peak.user_s == 0 and peak.system_s == 0:
-            return Usage()
-        return Usage(peak_rss_kb=peak.rss_kb, cpu_user_s=round(peak.user_s, 3),
+        if peak.user_s == 0 and peak.system_s == 0:
+            return Usage(peak_rss_kb=rss)
+        return Usage(peak_rss_kb=rss, cpu_user_s=round(peak.user_s, 3),
                      cpu_system_s=round(peak.system_s, 3))
-    return Usage(peak_rss_kb=max(int(ru.ru_maxrss), peak.rss_kb),
-                 cpu_user_s=round(max(ru.ru_utime, peak.user_s), 3),
+    return Usage(peak_rss_kb=rss, cpu_user_s=round(max(ru.ru_utime, peak.user_s), 3),
                  cpu_system_s=round(max(ru.ru_stime, peak.system_s), 3))
