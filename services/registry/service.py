@@ -20,20 +20,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.bus import StreamBus
 from shared.db import UNAVAILABLE
 from shared.db.workers import WorkerStore
-from shared.keys import STREAM_TYPES, Keys
-from shared.membership import Lease, Member, Membership, Observed
+from shared.keys import STREAM_TYPES
+from shared.membership import Lease, Member, Observed
 from shared.redis import aw
-from shared.settings import Settings
 from shared.states import WorkerState
 from shared.wakeup import Wakeups
+from shared.wiring import Wiring
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +54,14 @@ class SweepResult:
 
 
 class Registry:
-    def __init__(self, settings: Settings, redis: Redis, pool: asyncpg.Pool[Any]) -> None:
-        self.settings = settings
-        self.redis = redis
-        self.keys = Keys(settings.key_prefix)
-        self.membership = Membership(redis, self.keys)
-        self.workers = WorkerStore(pool)
-        self.bus = StreamBus(redis, self.keys, maxlen=settings.stream_maxlen)
-        self.wakeups = Wakeups(redis, self.keys.wakeup("registry"))
+    def __init__(self, wiring: Wiring) -> None:
+        self.settings = wiring.settings
+        self.redis = wiring.redis
+        self.keys = wiring.keys
+        self.membership = wiring.membership
+        self.workers = WorkerStore(wiring.pool)
+        self.bus = wiring.bus
+        self.wakeups = Wakeups(wiring.redis, self.keys.wakeup("registry"))
         self._db_dirty = True
 
     # --- one pass ------------------------------------------------------------------------
@@ -201,7 +198,7 @@ async def _main() -> int:
     from shared import runtime, service
 
     async with service.started("registry", pool_size=4) as ctx:
-        registry = Registry(ctx.settings, ctx.redis, ctx.pool)
+        registry = Registry(ctx.wiring)
         log.info("registry started", extra={"event": "started",
                                             "sweep_s": ctx.settings.registry_sweep_s})
         await runtime.supervise({"registry": registry.run(ctx.stop)}, ctx.stop)

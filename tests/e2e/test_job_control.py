@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from services.cli.client import ApiError
 from tests.e2e.conftest import TERMINAL, Factory, Running, submit, wait_state
+from tests.procs import ROOT
 
 
 def ts(iso: str) -> float:
@@ -108,9 +112,12 @@ def test_requeue_and_accounting(start_system: Factory) -> None:
     lines = r.client.call("GET", f"/api/v1/jobs/{eff['id']}/log").split("\n")
     truth = sum(_seconds(x) for x in lines[1].split())  # `times`: children's user, system
     [a] = attempts(r, eff["id"])
-    ours = a["cpu_s"] / (2 * a["elapsed_s"])
+    seff = subprocess.run([sys.executable, "-m", "services.cli", "eff", str(eff["id"]),
+                           "--json"], cwd=ROOT, env=r.env, capture_output=True, text=True,
+                          check=True)
+    ours = orjson.loads(seff.stdout)["cpu_efficiency"]
     true_eff = truth / (2 * a["elapsed_s"])
-    print(f"CPU efficiency reported {ours:.1%}, by bash's own count {true_eff:.1%} "
+    print(f"scns eff: CPU efficiency {ours:.1%}; by bash's own count {true_eff:.1%} "
           f"({a['cpu_s']:.2f} vs {truth:.2f} CPU s in {a['elapsed_s']:.2f} s)")
     assert abs(ours - true_eff) <= 0.2 * true_eff
     assert truth >= 2.0  # the loops really ran (two of them, three seconds each, minus load)

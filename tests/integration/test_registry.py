@@ -19,6 +19,7 @@ from shared.heartbeat import HeartbeatClient
 from shared.keys import Keys
 from shared.membership import Membership
 from shared.settings import Settings
+from tests.helpers import wire
 
 
 async def events(redis: Redis, keys: Keys, type_: str) -> list[Any]:
@@ -34,7 +35,7 @@ def client(membership: Membership, wid: str, *, cpus: int = 4, host: str | None 
 
 async def test_join_then_shutdown(redis: Redis, keys: Keys, settings: Settings,
                                   pool: asyncpg.Pool[Any]) -> None:
-    reg = Registry(settings, redis, pool)
+    reg = Registry(wire(settings, redis, pool))
     hb = client(reg.membership, "n1", cpus=6)
     await hb.register()
     r = await reg.sweep()
@@ -60,7 +61,7 @@ async def test_join_then_shutdown(redis: Redis, keys: Keys, settings: Settings,
 async def test_a_lapsed_lease_is_announced_as_expired(redis: Redis, keys: Keys,
                                                       settings: Settings,
                                                       pool: asyncpg.Pool[Any]) -> None:
-    reg = Registry(settings, redis, pool)
+    reg = Registry(wire(settings, redis, pool))
     hb = client(reg.membership, "n2", ttl_s=0.3)
     await hb.register()
     await reg.sweep()
@@ -75,7 +76,7 @@ async def test_a_lapsed_lease_is_announced_as_expired(redis: Redis, keys: Keys,
 async def test_a_restarted_executor_is_a_new_incarnation(redis: Redis, keys: Keys,
                                                          settings: Settings,
                                                          pool: asyncpg.Pool[Any]) -> None:
-    reg = Registry(settings, redis, pool)
+    reg = Registry(wire(settings, redis, pool))
     first = client(reg.membership, "n3", host="same")
     await first.register()
     await reg.sweep()
@@ -99,7 +100,7 @@ async def test_another_host_cannot_take_a_live_worker_id(redis: Redis, keys: Key
 async def test_two_replicas_racing_announce_each_change_once(
     redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool[Any]
 ) -> None:
-    regs = [Registry(settings, redis, pool) for _ in range(3)]
+    regs = [Registry(wire(settings, redis, pool)) for _ in range(3)]
     clients = [client(regs[0].membership, f"r{i}", ttl_s=0.5) for i in range(10)]
     for c in clients:
         await c.register()
@@ -119,7 +120,7 @@ async def test_two_replicas_racing_announce_each_change_once(
 async def test_drain_survives_a_restart_and_resume_clears_it(
     redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool[Any]
 ) -> None:
-    reg = Registry(settings, redis, pool)
+    reg = Registry(wire(settings, redis, pool))
     hb = client(reg.membership, "n5", host="h5")
     await hb.register()
     await reg.sweep()
@@ -149,7 +150,7 @@ async def test_sync_repairs_postgres_after_a_missed_write(
     status, _ = await membership.join(lease, now_ms=int(time.time() * 1000))
     assert status == 1
     assert await WorkerStore(pool).get("n6") is None
-    reg = Registry(settings, redis, pool)
+    reg = Registry(wire(settings, redis, pool))
     await reg.sync_db()
     row = await WorkerStore(pool).get("n6")
     assert row is not None and row.state == "ready" and row.last_heartbeat is not None
