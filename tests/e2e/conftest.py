@@ -39,15 +39,17 @@ def submit(r: Running, script: str, **fields: object) -> dict[str, Any]:
     return job
 
 
-def wait_state(r: Running, job_id: int, states: set[str], timeout: float = 30) -> dict[str, Any]:
-    """Poll the API until the job is in one of `states`."""
+def wait_state(r: Running, job_id: int, states: set[str], timeout: float = 30, *,
+               attempt: int | None = None) -> dict[str, Any]:
+    """Poll the API until the job is in one of `states` (at `attempt`, when given)."""
     deadline = time.monotonic() + timeout
     while True:
         job: dict[str, Any] = r.client.call("GET", f"/api/v1/jobs/{job_id}")
-        if job["state"] in states:
+        if job["state"] in states and attempt in (None, job["attempt"]):
             return job
         if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {job['state']} after {timeout}s")
+            raise AssertionError(f"job {job_id} still {job['state']} (attempt "
+                                 f"{job['attempt']}) after {timeout}s")
         time.sleep(0.05)
 
 

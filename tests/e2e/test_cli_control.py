@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -35,17 +33,6 @@ def submitted(r: Running, *args: str) -> int:
     return int(m[1])
 
 
-def wait_attempt(r: Running, job_id: int, attempt: int, timeout: float = 30) -> dict[str, Any]:
-    """Poll until the job's `attempt` has finished."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job: dict[str, Any] = r.client.call("GET", f"/api/v1/jobs/{job_id}")
-        if job["attempt"] == attempt and job["state"] in TERMINAL:
-            return job
-        assert time.monotonic() < deadline, f"job {job_id}: attempt {attempt} not done: {job}"
-        time.sleep(0.05)
-
-
 def test_hold_update_release_requeue_history_eff(start_system: Factory, tmp_path: Path) -> None:
     r = start_system(cpus=4)
     script = tmp_path / "busy.sh"
@@ -66,7 +53,7 @@ def test_hold_update_release_requeue_history_eff(start_system: Factory, tmp_path
     assert done["state"] == "COMPLETED", done
 
     assert ok(r, "requeue", str(jid)).strip() == f"job {jid} requeued (attempt 2)"
-    again = wait_attempt(r, jid, 2)
+    again = wait_state(r, jid, TERMINAL, attempt=2)
     assert again["state"] == "COMPLETED", again
 
     page = orjson.loads(ok(r, "history", "--json"))

@@ -30,17 +30,6 @@ def attempts(r: Running, job_id: int) -> list[dict[str, Any]]:
     return items
 
 
-def wait_attempt(r: Running, job_id: int, attempt: int, states: set[str],
-                 timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        job: dict[str, Any] = r.client.call("GET", f"/api/v1/jobs/{job_id}")
-        if job["attempt"] == attempt and job["state"] in states:
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} is {job['state']} #{job['attempt']}"
-        time.sleep(0.05)
-
-
 def api_error(r: Running, method: str, path: str, body: Any = None) -> ApiError:
     with pytest.raises(ApiError) as e:
         r.client.call(method, path, body)
@@ -94,7 +83,7 @@ def test_requeue_and_accounting(start_system: Factory) -> None:
     assert wait_state(r, job["id"], TERMINAL)["state"] == "COMPLETED"
     again = r.client.call("POST", f"/api/v1/jobs/{job['id']}/requeue")
     assert (again["state"], again["attempt"]) == ("PENDING", 2)
-    done = wait_attempt(r, job["id"], 2, TERMINAL)
+    done = wait_state(r, job["id"], TERMINAL, attempt=2)
     assert done["state"] == "COMPLETED" and done["exit_code"] == 0
     assert r.client.call("GET", f"/api/v1/jobs/{job['id']}/log") == "attempt 2 restart 1\n"
     items = attempts(r, job["id"])
@@ -161,7 +150,7 @@ def test_requeue_of_a_running_job_stops_it_then_runs_it_again(
     wait_state(r, job["id"], {"RUNNING"})
     reply = r.client.call("POST", f"/api/v1/jobs/{job['id']}/requeue")
     assert reply["state"] == "RUNNING" and reply["requeue_requested"] is True
-    done = wait_attempt(r, job["id"], 2, TERMINAL, timeout=r.settings.kill_grace_s + 20)
+    done = wait_state(r, job["id"], TERMINAL, r.settings.kill_grace_s + 20, attempt=2)
     assert done["state"] == "COMPLETED"
     first, second = attempts(r, job["id"])
     assert (first["state"], first["reason"], first["signal"]) == \
@@ -175,14 +164,14 @@ def test_retries_with_doubling_delays(start_system: Factory) -> None:
     flaky = submit(r, '[ "$SCNS_ATTEMPT" -ge 2 ] || exit 3\necho "ok $SLURM_RESTART_COUNT"\n',
                    retries=2, retry_delay_s=1)
     broken = submit(r, "exit 4\n", retries=2, retry_delay_s=1)
-    done = wait_attempt(r, flaky["id"], 2, TERMINAL)
+    done = wait_state(r, flaky["id"], TERMINAL, attempt=2)
     assert (done["state"], done["retries_used"]) == ("COMPLETED", 1)
     assert r.client.call("GET", f"/api/v1/jobs/{flaky['id']}/log") == "ok 1\n"
     one, two = attempts(r, flaky["id"])
     assert (one["state"], one["exit_code"], two["state"]) == ("FAILED", 3, "COMPLETED")
     assert ts(two["started_at"]) - ts(one["finished_at"]) >= 1.0
 
-    final = wait_attempt(r, broken["id"], 3, TERMINAL, timeout=40)
+    final = wait_state(r, broken["id"], TERMINAL, 40, attempt=3)
     assert (final["state"], final["exit_code"]) == ("FAILED", 4)
     items = attempts(r, broken["id"])
     assert [a["state"] for a in items] == ["FAILED"] * 3

@@ -4,36 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from services.cli.client import Client
-from services.gateway.app import create_app
 from shared.keys import Keys
-from shared.membership import Membership
-from shared.settings import Settings
-from tests.helpers import add_worker, wire
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-async def http(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any], keys: Keys
-               ) -> AsyncIterator[TestClient[Any, Any]]:
-    await add_worker(Membership(redis, keys), "big", cpus=8, memory_mb=4096)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(wire(settings, redis,
-                                                                           pool))))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 OK = {"script": "echo hi\n"}

@@ -3,37 +3,19 @@ release, requeue, PATCH, attempts, and the 4xx (never 500) answers to bad ids an
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from services.gateway.app import create_app
 from shared.db.jobs import JobStore, Usage
 from shared.events import CancelRequested, decode
 from shared.keys import Keys
 from shared.lifecycle.store import TransitionStore
-from shared.membership import Membership
-from shared.settings import Settings
-from tests.helpers import add_worker, wire
-
-
-@pytest.fixture
-async def http(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any], keys: Keys
-               ) -> AsyncIterator[TestClient[Any, Any]]:
-    await add_worker(Membership(redis, keys), "w", cpus=8, memory_mb=4096)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(wire(settings, redis,
-                                                                         pool))))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def submit(http: TestClient[Any, Any], **fields: Any) -> dict[str, Any]:
@@ -51,8 +33,8 @@ async def call(http: TestClient[Any, Any], method: str, path: str, body: Any = N
 
 async def running(pool: asyncpg.Pool[Any], job_id: int) -> None:
     t = TransitionStore(pool)
-    assert await t.place([(job_id, 1, "w")])
-    assert await t.start(job_id, 1, "w") is not None
+    assert await t.place([(job_id, 1, "big")])
+    assert await t.start(job_id, 1, "big") is not None
 
 
 async def test_hold_and_release_a_pending_job(http: TestClient[Any, Any]) -> None:
@@ -133,7 +115,7 @@ async def test_requeue_a_finished_job_then_a_running_one(
     await running(pool, job["id"])
     status, body = await call(http, "POST", f"/api/v1/jobs/{job['id']}/requeue")
     assert status == 202 and body["state"] == "RUNNING" and body["requeue_requested"]
-    [(_, fields)] = await redis.xrange(keys.control("w"))
+    [(_, fields)] = await redis.xrange(keys.control("big"))
     stop = decode(fields["e"])
     assert isinstance(stop, CancelRequested) and stop.requeue and stop.job_id == job["id"]
     # the executor stops it; the lifecycle turns the end into a new attempt
@@ -145,7 +127,7 @@ async def test_requeue_a_finished_job_then_a_running_one(
                            retry=False)
     assert ended is not None and ended.again and ended.job.attempt == 2
     # a cancel wins over a requeue asked for earlier
-    assert await t.place([(job["id"], 2, "w")]) and await t.start(job["id"], 2, "w")
+    assert await t.place([(job["id"], 2, "big")]) and await t.start(job["id"], 2, "big")
     assert (await call(http, "DELETE", f"/api/v1/jobs/{job['id']}"))[0] == 202
     status, body = await call(http, "POST", f"/api/v1/jobs/{job['id']}/requeue")
     assert status == 409 and "being cancelled" in body["error"]["message"]
@@ -159,7 +141,7 @@ async def test_requeue_a_finished_job_then_a_running_one(
     assert body["retries_used"] == 0 and not body["cancel_requested"]
     _, attempts = await call(http, "GET", f"/api/v1/jobs/{job['id']}/attempts")
     assert [(a["attempt"], a["state"], a["worker_id"]) for a in attempts["items"]] == [
-        (1, "CANCELLED", "w"), (2, "CANCELLED", "w")]
+        (1, "CANCELLED", "big"), (2, "CANCELLED", "big")]
     assert attempts["items"][0]["reason"] == "requeue requested"
 
 
