@@ -13,7 +13,9 @@ time; it falls back to bash with `set -m` where util-linux `setsid` is missing, 
 * reports `pid N` and `exit N` on fd 3, a pipe the executor reads: no polling, no SIGCHLD.
 
 Signals go to the job's process group (the wrapper is not in it), so SIGKILL on a job never
-kills the wrapper before it has recorded the status.
+kills the wrapper before it has recorded the status. The wrapper writes `pid` and `status` with
+noclobber (`set -C`): the job can write its own directory, and whatever it puts there first is
+left alone (and then reads as unreadable), never written through.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from shared.jobfiles import read_status
 
 WRAPPER = r"""
 jobdir=$1
+set -C
 cd -- "${SCNS_SUBMIT_DIR:-$jobdir}" 2>/dev/null || cd -- "$jobdir" || exit 120
 @LAUNCH@ bash --noprofile --norc -- "$jobdir/script" </dev/null \
   >>"$jobdir/stdout" 2>>"$jobdir/stderr" 3>&- &

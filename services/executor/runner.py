@@ -174,12 +174,18 @@ class Runner:
         # one mkdir per job: on a busy node directory creation is a visible part of the cost
         try:
             os.mkdir(jobdir)
-        except FileExistsError:
-            pass
         except FileNotFoundError:
             self.jobs_dir.mkdir(parents=True, exist_ok=True)
             os.mkdir(jobdir)
-        (jobdir / "script").write_text(job.script)
+        except FileExistsError:
+            # left by an earlier cluster on this data directory (ids start again with a new
+            # database): its files must not be taken for this attempt's, nor written through
+            os.rename(jobdir, jobdir.with_name(f"{jobdir.name}.old-{time.time_ns()}"))
+            os.mkdir(jobdir)
+        fd = os.open(jobdir / "script", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                     0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(job.script)
         env = job_environment(
             base=self.base_env, user_env=job.env, job_id=job.id, attempt=job.attempt,
             cpus=job.cpus, memory_mb=job.memory_mb, name=job.name, submit_dir=job.submit_dir,

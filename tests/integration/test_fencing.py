@@ -106,3 +106,31 @@ async def test_a_stale_executor_cannot_overwrite_a_newer_attempt(
     current = await jobs.get(job.id)
     assert current is not None and current.state is JobState.RUNNING
     assert (current.attempt, current.worker_id) == (2, "new")
+
+
+async def test_a_stale_job_directory_is_moved_aside(settings: Settings, redis: Redis,
+                                                    keys: Keys, pool: asyncpg.Pool[Any],
+                                                    tmp_path: Path) -> None:
+    """A data directory reused with a new database: job 1 attempt 1 has a directory already,
+    with a status and a planted link. The new job 1 must not read that status nor write
+    through the link."""
+    await open_epoch(redis, keys)
+    ex = await executor(settings, redis, pool, tmp_path)
+    job_id = await allocated(pool, "echo fresh\n")
+    old = tmp_path / "node" / "jobs" / f"{job_id}.1"
+    old.mkdir(parents=True)
+    (old / "status").write_text("0\n")
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    (old / "script").symlink_to(victim)
+    assert await ex.runner.launch(job_id, 1) is True
+    deadline = time.monotonic() + 10
+    while job_id in ex.runner.running:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert victim.read_text() == "untouched\n"
+    assert (old / "stdout").read_text() == "fresh\n"
+    assert [p.name for p in old.parent.iterdir() if p.name.startswith(f"{job_id}.1.old-")]
+    job = await JobStore(pool).get(job_id)
+    assert job is not None and job.state is JobState.COMPLETED
+    await ex.heartbeat.deregister()
