@@ -4,7 +4,9 @@ At start-up (jobs a previous executor of this worker left) and then every SCNS_A
 job PostgreSQL says is RUNNING here but that no supervisor of this process watches is taken
 over:
 
-* a start this process committed without hearing the answer (it never spawned it): started now;
+* a start this process committed without hearing the answer (it never spawned it): started now
+  (a start committed by an executor process that then died is not known to be unspawned, and
+  goes the way below: NODE_FAIL, then a new attempt if the job asked for requeue);
 * its process is alive (the pid its wrapper recorded, checked to be this job's own): adopted
   and supervised to its end;
 * it ended while nobody watched (its wrapper recorded a valid status): collected;
@@ -78,7 +80,11 @@ class Auditor:
         key = (job.id, job.attempt)
         if key in r._unconfirmed:
             r._unconfirmed.discard(key)
-            await r._run(job)
+            r._launching.add(key)  # a retried launch of it now finds it being started
+            try:
+                await r._run(job)
+            finally:
+                r._launching.discard(key)
             return "started"
         jobdir = r.jobdir(job)
         started = job.started_at.timestamp() if job.started_at else time.time()

@@ -49,6 +49,7 @@ DROPPED = Counter("scns_executor_launches_dropped_total",
 RUNNING = Gauge("scns_executor_running_jobs", "Jobs running on this worker")
 
 REQUEUE_REASON = "requeue requested"
+SAMPLE_AFTER_S = 1.0  # jobs younger than this are not sampled (wait4 covers them)
 ENDED_MEMORY = 10_000  # attempts this process ended, remembered so an audit never redoes one
 
 
@@ -300,7 +301,9 @@ class Runner:
 
     async def _usage(self, rj: RunningJob) -> Usage:
         ru = None
-        if not rj.adopted:
+        if rj.proc.rusage.done():
+            ru = rj.proc.rusage.result()
+        elif not rj.adopted:  # the wrapper is reaped within moments of its last report
             with contextlib.suppress(TimeoutError):
                 ru = await asyncio.wait_for(asyncio.shield(rj.proc.rusage), timeout=2.0)
         return combine(rj.peak, ru, spawner_peak_kb=rj.proc.spawner_peak_kb)
@@ -348,8 +351,12 @@ class Runner:
                                   extra={"job_id": rj.job.id})
 
     def _sample(self, jobs: list[RunningJob]) -> None:
+        """One pass over /proc for the jobs that have run a second or more (a shorter one is
+        measured by wait4 alone: a busy worker running many short jobs scans nothing)."""
+        now = time.monotonic()
         groups = {rj.proc.child_pid.result(): rj for rj in jobs
-                  if rj.proc.child_pid.done() and not rj.proc.child_pid.cancelled()
+                  if now - rj.started >= SAMPLE_AFTER_S and rj.proc.child_pid.done()
+                  and not rj.proc.child_pid.cancelled()
                   and rj.proc.child_pid.exception() is None}
         if not groups:
             return

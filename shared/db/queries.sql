@@ -73,53 +73,72 @@ RETURNING *;
 
 -- name: finish_job
 -- transition: finish
--- The end of a RUNNING attempt ($4), guarded by attempt and worker, in one statement: the
--- attempt's row records how it went and gives its capacity back, and the job either ends with
--- it or becomes a new PENDING attempt. A new attempt follows when the user asked for a requeue,
+-- The end of a RUNNING attempt ($4), guarded by attempt and worker, in one statement: the job
+-- either ends with it or becomes a new PENDING attempt, and the attempt's row records how it
+-- went and gives its capacity back. A new attempt follows when the user asked for a requeue,
 -- or when the caller's policy says so ($8: after how many seconds; $9: it is a retry, counted
 -- against the job's retries), as for a --requeue job whose node failed. A cancel request wins
 -- over both: the job ends, and a node failure met while it was being cancelled is CANCELLED.
-WITH cur AS (
-    SELECT id, attempt, started_at,
-           CASE WHEN cancel_requested AND $4 = 'NODE_FAIL' THEN 'CANCELLED' ELSE $4 END AS ended,
-           NOT cancel_requested AND (requeue_requested OR $8::float8 IS NOT NULL) AS again,
-           requeue_requested AS asked
-    FROM jobs
-    WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state IN {from:finish}
-      AND $4::text IN {to:finish}
-    FOR UPDATE
-), done AS (
+-- (The SET expressions read the row as it was; `attempts` is read as it was before the
+-- statement, for the attempt's start.)
+WITH done AS (
     UPDATE jobs j SET
-        state        = CASE WHEN cur.again THEN 'PENDING' ELSE cur.ended END,
-        attempt      = j.attempt + CASE WHEN cur.again THEN 1 ELSE 0 END,
-        reason       = CASE WHEN NOT cur.again THEN
-                                CASE WHEN cur.ended <> $4 THEN 'cancelled' ELSE $7::text END
-                            WHEN NOT cur.asked AND $8 > 0 THEN 'BeginTime'
+        state        = CASE WHEN NOT j.cancel_requested
+                                 AND (j.requeue_requested OR $8::float8 IS NOT NULL)
+                            THEN 'PENDING'
+                            WHEN j.cancel_requested AND $4 = 'NODE_FAIL' THEN 'CANCELLED'
+                            ELSE $4 END,
+        attempt      = j.attempt + CASE WHEN NOT j.cancel_requested
+                                             AND (j.requeue_requested OR $8 IS NOT NULL)
+                                        THEN 1 ELSE 0 END,
+        reason       = CASE WHEN j.cancel_requested
+                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL) THEN
+                                CASE WHEN j.cancel_requested AND $4 = 'NODE_FAIL'
+                                     THEN 'cancelled' ELSE $7::text END
+                            WHEN NOT j.requeue_requested AND $8 > 0 THEN 'BeginTime'
                             ELSE 'Priority' END,
-        begin_at     = CASE WHEN cur.again AND NOT cur.asked
+        begin_at     = CASE WHEN NOT j.cancel_requested AND NOT j.requeue_requested
+                                 AND $8 IS NOT NULL
                             THEN now() + make_interval(secs => $8) ELSE j.begin_at END,
-        retries_used = CASE WHEN NOT cur.again THEN j.retries_used
-                            WHEN cur.asked THEN 0
+        retries_used = CASE WHEN j.cancel_requested
+                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 THEN j.retries_used
+                            WHEN j.requeue_requested THEN 0
                             WHEN $9::boolean THEN j.retries_used + 1
                             ELSE j.retries_used END,
-        exit_code    = CASE WHEN cur.again THEN NULL ELSE $5::int END,
-        signal       = CASE WHEN cur.again THEN NULL ELSE $6::int END,
-        worker_id    = CASE WHEN cur.again THEN NULL ELSE j.worker_id END,
-        allocated_at = CASE WHEN cur.again THEN NULL ELSE j.allocated_at END,
-        started_at   = CASE WHEN cur.again THEN NULL ELSE j.started_at END,
-        finished_at  = CASE WHEN cur.again THEN NULL ELSE now() END,
+        exit_code    = CASE WHEN j.cancel_requested
+                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 THEN $5::int END,
+        signal       = CASE WHEN j.cancel_requested
+                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 THEN $6::int END,
+        worker_id    = CASE WHEN j.cancel_requested
+                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 THEN j.worker_id END,
+        allocated_at = CASE WHEN j.cancel_requested
+                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 THEN j.allocated_at END,
+        started_at   = CASE WHEN j.cancel_requested
+                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 THEN j.started_at END,
+        finished_at  = CASE WHEN j.cancel_requested
+                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 THEN now() END,
         requeue_requested = false,
         updated_at   = now()
-    FROM cur WHERE j.id = cur.id
-    RETURNING j.*, cur.ended AS attempt_state
+    WHERE j.id = $1 AND j.attempt = $2 AND j.worker_id = $3 AND j.state IN {from:finish}
+      AND $4::text IN {to:finish}
+    RETURNING j.*, CASE WHEN j.cancel_requested AND $4 = 'NODE_FAIL' THEN 'CANCELLED'
+                        ELSE $4 END AS attempt_state
 ), acct AS (
     UPDATE attempts a SET
-        released_at = coalesce(a.released_at, now()), started_at = cur.started_at,
-        finished_at = now(), state = cur.ended,
-        reason = CASE WHEN cur.ended <> $4 THEN 'cancelled' ELSE $7::text END,
-        exit_code = $5::int, signal = $6::int, peak_rss_kb = $10::bigint,
-        cpu_user_s = $11::float8, cpu_system_s = $12::float8
-    FROM cur WHERE a.job_id = cur.id AND a.attempt = cur.attempt
+        released_at = coalesce(a.released_at, now()), started_at = before.started_at,
+        finished_at = now(), state = done.attempt_state,
+        reason = CASE WHEN done.attempt_state <> $4 THEN 'cancelled' ELSE $7 END,
+        exit_code = $5, signal = $6, peak_rss_kb = $10::bigint, cpu_user_s = $11::float8,
+        cpu_system_s = $12::float8
+    FROM done JOIN jobs before ON before.id = done.id
+    WHERE a.job_id = done.id AND a.attempt = $2
 )
 SELECT * FROM done;
 

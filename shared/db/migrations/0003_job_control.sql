@@ -29,5 +29,3 @@ ALTER TABLE jobs
 -- The scheduler promotes jobs whose begin time has come, and sleeps until the next one, from
 -- this index alone: it never scans the pending queue for them.
 CREATE INDEX jobs_begin_at ON jobs (begin_at) WHERE state = 'PENDING' AND reason = 'BeginTime';
--- sacct-like history: jobs by user and time.
-CREATE INDEX jobs_submitted ON jobs (submitted_at);
