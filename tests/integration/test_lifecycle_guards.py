@@ -6,6 +6,7 @@ state as a source of its operation. This is the behaviour the unit test
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -122,3 +123,40 @@ async def test_the_scheduler_never_overwrites_a_sticky_reason(pool: asyncpg.Pool
     await t.hold(job.id)
     await t.set_reasons({job.id: "Resources"})
     assert (await JobStore(pool).get(job.id)).reason == "Held"  # type: ignore[union-attr]
+
+
+async def test_racing_ends_of_one_attempt_record_exactly_one(pool: asyncpg.Pool[Any]) -> None:
+    """The executor's end and the reconciler's NODE_FAIL of the same attempt, twenty at once,
+    some of them starting a new attempt: one wins, and the attempt's row says what it said."""
+    import asyncio
+
+    t = TransitionStore(pool)
+    job = await job_in(pool, S.RUNNING)
+    job = replace(job, requeue=True)
+    ends = [(S.COMPLETED if i % 2 else S.NODE_FAIL, 0.0 if i % 4 == 0 else None)
+            for i in range(20)]
+    results = await asyncio.gather(*(
+        t.finish(job, state, exit_code=0 if state is S.COMPLETED else None, signal=None,
+                 reason=None, usage=Usage(), again_after_s=again, retry=False)
+        for state, again in ends))
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    [won] = winners
+    [row] = await JobStore(pool).attempts(job.id)
+    assert row.state == won.state
+    current = await JobStore(pool).get(job.id)
+    assert current is not None and current.attempt == (2 if won.again else 1)
+
+
+async def test_a_cancel_recorded_before_the_end_wins_over_its_requeue(
+    pool: asyncpg.Pool[Any]
+) -> None:
+    t = TransitionStore(pool)
+    job = await job_in(pool, S.RUNNING)
+    await t.request_stop(job.id, cancel=False)  # a requeue was asked for...
+    await t.request_stop(job.id, cancel=True)  # ...then a cancel
+    ended = await t.finish(job, S.NODE_FAIL, exit_code=None, signal=None, reason="lost",
+                           usage=Usage(), again_after_s=0.0, retry=False)
+    assert ended is not None and not ended.again
+    assert (ended.state, ended.job.state, ended.job.reason) == (S.CANCELLED, S.CANCELLED,
+                                                                "cancelled")
