@@ -23,15 +23,21 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{sec:02d}"
 
 
-def fmt_size_kb(kb: float | None) -> str:
-    """A size in KiB, short (sacct's MAXRSS): 512K, 88M, 2.1G; one decimal below 10."""
-    if kb is None:
-        return ""
+def _scaled(kb: float) -> tuple[float, int]:
+    """(value, index into _SIZE_UNITS) of a size in KiB, in the largest unit under 1024."""
     value = max(0.0, float(kb))
     unit = 0
     while value >= 1024 and unit < len(_SIZE_UNITS) - 1:
         value /= 1024
         unit += 1
+    return value, unit
+
+
+def fmt_size_kb(kb: float | None) -> str:
+    """A size in KiB, short (sacct's MAXRSS): 512K, 88M, 2.1G; one decimal below 10."""
+    if kb is None:
+        return ""
+    value, unit = _scaled(kb)
     if unit and value < 10:
         text = f"{value:.1f}"
         if text == "10.0":  # 9.96G rounds up: print it as 10G, not 10.0G
@@ -45,11 +51,7 @@ def fmt_size_long(kb: float | None) -> str:
     """A size in KiB for a sentence (seff): 41.2 GiB, 880.0 MiB, 512.0 KiB; n/a when unknown."""
     if kb is None:
         return "n/a"
-    value = max(0.0, float(kb))
-    unit = 0
-    while value >= 1024 and unit < len(_SIZE_UNITS) - 1:
-        value /= 1024
-        unit += 1
+    value, unit = _scaled(kb)
     return f"{value:.1f} {_SIZE_UNITS[unit]}iB"
 
 
