@@ -10,16 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any
 
-import asyncpg
-
-from shared.db.jobs import Job, JobSpec, Usage, spec_digest
+from shared.db.jobs import Executor, Job, JobSpec, Usage, spec_digest
 from shared.db.queries import q
 from shared.errors import ConductorError
 from shared.states import JobState, PendingReason
-
-Executor: TypeAlias = "asyncpg.Pool[asyncpg.Record] | asyncpg.Connection[Any]"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
