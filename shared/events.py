@@ -70,10 +70,12 @@ class WorkerLeft(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobSubmitted(Event):
     TYPE: ClassVar[str] = "job-submitted"
-    job_id: int
+    job_id: int  # for an array, its id (one event per array, not per element)
     cpus: int
     memory_mb: int | None = None
     priority: int = 0
+    array_size: int | None = None  # elements, for an array
+    dependency: bool = False  # it waits for a dependency (the scheduler decides it)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,8 +135,10 @@ class JobUpdated(Event):
     TYPE: ClassVar[str] = "job-updated"
     job_id: int
     attempt: int
-    change: str  # hold | release | update
+    change: str  # hold | release | update | cancel (an array's elements, all at once)
     reason: str | None = None
+    array: bool = False  # job_id is an array's id, and the change was to its elements
+    count: int | None = None  # elements changed, for an array
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

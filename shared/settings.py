@@ -51,6 +51,8 @@ class Settings:
     scheduler_batch: int = 500
     scheduler_exclusive: bool = True
     reserve_after_s: float = 300.0
+    dependency_sweep_s: float = 30.0
+    max_array_size: int = 100_001
 
     arq_poll_s: float = 0.02
     arq_max_jobs: int = 64
@@ -105,6 +107,10 @@ class Settings:
                                            d.scheduler_exclusive),
             "reserve_after_s": p.value("SCNS_RESERVE_AFTER_S", _positive_float,
                                        d.reserve_after_s),
+            "dependency_sweep_s": p.value("SCNS_DEPENDENCY_SWEEP_S", _positive_float,
+                                          d.dependency_sweep_s),
+            "max_array_size": p.value("SCNS_MAX_ARRAY_SIZE", _positive_int,
+                                      d.max_array_size),
             "arq_poll_s": p.value("SCNS_ARQ_POLL_S", _positive_float, d.arq_poll_s),
             "arq_max_jobs": p.value("SCNS_ARQ_MAX_JOBS", _positive_int, d.arq_max_jobs),
             "kill_grace_s": p.value("SCNS_KILL_GRACE_S", _positive_float, d.kill_grace_s),

@@ -50,7 +50,7 @@ class PendingReason(StrEnum):
 # Reasons the scheduler's pass never overwrites: a person or a condition set them, and only the
 # matching operation (release, the begin time passing, the dependency resolving) clears them.
 STICKY_REASONS = frozenset({PendingReason.HELD, PendingReason.DEPENDENCY,
-                            PendingReason.BEGIN_TIME})
+                            PendingReason.BEGIN_TIME, PendingReason.JOB_ARRAY_TASK_LIMIT})
 
 
 class WorkerState(StrEnum):

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from services.gateway.validation import MAX_ID, RequestError
 from shared.allocation import Allocator
+from shared.arrays import SpecError, parse_ref
 from shared.db.jobs import Attempt, Job, JobStore
 from shared.keys import Keys
 from shared.lifecycle import Lifecycle, Role
@@ -103,8 +104,10 @@ def job_json(job: Job, *, full: bool = False) -> dict[str, Any]:
         "requeue_requested": job.requeue_requested, "retries": job.retries,
         "retry_delay_s": job.retry_delay_s, "retries_used": job.retries_used,
         "array_job_id": job.array_job_id, "array_task_id": job.array_task_id,
+        "array_throttle": job.array.throttle if job.array else None,
         "dependency": job.dependency, "partition": job.partition,
-        "submit_dir": job.submit_dir,
+        "submit_dir": job.submit_dir, "workdir": job.workdir, "output": job.stdout_path,
+        "error": job.stderr_path,
         "submitted_at": iso(job.submitted_at), "begin_at": iso(job.begin_at),
         "allocated_at": iso(job.allocated_at), "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
@@ -140,6 +143,38 @@ def path_int(request: web.Request, name: str) -> int:
         raise RequestError(400, "invalid_id",
                            f"{name} must be a positive integer, got {raw[:40]!r}")
     return int(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a `{job_id}` path names: a job (`12`, or an element `12_3`), and whether the bare
+    id is an array's (then cancel, hold and release act on every element)."""
+
+    job: Job
+    whole_array: bool
+
+    @property
+    def label(self) -> str:
+        j = self.job
+        if j.array_job_id is not None and not self.whole_array:
+            return f"{j.array_job_id}_{j.array_task_id}"
+        return str(j.id)
+
+
+async def target(request: web.Request, name: str = "job_id") -> Target:
+    """The job a path names (`12` or `12_3`); a 404 when there is none."""
+    raw = request.match_info[name]
+    try:
+        ref = parse_ref(raw)
+    except SpecError as e:
+        raise RequestError(400, "invalid_id", str(e)) from e
+    if ref.id > MAX_ID:
+        raise RequestError(400, "invalid_id", f"job id {ref.id} is out of range")
+    jobs = state(request).jobs
+    job = await (jobs.get(ref.id) if ref.index is None else jobs.element(ref.id, ref.index))
+    if job is None:
+        raise RequestError(404, "not_found", f"job {ref} does not exist")
+    return Target(job=job, whole_array=ref.index is None and job.array_job_id == job.id)
 
 
 def role_of(request: web.Request) -> Role:

@@ -10,14 +10,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.gateway.common import (
+    Gateway,
+    Target,
     attempt_json,
     error,
     job_json,
     json,
-    path_int,
     read_json,
     role_of,
     state,
+    target,
 )
 from services.gateway.jobs import largest_worker
 from services.gateway.validation import RequestError, check_fits, parse_changes
@@ -33,9 +35,39 @@ def _answer(job: Job, *, accepted: bool = False) -> web.Response:
     return json(job_json(job), status=202 if accepted else 200)
 
 
+ARRAY_VERBS = ("cancel", "hold", "release")
+NOTHING_TO_DO = {"cancel": "has no element left to cancel",
+                 "hold": "has no pending element to hold",
+                 "release": "has no held element to release"}
+
+
+async def _array_control(g: Gateway, array_id: int, verb: str) -> web.Response:
+    """The array's id: every element at once, one statement per step."""
+    if verb == "cancel":
+        change = await g.lifecycle.cancel_array(array_id)
+    elif verb == "hold":
+        change = await g.lifecycle.hold_array(array_id)
+    else:
+        change = await g.lifecycle.release_array(array_id)
+    if change.count == 0 and change.stopping == 0:
+        return error(409, "conflict", f"array {array_id} {NOTHING_TO_DO[verb]}")
+    return json({"array_job_id": array_id, "count": change.count, "stopping": change.stopping},
+                status=202 if change.stopping else 200)
+
+
+def _one_element(t: Target, verb: str) -> None:
+    if t.whole_array:
+        raise RequestError(400, "array_id", f"job {t.job.id} is an array: {verb} one element "
+                           f"at a time ({t.job.id}_{t.job.array_task_id}, …)")
+
+
 async def _control(request: web.Request, verb: str) -> web.Response:
     g = state(request)
-    job_id = path_int(request, "job_id")
+    t = await target(request)
+    if t.whole_array and verb in ARRAY_VERBS:
+        return await _array_control(g, t.job.id, verb)
+    _one_element(t, verb)
+    job_id = t.job.id
     try:
         if verb == "cancel":
             job = await g.lifecycle.cancel(job_id)
@@ -79,7 +111,9 @@ async def requeue(request: web.Request) -> web.Response:
 @routes.patch("/api/v1/jobs/{job_id}")
 async def update(request: web.Request) -> web.Response:
     g = state(request)
-    job_id = path_int(request, "job_id")
+    t = await target(request)
+    _one_element(t, "update")
+    job_id = t.job.id
     changes = parse_changes(await read_json(request))
     cpus, mem = await largest_worker(request)
     check_fits(cpus=changes.cpus, memory_mb=changes.memory_mb, largest_cpus=cpus,
@@ -99,9 +133,6 @@ async def update(request: web.Request) -> web.Response:
 async def attempts(request: web.Request) -> web.Response:
     """Accounting (like sacct): one item per attempt that was placed."""
     g = state(request)
-    job_id = path_int(request, "job_id")
-    job = await g.jobs.get(job_id)
-    if job is None:
-        return error(404, "not_found", f"job {job_id} does not exist")
-    items = [attempt_json(a) for a in await g.jobs.attempts(job_id)]
+    job = (await target(request)).job
+    items = [attempt_json(a) for a in await g.jobs.attempts(job.id)]
     return json({"items": items, "next_cursor": None, "job": job_json(job)})

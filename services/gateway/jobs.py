@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from aiohttp import web
 
 from services.gateway.common import (
-    error,
+    iso,
     job_json,
     json,
-    path_int,
     read_json,
     role_of,
     state,
+    target,
     user_of,
 )
 from services.gateway.validation import (
@@ -26,9 +27,9 @@ from services.gateway.validation import (
     query_text,
     query_time,
 )
-from shared.db.jobs import Page
-from shared.errors import IdempotencyConflict, NotAllowed
-from shared.lifecycle import check_priority
+from shared.db.jobs import JobSpec, Page
+from shared.errors import IdempotencyConflict, NotAllowed, NotFound
+from shared.lifecycle import check_nice, check_priority
 from shared.output import read_output
 from shared.states import JobState
 
@@ -58,20 +59,45 @@ async def submit(request: web.Request) -> web.Response:
     body = await read_json(request)
     cpus, mem = await largest_worker(request)
     spec = parse_submission(body, user=user_of(request), largest_cpus=cpus,
-                            largest_memory_mb=mem)
+                            largest_memory_mb=mem,
+                            max_array_size=g.wiring.settings.max_array_size)
     try:
-        check_priority(spec.priority, role_of(request))
+        check_priority(spec.priority + spec.nice, role_of(request))
+        check_nice(spec.nice, role_of(request))
     except NotAllowed as e:
         raise RequestError(403, "forbidden", str(e)) from e
     key = _idempotency_key(request)
     try:  # durable before the 201; a retry returns the job the first request made
+        if request.query.get("test_only") in ("1", "true", "yes"):
+            await g.lifecycle.dependency_targets(spec)
+            return json({"test_only": True, "job": spec_json(spec),
+                         "array_count": spec.array.count if spec.array else None})
         job, created = await g.lifecycle.submit(spec, idempotency_key=key)
     except IdempotencyConflict as e:
         raise RequestError(409, "idempotency_conflict", str(e)) from e
-    resp = json(job_json(job), status=201 if created else 200)
+    except NotFound as e:
+        raise RequestError(400, "unknown_dependency", str(e)) from e
+    out = job_json(job)
+    if spec.array is not None:
+        out["array"] = {"id": job.id, "spec": spec.array.spec, "throttle": spec.array.throttle,
+                        "count": spec.array.count}
+    resp = json(out, status=201 if created else 200)
     if not created:
         resp.headers["Idempotent-Replayed"] = "true"
     return resp
+
+
+def spec_json(spec: JobSpec) -> dict[str, Any]:
+    """What a submission would create (`?test_only=1`, like sbatch --test-only)."""
+    return {
+        "id": None, "name": spec.name, "user": spec.user, "state": "PENDING",
+        "cpus": spec.cpus, "memory_mb": spec.memory_mb, "time_limit": spec.time_limit_s,
+        "priority": spec.priority, "requeue": spec.requeue, "hold": spec.hold,
+        "retries": spec.retries, "retry_delay_s": spec.retry_delay_s,
+        "array": spec.array.spec if spec.array else None, "dependency": spec.dependency,
+        "begin_at": iso(spec.begin_at), "submit_dir": spec.submit_dir, "workdir": spec.workdir,
+        "output": spec.stdout_path, "error": spec.stderr_path, "env": dict(spec.env),
+    }
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -96,7 +122,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     limit = query_int(q, "limit", default=100, low=1, high=MAX_PAGE)
     page = Page(states=states or None, user=query_text(q, "user"), name=query_text(q, "name"),
                 before_id=query_id(q, "cursor"), since=query_time(q, "since"),
-                until=query_time(q, "until"), limit=limit + 1)
+                until=query_time(q, "until"), array_job_id=query_id(q, "array_job_id"),
+                limit=limit + 1)
     jobs = await state(request).jobs.page(page)
     items = jobs[:limit]
     next_cursor = str(items[-1].id) if len(jobs) > limit else None
@@ -105,24 +132,26 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/jobs/{job_id}")
 async def show(request: web.Request) -> web.Response:
-    job_id = path_int(request, "job_id")
-    job = await state(request).jobs.get(job_id)
-    if job is None:
-        return error(404, "not_found", f"job {job_id} does not exist")
-    return json(job_json(job, full=True))
+    t = await target(request)
+    out = job_json(t.job, full=True)
+    if t.whole_array:  # the array's id: its summary too (what `scns submit --wait` polls)
+        summary = await state(request).jobs.array_summary(t.job.id)
+        if summary is not None:
+            out["array"] = {"id": summary.id, "spec": summary.spec,
+                            "throttle": summary.throttle, "count": summary.count,
+                            "states": summary.states}
+    return json(out)
 
 
 @routes.get("/api/v1/jobs/{job_id}/log")
 async def output(request: web.Request) -> web.StreamResponse:
     g = state(request)
-    job_id = path_int(request, "job_id")
     store = g.jobs
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise RequestError(400, "invalid_query", "stream must be stdout or stderr")
-    job = await store.get(job_id)
-    if job is None:
-        return error(404, "not_found", f"job {job_id} does not exist")
+    job = (await target(request)).job
+    job_id = job.id
     attempt = query_int(request.query, "attempt", default=job.attempt, low=1, high=1_000_000)
     follow = request.query.get("follow") in ("1", "true", "yes")
     text, last, eof = await read_output(g.redis, g.keys, job_id=job_id, attempt=attempt,

@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.arrays import DEFAULT_MAX_ARRAY_SIZE, ArraySpec, SpecError, parse_array
 from shared.db.jobs import JobSpec
+from shared.dependencies import Dependency, parse_dependency
 from shared.lifecycle import Changes
 from shared.lifecycle.policy import MAX_RETRIES
 
@@ -24,10 +26,12 @@ MAX_ID = 10**18 - 1  # ids are PostgreSQL bigints; 18 digits always fit
 PRIORITY_RANGE = (-(2**31) + 1, 2**31 - 2)  # what the column holds; policy narrows it per role
 FIELDS = frozenset({"script", "cpus", "memory_mb", "time_limit", "name", "env", "array",
                     "dependency", "hold", "requeue", "partition", "submit_dir", "priority",
-                    "begin_at", "retries", "retry_delay_s"})
+                    "begin_at", "retries", "retry_delay_s", "output", "error", "workdir",
+                    "nice"})
+MAX_PATH = 4096
+NICE_RANGE = (-10_000, 10_000)
 PATCHABLE = {"priority": "priority", "time_limit": "time_limit_s", "cpus": "cpus",
              "memory_mb": "memory_mb", "name": "name", "begin_at": "begin_at"}
-NOT_YET = {"array": "job arrays", "dependency": "job dependencies"}
 
 
 class RequestError(Exception):
@@ -117,18 +121,17 @@ def _env(value: Any) -> dict[str, str]:
 
 
 def parse_submission(body: Any, *, user: str, largest_cpus: int | None,
-                     largest_memory_mb: int | None) -> JobSpec:
+                     largest_memory_mb: int | None,
+                     max_array_size: int = DEFAULT_MAX_ARRAY_SIZE) -> JobSpec:
     """Validate a POST /jobs body. `largest_*` describe the biggest live worker (None when no
-    worker is live: the job may wait for one)."""
+    worker is live: the job may wait for one). The spec's priority is the one asked for less
+    the `nice` adjustment (both checked against the caller's role by the handler)."""
     if not isinstance(body, dict):
         raise _bad("invalid_body", "the request body must be a JSON object")
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         raise _bad("unknown_field", f"unknown field(s): {', '.join(unknown)}; allowed: "
                                     f"{', '.join(sorted(FIELDS))}")
-    for key, what in NOT_YET.items():
-        if body.get(key) not in (None, "", []):
-            raise _bad("not_supported", f"{what} ('{key}') are not supported yet", 422)
     script = body.get("script")
     if script is None:
         raise _bad("missing_field", "'script' is required")
@@ -141,6 +144,7 @@ def parse_submission(body: Any, *, user: str, largest_cpus: int | None,
         raise _bad("too_large", f"'script' is {size} bytes; the limit is {MAX_SCRIPT_BYTES}", 413)
     if "\x00" in script:
         raise _bad("invalid_field", "'script' contains a NUL byte")
+    script = script.replace("\r\n", "\n")  # a script saved on Windows runs as written
     cpus = _int(body, "cpus", minimum=1, maximum=100_000) or 1
     memory_mb = _int(body, "memory_mb", minimum=1, maximum=1 << 40)
     time_limit = _int(body, "time_limit", minimum=1, maximum=MAX_TIME_LIMIT_S)
@@ -155,13 +159,44 @@ def parse_submission(body: Any, *, user: str, largest_cpus: int | None,
     priority = _int(body, "priority", minimum=PRIORITY_RANGE[0], maximum=PRIORITY_RANGE[1])
     begin_at = parse_time(body["begin_at"], "begin_at") if body.get("begin_at") is not None \
         else None
+    nice = _int(body, "nice", minimum=NICE_RANGE[0], maximum=NICE_RANGE[1]) or 0
+    array = _array(body.get("array"), max_array_size)
+    dep = _dependency(body.get("dependency"))
+    workdir = _text(body, "workdir", max_len=MAX_PATH)
+    if workdir is not None and not workdir.startswith("/"):
+        raise _bad("invalid_field", f"'workdir' must be an absolute path, got {workdir!r}")
     return JobSpec(script=script, cpus=cpus, name=name, user=user, memory_mb=memory_mb,
                    time_limit_s=time_limit, env=_env(body.get("env")), submit_dir=submit_dir,
                    partition=None, requeue=_bool(body, "requeue"), hold=_bool(body, "hold"),
-                   priority=priority or 0, begin_at=begin_at,
+                   priority=(priority or 0) - nice, nice=nice, begin_at=begin_at,
+                   array=array, dependency=dep.expr if dep else None, dependency_edges=dep,
+                   workdir=workdir, stdout_path=_text(body, "output", max_len=MAX_PATH) or None,
+                   stderr_path=_text(body, "error", max_len=MAX_PATH) or None,
                    retries=_int(body, "retries", minimum=0, maximum=MAX_RETRIES) or 0,
                    retry_delay_s=_int(body, "retry_delay_s", minimum=0,
                                       maximum=MAX_RETRY_DELAY_S) or 0)
+
+
+def _array(value: Any, max_size: int) -> ArraySpec | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 10_000:
+        raise _bad("invalid_field", "'array' must be a string such as \"0-99%8\"")
+    try:
+        return parse_array(value, max_size=max_size)
+    except SpecError as e:
+        raise _bad("invalid_field", f"'array': {e}") from e
+
+
+def _dependency(value: Any) -> Dependency | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 10_000:
+        raise _bad("invalid_field", "'dependency' must be a string such as \"afterok:12\"")
+    try:
+        return parse_dependency(value)
+    except SpecError as e:
+        raise _bad("invalid_field", f"'dependency': {e}") from e
 
 
 def check_fits(*, cpus: int | None, memory_mb: int | None, largest_cpus: int | None,

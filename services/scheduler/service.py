@@ -35,12 +35,14 @@ from shared.events import (
     Event,
     JobFinished,
     JobRequeued,
+    JobStarted,
     JobSubmitted,
     JobUpdated,
     WorkerJoined,
     WorkerLeft,
 )
 from shared.leader import SCHEDULER_LOCK_ID, Leadership
+from shared.lifecycle import Changed
 from shared.placement import Node, Placement, Request, plan
 from shared.states import WorkerState
 from shared.wakeup import Wakeups
@@ -55,6 +57,8 @@ ROLLED_BACK = Counter("scns_scheduler_rolled_back_total",
 
 WAKE_TYPES = (JobSubmitted.TYPE, JobFinished.TYPE, JobRequeued.TYPE, JobUpdated.TYPE,
               WorkerJoined.TYPE, WorkerLeft.TYPE)
+# what a dependency `after` waits for: noted for the next pass, no pass of its own
+NOTE_TYPES = (JobStarted.TYPE,)
 MAX_PAGES = 20
 COALESCE_S = 0.025
 _PG_ERRORS = UNAVAILABLE
@@ -87,6 +91,9 @@ class Scheduler:
         self.lifecycle = wiring.lifecycle
         self.wakeups = Wakeups(wiring.redis, wiring.keys.wakeup("scheduler"))
         self.next_begin_s: float | None = None  # until the next begin time, as of the last pass
+        # what dependencies may wait on, from events; the first pass sweeps every edge
+        self.changed = Changed(sweep=True)
+        self.last_sweep = time.monotonic()
 
     def wake(self) -> None:
         self.wakeups.set()
@@ -99,9 +106,25 @@ class Scheduler:
                      cpus_used=usage[m.worker_id].cpus,
                      memory_used_mb=usage[m.worker_id].memory_mb) for m in members]
 
+    async def _resolve(self) -> None:
+        """Dependencies whose targets changed, then the throttled arrays' next elements."""
+        if time.monotonic() - self.last_sweep > self.settings.dependency_sweep_s:
+            self.changed.sweep = True
+        changed = self.changed.take()
+        if changed:
+            try:
+                await self.lifecycle.resolve_dependencies(changed)
+            except BaseException:
+                self.changed.merge(changed)  # tried again next pass: nothing is lost
+                raise
+            if changed.sweep:
+                self.last_sweep = time.monotonic()
+        await self.lifecycle.admit_array_tasks()
+
     async def run_pass(self) -> PassResult:
         result = PassResult()
         with PASSES.time():
+            await self._resolve()
             self.next_begin_s = await self.lifecycle.promote_due()
             if not await self.allocator.ready():
                 # Redis lost its records; the reconciler rebuilds them from PostgreSQL first
@@ -144,15 +167,25 @@ class Scheduler:
 
     # --- the loop ------------------------------------------------------------------------
     async def on_event(self, event: Event, delivery: Delivery) -> None:
+        if isinstance(event, JobFinished) and event.next_attempt is None:
+            self.changed.ended.add(event.job_id)
+        elif isinstance(event, JobStarted):
+            self.changed.ended.add(event.job_id)  # an `after` edge waits for the start
+            return
+        elif isinstance(event, JobSubmitted) and event.dependency:
+            self.changed.fresh.add(event.job_id)
+        elif isinstance(event, JobUpdated) and event.array and event.change == "cancel":
+            self.changed.arrays.add(event.job_id)
         self.wake()
 
     async def run(self, stop: asyncio.Event, leadership: Leadership) -> None:
         consumer = Consumer(self.bus, group="scheduler", consumer=consumer_name("scheduler"),
-                            types=WAKE_TYPES, handler=self.on_event,
+                            types=WAKE_TYPES + NOTE_TYPES, handler=self.on_event,
                             claim_idle_ms=self.settings.claim_idle_ms,
                             max_deliveries=self.settings.max_deliveries, block_ms=1000,
                             dedupe=False)  # wake-ups only: a repeat is harmless
-        tasks = [asyncio.create_task(self._consume(consumer, stop), name="scheduler-events"),
+        tasks = [asyncio.create_task(self._consume(consumer, stop, leadership),
+                                     name="scheduler-events"),
                  asyncio.create_task(self.wakeups.listen(stop), name="scheduler-wakeups")]
         try:
             await self._loop(stop, leadership)
@@ -179,8 +212,11 @@ class Scheduler:
                 await asyncio.sleep(COALESCE_S - since)
             last_pass = time.monotonic()
             self.wakeups.take()
+            was_leader = leadership.held
             if not await leadership.check():
                 continue
+            if not was_leader:
+                self.changed.sweep = True  # events meant for the previous leader may be lost
             try:
                 started = time.monotonic()
                 r = await self.run_pass()
@@ -196,7 +232,13 @@ class Scheduler:
                 log.warning("placement paused, PostgreSQL unavailable: %s", e)
                 await asyncio.sleep(0.5)
 
-    async def _consume(self, consumer: Consumer, stop: asyncio.Event) -> None:
+    async def _consume(self, consumer: Consumer, stop: asyncio.Event,
+                       leadership: Leadership) -> None:
+        # A standby leaves the events to the active scheduler (what they say about dependencies
+        # is acted on only by the one that runs passes); it starts reading once it leads, and
+        # its first pass sweeps every waiting dependency.
+        while not leadership.held and not stop.is_set():  # noqa: ASYNC110 - polled flag
+            await asyncio.sleep(0.2)
         while not stop.is_set():
             try:
                 await consumer.run(stop)

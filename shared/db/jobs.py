@@ -14,12 +14,16 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
+import asyncpg.pool
 import orjson
 
+from shared.arrays import ArraySpec
 from shared.db.queries import q
+from shared.dependencies import Dependency
 from shared.states import JobState
 
-Executor: TypeAlias = "asyncpg.Pool[asyncpg.Record] | asyncpg.Connection[Any]"
+Executor: TypeAlias = ("asyncpg.Pool[asyncpg.Record] | asyncpg.Connection[Any] | "
+                       "asyncpg.pool.PoolConnectionProxy[Any]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,11 +46,19 @@ class JobSpec:
     begin_at: datetime | None = None
     retries: int = 0
     retry_delay_s: int = 0
+    array: ArraySpec | None = None
+    dependency_edges: Dependency | None = None
+    workdir: str | None = None
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+    nice: int = 0  # already subtracted from priority; kept for the policy check
 
 
 def spec_digest(spec: JobSpec) -> str:
     """A stable fingerprint of a request, to tell a retry from a reused key."""
-    fields = dataclasses.asdict(spec) | {"env": dict(spec.env)}
+    fields = dataclasses.asdict(spec) | {"env": dict(spec.env),
+                                         "array": spec.array.spec if spec.array else None,
+                                         "dependency_edges": None}
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -63,6 +75,19 @@ class Usage:
         if self.cpu_user_s is None and self.cpu_system_s is None:
             return None
         return (self.cpu_user_s or 0.0) + (self.cpu_system_s or 0.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArrayInfo:
+    """The array an element belongs to (what SCNS_ARRAY_TASK_COUNT and friends say)."""
+
+    id: int
+    spec: str
+    throttle: int | None
+    task_count: int
+    task_min: int
+    task_max: int
+    task_step: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +123,10 @@ class Job:
     requeue_requested: bool = False
     array_job_id: int | None = None
     array_task_id: int | None = None
+    array: ArrayInfo | None = None  # where the query joined it (an element's array)
+    workdir: str | None = None
+    stdout_path: str | None = None
+    stderr_path: str | None = None
     usage: Usage | None = None  # the current attempt's, where the query joined it
 
     @classmethod
@@ -106,11 +135,20 @@ class Job:
         if "peak_rss_kb" in row.keys():  # noqa: SIM118 - a Record is not a dict
             usage = Usage(peak_rss_kb=row["peak_rss_kb"], cpu_user_s=row["cpu_user_s"],
                           cpu_system_s=row["cpu_system_s"])
+        keys = row.keys()
+        script, env, array = row["script"], row["env"], None
+        meta = row["array_meta"] if "array_meta" in keys else None
+        if meta is not None:  # an element: the script and environment are its array's
+            script = meta.get("script", "") if script is None else script
+            env = {**meta.get("env", {}), **env}
+            array = ArrayInfo(id=meta["id"], spec=meta["spec"], throttle=meta["throttle"],
+                              task_count=meta["task_count"], task_min=meta["task_min"],
+                              task_max=meta["task_max"], task_step=meta["task_step"])
         return cls(
             id=row["id"], name=row["name"], user=row["user_name"],
             state=JobState(row["state"]), reason=row["reason"], priority=row["priority"],
-            script=row["script"], cpus=row["cpus"], memory_mb=row["memory_mb"],
-            time_limit_s=row["time_limit_s"], env=row["env"], submit_dir=row["submit_dir"],
+            script=script or "", cpus=row["cpus"], memory_mb=row["memory_mb"],
+            time_limit_s=row["time_limit_s"], env=env, submit_dir=row["submit_dir"],
             partition=row["partition"], requeue=row["requeue"], dependency=row["dependency"],
             attempt=row["attempt"], worker_id=row["worker_id"], exit_code=row["exit_code"],
             signal=row["signal"], cancel_requested=row["cancel_requested"],
@@ -119,7 +157,8 @@ class Job:
             begin_at=row["begin_at"], retries=row["retries"],
             retry_delay_s=row["retry_delay_s"], retries_used=row["retries_used"],
             requeue_requested=row["requeue_requested"], array_job_id=row["array_job_id"],
-            array_task_id=row["array_task_id"], usage=usage,
+            array_task_id=row["array_task_id"], array=array, workdir=row["workdir"],
+            stdout_path=row["stdout_path"], stderr_path=row["stderr_path"], usage=usage,
         )
 
 
@@ -152,6 +191,15 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ArraySummary:
+    id: int
+    spec: str
+    throttle: int | None
+    count: int
+    states: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PendingJob:
     id: int
     attempt: int
@@ -175,6 +223,7 @@ class Page:
     before_id: int | None = None
     since: datetime | None = None
     until: datetime | None = None
+    array_job_id: int | None = None
     limit: int = 100
 
 
@@ -187,6 +236,20 @@ class JobStore:
     async def get(self, job_id: int) -> Job | None:
         row = await self.db.fetchrow(q("get_job"), job_id)
         return Job.from_row(row) if row else None
+
+    async def element(self, array_id: int, index: int) -> Job | None:
+        """Element `index` of array `array_id` (`12_3`)."""
+        row = await self.db.fetchrow(q("get_element"), array_id, index)
+        return Job.from_row(row) if row else None
+
+    async def array_summary(self, array_id: int) -> ArraySummary | None:
+        """An array's record and its elements' count per state (None: not an array)."""
+        row = await self.db.fetchrow(q("array_summary"), array_id)
+        if row is None:
+            return None
+        m = row["meta"]
+        return ArraySummary(id=m["id"], spec=m["spec"], throttle=m["throttle"],
+                            count=m["task_count"], states=dict(row["states"]))
 
     async def by_key(self, user: str, key: str) -> tuple[Job, str] | None:
         """The job an idempotency key made, with the digest of the request that made it."""
@@ -208,7 +271,8 @@ class JobStore:
 
     async def page(self, p: Page) -> list[Job]:
         rows = await self.db.fetch(q("list_jobs"), list(p.states) if p.states else None,
-                                   p.user, p.name, p.before_id, p.limit, p.since, p.until)
+                                   p.user, p.name, p.before_id, p.limit, p.since, p.until,
+                                   p.array_job_id)
         return [Job.from_row(r) for r in rows]
 
     async def attempts(self, job_id: int) -> list[Attempt]:

@@ -15,12 +15,46 @@
 -- A job that may start only later ($16) waits with reason BeginTime.
 INSERT INTO jobs (name, user_name, script, cpus, memory_mb, time_limit_s, env, submit_dir,
                   partition, requeue, priority, dependency, state, reason, idempotency_key,
-                  request_digest, begin_at, retries, retry_delay_s)
+                  request_digest, begin_at, retries, retry_delay_s, workdir, stdout_path,
+                  stderr_path)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'PENDING',
         CASE WHEN $13 = 'Priority' AND $16::timestamptz > now() THEN 'BeginTime' ELSE $13 END,
-        $14, $15, $16, $17, $18)
+        $14, $15, $16, $17, $18, $19, $20, $21)
 ON CONFLICT (user_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
+
+-- name: insert_array
+-- transition: submit
+-- An array in one statement: its record (script and environment, once) and every element, as
+-- one set-based insert; the first element's id is the array's id. Parameters as insert_job,
+-- plus $22 the spec, $23 the throttle, $24 the indexes (ascending), $25 the step. Elements past
+-- the throttle wait with reason JobArrayTaskLimit; the scheduler lets them in. Only the first
+-- element carries the idempotency key: a second insert of the same key fails as a whole (a
+-- unique violation), and the caller then finds the first.
+WITH arr AS (
+    INSERT INTO job_arrays (id, user_name, spec, throttle, task_count, task_min, task_max,
+                            task_step, script, env)
+    VALUES (nextval(pg_get_serial_sequence('jobs', 'id')), $2, $22, $23,
+            cardinality($24::int[]), $24[1], $24[cardinality($24::int[])], $25, $3, $7)
+    RETURNING *
+), els AS (
+    INSERT INTO jobs (id, name, user_name, script, cpus, memory_mb, time_limit_s, env,
+                      submit_dir, partition, requeue, priority, dependency, state, reason,
+                      idempotency_key, request_digest, begin_at, retries, retry_delay_s,
+                      workdir, stdout_path, stderr_path, array_job_id, array_task_id)
+    SELECT CASE WHEN t.ord = 1 THEN arr.id ELSE nextval(pg_get_serial_sequence('jobs', 'id'))
+           END,
+           $1, $2, NULL, $4, $5, $6, '{}'::jsonb, $8, $9, $10, $11, $12, 'PENDING',
+           CASE WHEN $13 <> 'Priority' THEN $13
+                WHEN $23::int IS NOT NULL AND t.ord > $23 THEN 'JobArrayTaskLimit'
+                WHEN $16::timestamptz > now() THEN 'BeginTime'
+                ELSE 'Priority' END,
+           CASE WHEN t.ord = 1 THEN $14 END, CASE WHEN t.ord = 1 THEN $15 END,
+           $16, $17, $18, $19, $20, $21, arr.id, t.task
+    FROM arr, unnest($24::int[]) WITH ORDINALITY AS t(task, ord)
+    RETURNING *
+)
+SELECT els.*, to_jsonb(arr) AS array_meta FROM els, arr WHERE els.id = arr.id;
 
 -- name: allocate_jobs
 -- transition: place
@@ -67,9 +101,12 @@ SELECT * FROM back;
 -- name: start_job
 -- transition: start
 -- The executor's fence: only the worker the attempt was allocated to may start it, once.
+-- An element comes with its array's record (script, environment, indexes).
 UPDATE jobs SET state = 'RUNNING', started_at = now(), updated_at = now()
 WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state IN {from:start}
-RETURNING *;
+RETURNING *, CASE WHEN array_job_id IS NOT NULL THEN
+                 (SELECT to_jsonb(a) FROM job_arrays a WHERE a.id = array_job_id) END
+             AS array_meta;
 
 -- name: finish_job
 -- transition: finish
@@ -158,6 +195,36 @@ WITH done AS (
 )
 SELECT * FROM done;
 
+-- name: cancel_array_unstarted
+-- transition: cancel
+-- Every element of an array that has not started, in one statement. Returns how many, and the
+-- ALLOCATED ones (their capacity and launches are withdrawn in Redis too).
+WITH done AS (
+    UPDATE jobs SET state = 'CANCELLED', reason = $2, cancel_requested = true,
+                    finished_at = now(), updated_at = now()
+    WHERE array_job_id = $1 AND state IN {from:cancel}
+    RETURNING id, attempt, worker_id
+), acct AS (
+    UPDATE attempts a SET released_at = coalesce(a.released_at, now()), finished_at = now(),
+                          state = 'CANCELLED', reason = $2
+    FROM done WHERE done.worker_id IS NOT NULL AND a.job_id = done.id
+                AND a.attempt = done.attempt
+)
+SELECT (SELECT count(*) FROM done) AS n,
+       coalesce((SELECT array_agg(id ORDER BY id) FROM done WHERE worker_id IS NOT NULL),
+                '{}') AS ids,
+       coalesce((SELECT array_agg(attempt ORDER BY id) FROM done
+                 WHERE worker_id IS NOT NULL), '{}') AS attempts,
+       coalesce((SELECT array_agg(worker_id ORDER BY id) FROM done
+                 WHERE worker_id IS NOT NULL), '{}') AS workers;
+
+-- name: request_stop_array
+-- transition: request_stop
+-- The running elements of an array are stopped by their executors (a cancel).
+UPDATE jobs SET cancel_requested = true, requeue_requested = false, updated_at = now()
+WHERE array_job_id = $1 AND state IN {from:request_stop}
+RETURNING *;
+
 -- name: request_stop
 -- transition: request_stop
 -- A RUNNING job is stopped by its executor: record the request (it survives restarts and is
@@ -175,15 +242,53 @@ UPDATE jobs SET reason = 'Held', updated_at = now()
 WHERE id = $1 AND state IN {from:hold}
 RETURNING *;
 
+-- name: hold_array
+-- transition: hold
+-- Every pending element of an array, in one statement; returns how many.
+WITH done AS (
+    UPDATE jobs SET reason = 'Held', updated_at = now()
+    WHERE array_job_id = $1 AND state IN {from:hold} AND reason IS DISTINCT FROM 'Held'
+    RETURNING 1
+)
+SELECT count(*) AS n FROM done;
+
 -- name: release_job
 -- transition: release
--- A held job waits again for what it waited for before: its begin time, or its turn.
-UPDATE jobs SET reason = CASE WHEN reason <> 'Held' THEN reason
-                              WHEN begin_at > now() THEN 'BeginTime'
-                              ELSE 'Priority' END,
-                updated_at = now()
-WHERE id = $1 AND state IN {from:release}
+-- A held job waits again for what it waited for before: its dependency, its array's throttle,
+-- its begin time, or its turn.
+UPDATE jobs j SET reason = CASE
+        WHEN j.reason <> 'Held' THEN j.reason
+        WHEN EXISTS (SELECT 1 FROM dependencies d
+                     WHERE d.dependent_id = coalesce(j.array_job_id, j.id)
+                       AND d.state = 'waiting') THEN 'Dependency'
+        WHEN j.array_job_id IS NOT NULL AND EXISTS (
+            SELECT 1 FROM job_arrays a WHERE a.id = j.array_job_id AND a.throttle IS NOT NULL)
+            THEN 'JobArrayTaskLimit'
+        WHEN j.begin_at > now() THEN 'BeginTime'
+        ELSE 'Priority' END,
+    updated_at = now()
+WHERE j.id = $1 AND j.state IN {from:release}
 RETURNING *;
+
+-- name: release_array
+-- transition: release
+-- Every held element of an array, in one statement (as release_job decides each).
+WITH arr AS (
+    SELECT a.throttle IS NOT NULL AS throttled,
+           EXISTS (SELECT 1 FROM dependencies d WHERE d.dependent_id = a.id
+                   AND d.state = 'waiting') AS waits
+    FROM job_arrays a WHERE a.id = $1
+), done AS (
+    UPDATE jobs j SET reason = CASE WHEN arr.waits THEN 'Dependency'
+                                    WHEN arr.throttled THEN 'JobArrayTaskLimit'
+                                    WHEN j.begin_at > now() THEN 'BeginTime'
+                                    ELSE 'Priority' END,
+                      updated_at = now()
+    FROM arr
+    WHERE j.array_job_id = $1 AND j.state IN {from:release} AND j.reason = 'Held'
+    RETURNING 1
+)
+SELECT count(*) AS n FROM done;
 
 -- name: update_job
 -- transition: update
@@ -196,7 +301,8 @@ UPDATE jobs SET
     memory_mb    = CASE WHEN $8 THEN $9::bigint ELSE memory_mb END,
     name         = CASE WHEN $10 THEN $11::text ELSE name END,
     begin_at     = CASE WHEN $12 THEN $13::timestamptz ELSE begin_at END,
-    reason       = CASE WHEN NOT $12 OR reason IN ('Held', 'Dependency') THEN reason
+    reason       = CASE WHEN NOT $12 OR reason IN ('Held', 'Dependency', 'JobArrayTaskLimit')
+                        THEN reason
                         WHEN $13::timestamptz > now() THEN 'BeginTime'
                         WHEN reason = 'BeginTime' THEN 'Priority'
                         ELSE reason END,
@@ -226,14 +332,228 @@ SELECT (SELECT count(*) FROM due) AS promoted,
 
 -- name: requeue_job
 -- transition: requeue
--- A finished job starts over as a new attempt, with its retries again.
+-- A finished job starts over as a new attempt, with its retries again (an element of a
+-- throttled array waits for its turn under the throttle).
 UPDATE jobs SET
-    state = 'PENDING', reason = 'Priority', attempt = attempt + 1, worker_id = NULL,
+    state = 'PENDING', attempt = attempt + 1, worker_id = NULL,
+    reason = CASE WHEN array_job_id IS NOT NULL AND EXISTS (
+                      SELECT 1 FROM job_arrays a WHERE a.id = array_job_id
+                      AND a.throttle IS NOT NULL) THEN 'JobArrayTaskLimit'
+                  ELSE 'Priority' END,
     exit_code = NULL, signal = NULL, cancel_requested = false, requeue_requested = false,
     retries_used = 0, allocated_at = NULL, started_at = NULL, finished_at = NULL,
     updated_at = now()
 WHERE id = $1 AND state IN {from:requeue}
 RETURNING *;
+
+-- name: promote_array_tasks
+-- transition: reason
+-- The next elements of throttled arrays take the room their throttle leaves ($1 arrays, $2
+-- room in each), lowest index first, from the jobs_array_waiting index.
+WITH pick AS (
+    SELECT n.id FROM unnest($1::bigint[], $2::int[]) AS r(array_id, room)
+    CROSS JOIN LATERAL (
+        SELECT j.id FROM jobs j
+        WHERE j.array_job_id = r.array_id AND j.state IN {from:reason}
+          AND j.reason = 'JobArrayTaskLimit'
+        ORDER BY j.array_task_id LIMIT greatest(r.room, 0)) n
+)
+UPDATE jobs j SET reason = CASE WHEN j.begin_at > now() THEN 'BeginTime' ELSE 'Priority' END,
+                  updated_at = now()
+FROM pick
+WHERE j.id = pick.id AND j.state IN {from:reason} AND j.reason = 'JobArrayTaskLimit'
+RETURNING j.id;
+
+-- name: dependency_met
+-- transition: reason
+-- Jobs ($1) and arrays ($2) whose dependency is met join the queue (a throttled array's
+-- elements wait for their throttle; a held one stays held and is released as usual).
+UPDATE jobs j SET
+    reason = CASE WHEN j.array_job_id IS NOT NULL AND EXISTS (
+                       SELECT 1 FROM job_arrays a WHERE a.id = j.array_job_id
+                       AND a.throttle IS NOT NULL) THEN 'JobArrayTaskLimit'
+                  WHEN j.begin_at > now() THEN 'BeginTime'
+                  ELSE 'Priority' END,
+    updated_at = now()
+WHERE j.id IN (SELECT id FROM jobs WHERE id = ANY($1::bigint[])
+               UNION ALL
+               SELECT id FROM jobs WHERE array_job_id = ANY($2::bigint[])
+                 AND state IN {from:reason} AND reason = 'Dependency')
+  AND j.state IN {from:reason} AND j.reason = 'Dependency'
+RETURNING j.id;
+
+-- name: dependency_never
+-- transition: cancel
+-- Jobs ($1) and arrays ($2) whose dependency can no longer be met are CANCELLED
+-- (DependencyNeverSatisfied), held or not. Returns each, for its event and its own dependents.
+UPDATE jobs j SET state = 'CANCELLED', reason = 'DependencyNeverSatisfied',
+                  cancel_requested = true, finished_at = now(), updated_at = now()
+WHERE j.id IN (SELECT id FROM jobs WHERE id = ANY($1::bigint[])
+               UNION ALL
+               SELECT id FROM jobs WHERE array_job_id = ANY($2::bigint[])
+                 AND state IN {from:cancel})
+  AND j.state IN {from:cancel} AND j.reason IS NOT NULL
+RETURNING j.id, j.attempt, j.array_job_id;
+
+-- ===================================== arrays and dependencies ==================================
+
+-- name: throttled_arrays
+-- Arrays with elements waiting for their throttle (a skip scan of jobs_array_waiting: one
+-- probe per such array, however many elements wait), with the room each has: its throttle
+-- less the elements that run, are placed, or wait only for their turn.
+WITH RECURSIVE arrays AS (
+    (SELECT array_job_id AS id FROM jobs
+     WHERE state = 'PENDING' AND reason = 'JobArrayTaskLimit'
+     ORDER BY array_job_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.array_job_id FROM jobs j
+            WHERE j.state = 'PENDING' AND j.reason = 'JobArrayTaskLimit'
+              AND j.array_job_id > a.id
+            ORDER BY j.array_job_id LIMIT 1)
+    FROM arrays a WHERE a.id IS NOT NULL
+)
+SELECT a.id, coalesce(ja.throttle, 2147483647)
+             - (SELECT count(*) FROM jobs x
+                WHERE x.array_job_id = a.id AND x.state IN ('ALLOCATED', 'RUNNING'))
+             - (SELECT count(*) FROM jobs x
+                WHERE x.array_job_id = a.id AND x.state = 'PENDING'
+                  AND x.reason IN ('Priority', 'Resources', 'BeginTime')) AS room
+FROM arrays a JOIN job_arrays ja ON ja.id = a.id
+WHERE a.id IS NOT NULL;
+
+-- name: lock_dependencies
+-- Held until the resolver's transaction ends ('SCNSDEPS' as a number).
+SELECT pg_advisory_xact_lock(5999725248122277971);
+
+-- name: resolve_refs
+-- Job references at submit ($1 ids, $2 element indexes or NULL): the job each names (NULL:
+-- unknown), whether it names a whole array, and the array the job belongs to.
+SELECT r.ord,
+       CASE WHEN r.idx IS NULL THEN (SELECT j.id FROM jobs j WHERE j.id = r.id)
+            ELSE (SELECT j.id FROM jobs j WHERE j.array_job_id = r.id
+                  AND j.array_task_id = r.idx) END AS job_id,
+       r.idx IS NULL AND EXISTS (SELECT 1 FROM job_arrays a WHERE a.id = r.id) AS is_array,
+       CASE WHEN r.idx IS NULL THEN (SELECT j.array_job_id FROM jobs j WHERE j.id = r.id)
+            ELSE r.id END AS array_id
+FROM unnest($1::bigint[], $2::int[]) WITH ORDINALITY AS r(id, idx, ord)
+ORDER BY r.ord;
+
+-- name: insert_dependency
+-- A submission's dependency ($1: the job, or the array, that waits) and its edges.
+WITH d AS (
+    INSERT INTO dependencies (dependent_id, is_array, expr, any_of, user_name, name)
+    VALUES ($1, $2, $3, $4, $5, $6)
+)
+INSERT INTO dependency_edges (dependent_id, kind, target_id, target_is_array, target_array_id)
+SELECT $1, e.kind, e.target_id, e.target_is_array, e.target_array_id
+FROM unnest($7::text[], $8::bigint[], $9::boolean[], $10::bigint[])
+    AS e(kind, target_id, target_is_array, target_array_id);
+
+-- name: evaluate_edges
+-- Decide the waiting edges that may have changed: those on jobs that ended or started ($1),
+-- on arrays an element of which did ($2, and the arrays of $1's elements), singletons of the
+-- same user and name as $1, and every edge of the dependents in $3 (new submissions); with $4
+-- every waiting edge (the safety-net sweep). An edge decided (met or never) stays decided.
+-- The rules are shared/dependencies.py's decide_job / decide_array.
+WITH changed AS (
+    SELECT id, array_job_id, user_name, name FROM jobs WHERE id = ANY($1::bigint[])
+), arrays AS (
+    SELECT array_job_id AS id FROM changed WHERE array_job_id IS NOT NULL
+    UNION SELECT unnest($2::bigint[])
+), touched AS (
+    SELECT e.* FROM dependency_edges e
+    WHERE e.state = 'waiting' AND e.target_id = ANY($1::bigint[])
+    UNION
+    SELECT e.* FROM dependency_edges e JOIN arrays a ON e.target_array_id = a.id
+    WHERE e.state = 'waiting'
+    UNION
+    SELECT e.* FROM dependency_edges e
+    JOIN dependencies d ON d.dependent_id = e.dependent_id AND d.state = 'waiting'
+    JOIN (SELECT DISTINCT user_name, name FROM changed) c
+      ON c.user_name = d.user_name AND c.name = d.name
+    WHERE e.state = 'waiting' AND e.kind = 'singleton'
+    UNION
+    SELECT e.* FROM dependency_edges e
+    WHERE e.state = 'waiting' AND (e.dependent_id = ANY($3::bigint[]) OR $4::boolean)
+), decided AS (
+    SELECT t.id,
+        CASE
+        WHEN t.kind = 'singleton' THEN
+            CASE WHEN EXISTS (
+                SELECT 1 FROM dependencies d JOIN jobs o
+                  ON o.user_name = d.user_name AND o.name = d.name
+                 AND o.state IN ('PENDING', 'ALLOCATED', 'RUNNING')
+                 AND o.id < d.dependent_id
+                WHERE d.dependent_id = t.dependent_id) THEN 'waiting' ELSE 'met' END
+        WHEN t.target_is_array THEN
+            CASE t.kind
+            WHEN 'after' THEN
+                CASE WHEN EXISTS (SELECT 1 FROM jobs x WHERE x.array_job_id = t.target_id
+                                  AND x.state IN ('PENDING', 'ALLOCATED'))
+                     THEN 'waiting' ELSE 'met' END
+            WHEN 'afterany' THEN
+                CASE WHEN EXISTS (SELECT 1 FROM jobs x WHERE x.array_job_id = t.target_id
+                                  AND x.state IN ('PENDING', 'ALLOCATED', 'RUNNING'))
+                     THEN 'waiting' ELSE 'met' END
+            WHEN 'afterok' THEN
+                CASE WHEN EXISTS (SELECT 1 FROM jobs x WHERE x.array_job_id = t.target_id
+                                  AND x.state IN ('FAILED', 'CANCELLED', 'TIMEOUT',
+                                                  'NODE_FAIL', 'OUT_OF_MEMORY'))
+                     THEN 'never'
+                     WHEN EXISTS (SELECT 1 FROM jobs x WHERE x.array_job_id = t.target_id
+                                  AND x.state IN ('PENDING', 'ALLOCATED', 'RUNNING'))
+                     THEN 'waiting' ELSE 'met' END
+            ELSE  -- afternotok
+                CASE WHEN EXISTS (SELECT 1 FROM jobs x WHERE x.array_job_id = t.target_id
+                                  AND x.state IN ('PENDING', 'ALLOCATED', 'RUNNING'))
+                     THEN 'waiting'
+                     WHEN EXISTS (SELECT 1 FROM jobs x WHERE x.array_job_id = t.target_id
+                                  AND x.state IN ('FAILED', 'CANCELLED', 'TIMEOUT',
+                                                  'NODE_FAIL', 'OUT_OF_MEMORY'))
+                     THEN 'met' ELSE 'never' END
+            END
+        ELSE
+            CASE
+            WHEN j.state IS NULL THEN 'never'  -- the job is gone
+            WHEN t.kind = 'after' THEN
+                CASE WHEN j.state IN ('PENDING', 'ALLOCATED') THEN 'waiting' ELSE 'met' END
+            WHEN j.state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL',
+                                 'OUT_OF_MEMORY') THEN 'waiting'
+            WHEN t.kind = 'afterany' THEN 'met'
+            WHEN t.kind = 'afterok' THEN
+                CASE WHEN j.state = 'COMPLETED' THEN 'met' ELSE 'never' END
+            ELSE CASE WHEN j.state = 'COMPLETED' THEN 'never' ELSE 'met' END
+            END
+        END AS state
+    FROM touched t LEFT JOIN jobs j ON j.id = t.target_id AND NOT t.target_is_array
+), upd AS (
+    UPDATE dependency_edges e SET state = d.state
+    FROM decided d
+    WHERE e.id = d.id AND d.state <> 'waiting' AND e.state = 'waiting'
+    RETURNING e.dependent_id
+)
+SELECT DISTINCT dependent_id FROM upd;
+
+-- name: settle_dependencies
+-- The dependencies ($1) whose edges were just decided: met when all edges are (one, with
+-- `?`), never when one can no longer be (all, with `?`). Returns those settled.
+WITH overall AS (
+    SELECT d.dependent_id,
+           CASE WHEN d.any_of THEN
+                    CASE WHEN bool_or(e.state = 'met') THEN 'met'
+                         WHEN bool_and(e.state = 'never') THEN 'never' ELSE 'waiting' END
+                ELSE
+                    CASE WHEN bool_or(e.state = 'never') THEN 'never'
+                         WHEN bool_and(e.state = 'met') THEN 'met' ELSE 'waiting' END
+           END AS state
+    FROM dependencies d JOIN dependency_edges e ON e.dependent_id = d.dependent_id
+    WHERE d.dependent_id = ANY($1::bigint[]) AND d.state = 'waiting'
+    GROUP BY d.dependent_id, d.any_of
+)
+UPDATE dependencies d SET state = o.state, resolved_at = now()
+FROM overall o
+WHERE d.dependent_id = o.dependent_id AND o.state <> 'waiting' AND d.state = 'waiting'
+RETURNING d.dependent_id, d.is_array, d.state;
 
 -- ========================================= jobs: reads ========================================
 
@@ -241,7 +561,21 @@ RETURNING *;
 SELECT * FROM jobs WHERE user_name = $1 AND idempotency_key = $2;
 
 -- name: get_job
-SELECT * FROM jobs WHERE id = $1;
+-- With its array's record for an element (its script and environment live there).
+SELECT j.*, (SELECT to_jsonb(a) FROM job_arrays a WHERE a.id = j.array_job_id) AS array_meta
+FROM jobs j WHERE j.id = $1;
+
+-- name: get_element
+SELECT j.*, (SELECT to_jsonb(a) FROM job_arrays a WHERE a.id = j.array_job_id) AS array_meta
+FROM jobs j WHERE j.array_job_id = $1 AND j.array_task_id = $2;
+
+-- name: array_summary
+-- An array's record (without its script) and how many elements are in each state.
+SELECT to_jsonb(a) - 'script' - 'env' AS meta,
+       (SELECT coalesce(jsonb_object_agg(s.state, s.n), '{}'::jsonb)
+        FROM (SELECT state, count(*) AS n FROM jobs WHERE array_job_id = a.id
+              GROUP BY state) s) AS states
+FROM job_arrays a WHERE a.id = $1;
 
 -- name: pending_jobs
 -- The scheduler's queue, one page at a time (keyset on priority desc, id asc). Held jobs, and
@@ -261,8 +595,12 @@ SELECT * FROM jobs WHERE worker_id = $1 AND state = ANY($2::text[]) ORDER BY id;
 -- name: list_jobs
 -- Newest first; keyset pagination on id. NULL filters match everything. A time window ($6, $7)
 -- keeps the jobs that were in the system during it (submitted before its end, not finished
--- before its start), like sacct -S/-E. With the current attempt's accounting.
-SELECT j.*, a.peak_rss_kb, a.cpu_user_s, a.cpu_system_s
+-- before its start), like sacct -S/-E. With the current attempt's accounting, and an element's
+-- array record (without script and environment: listings never carry them).
+SELECT j.*, a.peak_rss_kb, a.cpu_user_s, a.cpu_system_s,
+       CASE WHEN j.array_job_id IS NOT NULL THEN
+           (SELECT to_jsonb(ja) - 'script' - 'env' FROM job_arrays ja
+            WHERE ja.id = j.array_job_id) END AS array_meta
 FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt
 WHERE ($1::text[] IS NULL OR j.state = ANY($1::text[]))
   AND ($2::text IS NULL OR j.user_name = $2)
@@ -270,6 +608,7 @@ WHERE ($1::text[] IS NULL OR j.state = ANY($1::text[]))
   AND ($4::bigint IS NULL OR j.id < $4)
   AND ($6::timestamptz IS NULL OR j.finished_at IS NULL OR j.finished_at >= $6)
   AND ($7::timestamptz IS NULL OR j.submitted_at <= $7)
+  AND ($8::bigint IS NULL OR j.array_job_id = $8)
 ORDER BY j.id DESC
 LIMIT $5;
 

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from shared.lifecycle.controls import Lifecycle
 from shared.lifecycle.core import Placed
-from shared.lifecycle.policy import FollowUp, Role, check_priority, follow_up, retry_delay
+from shared.lifecycle.groups import ArrayChange, Changed, Resolved
+from shared.lifecycle.policy import (
+    FollowUp,
+    Role,
+    check_nice,
+    check_priority,
+    follow_up,
+    retry_delay,
+)
 from shared.lifecycle.store import Allocated, Changes, Ended
 
-__all__ = ["Allocated", "Changes", "Ended", "FollowUp", "Lifecycle", "Placed", "Role",
-           "check_priority", "follow_up", "retry_delay"]
+__all__ = ["Allocated", "ArrayChange", "Changed", "Changes", "Ended", "FollowUp", "Lifecycle",
+           "Placed", "Resolved", "Role", "check_nice", "check_priority", "follow_up",
+           "retry_delay"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from shared.db.jobs import Job
 from shared.errors import InvalidTransition, NotFound
 from shared.events import JobFinished, JobRequeued, JobUpdated
-from shared.lifecycle.core import LifecycleCore
+from shared.lifecycle.groups import GroupOps
 from shared.lifecycle.policy import Role, check_priority
 from shared.lifecycle.store import Changes
 from shared.states import JobState
@@ -19,7 +19,7 @@ from shared.states import JobState
 RACE_TRIES = 3
 
 
-class Lifecycle(LifecycleCore):
+class Lifecycle(GroupOps):
     async def _current(self, job_id: int) -> Job:
         job = await self.jobs.get(job_id)
         if job is None:

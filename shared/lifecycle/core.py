@@ -29,7 +29,7 @@ from shared.bus import StreamBus
 from shared.db.jobs import Job, JobSpec, JobStore, Usage, spec_digest
 from shared.db.repairs import Unreleased
 from shared.dispatch import ArqDispatcher, Dispatch
-from shared.errors import ConductorError, IdempotencyConflict
+from shared.errors import ConductorError, IdempotencyConflict, NotFound
 from shared.events import (
     CancelRequested,
     Event,
@@ -40,10 +40,11 @@ from shared.events import (
 )
 from shared.keys import Keys
 from shared.lifecycle.policy import follow_up
-from shared.lifecycle.store import Allocated, Ended, TransitionStore
+from shared.lifecycle.store import Allocated, Ended, Target, TransitionStore
 from shared.states import JobState, PendingReason
 
 log = logging.getLogger(__name__)
+SINGLETON = Target(job_id=None, is_array=False, array_id=None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +63,7 @@ class LifecycleCore:
         self.allocator = allocator
         self.dispatcher = dispatcher
         self.bus = bus
+        self.pool = pool
         self.store = TransitionStore(pool)
         self.jobs = JobStore(pool)
 
@@ -70,14 +72,54 @@ class LifecycleCore:
                      ) -> tuple[Job, bool]:
         """Durable before anything else; `created` is False for a repeat of an idempotency key
         (the job the first request made, announced again while it still waits)."""
-        job = await self.store.insert(spec, idempotency_key=idempotency_key)
+        if spec.array is None and spec.dependency_edges is None:
+            job = await self.store.insert(spec, idempotency_key=idempotency_key)
+        else:
+            job = await self._insert_grouped(spec, idempotency_key)
         created = job is not None
         if job is None:
             job = await self._by_key(spec, idempotency_key)
         if created or job.state is JobState.PENDING:
-            await self._emit([JobSubmitted(job_id=job.id, cpus=job.cpus, memory_mb=job.memory_mb,
-                                           priority=job.priority)], wake=str(job.id))
+            await self._emit([JobSubmitted(
+                job_id=job.id, cpus=job.cpus, memory_mb=job.memory_mb, priority=job.priority,
+                array_size=spec.array.count if spec.array else None,
+                dependency=spec.dependency_edges is not None)], wake=str(job.id))
         return job, created
+
+    async def dependency_targets(self, spec: JobSpec) -> list[Target]:
+        """What the spec's dependency names; NotFound names every unknown job."""
+        dep = spec.dependency_edges
+        if dep is None or not dep.targets:
+            return []
+        found = await self.store.resolve_refs(dep.targets)
+        unknown = [str(r) for r, t in zip(dep.targets, found, strict=True) if t is None]
+        if unknown:
+            raise NotFound(f"dependency on unknown job{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(unknown)}")
+        return [t for t in found if t is not None]
+
+    async def _insert_grouped(self, spec: JobSpec, key: str | None) -> Job | None:
+        """An array and/or a job with a dependency: the rows in one transaction (the edges'
+        targets checked first: an unknown one is refused before anything is written)."""
+        dep = spec.dependency_edges
+        targets = await self.dependency_targets(spec)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                store = TransitionStore(conn)
+                job = (await store.insert_array(spec, idempotency_key=key) if spec.array
+                       else await store.insert(spec, idempotency_key=key))
+                if job is not None and dep is not None:
+                    it = iter(targets)
+                    await store.insert_dependency(
+                        dependent_id=job.id, is_array=spec.array is not None, dep=dep,
+                        user=spec.user, name=spec.name,
+                        targets=[SINGLETON if e.target is None else next(it)
+                                 for e in dep.edges])
+                return job
+        except asyncpg.UniqueViolationError:
+            if key is None:
+                raise
+            return None  # the key was used (the whole insert rolled back): find what it made
 
     async def _by_key(self, spec: JobSpec, key: str | None) -> Job:
         found = await self.jobs.by_key(spec.user, key) if key is not None else None

@@ -28,6 +28,13 @@ def check_priority(value: int, role: Role) -> None:
                          "a priority outside that range")
 
 
+def check_nice(nice: int, role: Role) -> None:
+    """Anyone may lower their job's priority (sbatch --nice=N); raising it (a negative
+    adjustment) is an admin's, as in Slurm."""
+    if nice < 0 and role is not Role.ADMIN:
+        raise NotAllowed(f"--nice={nice}: only an admin may give a negative adjustment")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FollowUp:
     """The job goes on as a new attempt, which may start after `delay_s`."""

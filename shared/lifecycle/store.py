@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.arrays import JobRef
 from shared.db.jobs import Executor, Job, JobSpec, Usage, spec_digest
 from shared.db.queries import q
+from shared.dependencies import Dependency
 from shared.errors import ConductorError
 from shared.states import JobState, PendingReason
 
@@ -47,6 +49,15 @@ class Changes:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """What a dependency names: a job (or element), or a whole array (job_id = its id)."""
+
+    job_id: int | None  # None for singleton
+    is_array: bool
+    array_id: int | None  # the array the job belongs to (or the array itself)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ended:
     """A finished attempt: the job as it is now, and how the attempt ended."""
 
@@ -63,17 +74,54 @@ class TransitionStore:
     def __init__(self, db: Executor) -> None:
         self.db = db
 
-    async def insert(self, spec: JobSpec, *, idempotency_key: str | None) -> Job | None:
-        """None when the user already sent this idempotency key."""
+    @staticmethod
+    def _insert_args(spec: JobSpec, idempotency_key: str | None) -> list[Any]:
         reason = PendingReason.HELD if spec.hold else (
             PendingReason.DEPENDENCY if spec.dependency else PendingReason.PRIORITY)
         digest = spec_digest(spec) if idempotency_key is not None else None
-        row = await self.db.fetchrow(
-            q("insert_job"), spec.name, spec.user, spec.script, spec.cpus, spec.memory_mb,
-            spec.time_limit_s, dict(spec.env), spec.submit_dir, spec.partition, spec.requeue,
-            spec.priority, spec.dependency, str(reason), idempotency_key, digest,
-            spec.begin_at, spec.retries, spec.retry_delay_s)
+        return [spec.name, spec.user, spec.script, spec.cpus, spec.memory_mb,
+                spec.time_limit_s, dict(spec.env), spec.submit_dir, spec.partition,
+                spec.requeue, spec.priority, spec.dependency, str(reason), idempotency_key,
+                digest, spec.begin_at, spec.retries, spec.retry_delay_s, spec.workdir,
+                spec.stdout_path, spec.stderr_path]
+
+    async def insert(self, spec: JobSpec, *, idempotency_key: str | None) -> Job | None:
+        """None when the user already sent this idempotency key."""
+        row = await self.db.fetchrow(q("insert_job"), *self._insert_args(spec, idempotency_key))
         return Job.from_row(row) if row else None
+
+    async def insert_array(self, spec: JobSpec, *, idempotency_key: str | None) -> Job:
+        """Every element in one statement; returns the first (whose id is the array's). A
+        repeated idempotency key raises asyncpg.UniqueViolationError (nothing is inserted)."""
+        a = spec.array
+        if a is None:
+            raise ValueError("not an array")
+        row = await self.db.fetchrow(q("insert_array"), *self._insert_args(spec, idempotency_key),
+                                     a.spec, a.throttle, list(a.tasks), a.step)
+        if row is None:
+            raise ConductorError("array insert returned no row")
+        return Job.from_row(row)
+
+    async def insert_dependency(self, *, dependent_id: int, is_array: bool, dep: Dependency,
+                                user: str, name: str, targets: Sequence[Target]) -> None:
+        await self.db.execute(
+            q("insert_dependency"), dependent_id, is_array, dep.expr, dep.any_of, user, name,
+            [str(e.kind) for e in dep.edges], [t.job_id for t in targets],
+            [t.is_array for t in targets], [t.array_id for t in targets])
+
+    async def resolve_refs(self, refs: Sequence[JobRef]) -> list[Target | None]:
+        """The job each reference names (None: no such job or element)."""
+        rows = await self.db.fetch(q("resolve_refs"), [r.id for r in refs],
+                                   [r.index for r in refs])
+        out: list[Target | None] = []
+        for r, ref in zip(rows, refs, strict=True):
+            if r["is_array"]:
+                out.append(Target(job_id=ref.id, is_array=True, array_id=ref.id))
+            elif r["job_id"] is None:
+                out.append(None)
+            else:
+                out.append(Target(job_id=r["job_id"], is_array=False, array_id=r["array_id"]))
+        return out
 
     async def place(self, plan: Sequence[tuple[int, int, str]]) -> list[Allocated]:
         if not plan:
@@ -107,6 +155,61 @@ class TransitionStore:
             return None
         return Ended(job=Job.from_row(row), attempt=job.attempt,
                      state=JobState(row["attempt_state"]))
+
+    async def cancel_array(self, array_id: int, reason: str
+                           ) -> tuple[int, list[tuple[int, int, str]]]:
+        """(elements cancelled, the ALLOCATED ones as (job, attempt, worker))."""
+        row = await self.db.fetchrow(q("cancel_array_unstarted"), array_id, reason)
+        if row is None:
+            raise ConductorError("cancel_array_unstarted returned no row")
+        return int(row["n"]), list(zip(row["ids"], row["attempts"], row["workers"],
+                                       strict=True))
+
+    async def stop_array(self, array_id: int) -> list[Job]:
+        return [Job.from_row(r) for r in await self.db.fetch(q("request_stop_array"), array_id)]
+
+    async def hold_array(self, array_id: int) -> int:
+        return int(await self.db.fetchval(q("hold_array"), array_id))
+
+    async def release_array(self, array_id: int) -> int:
+        return int(await self.db.fetchval(q("release_array"), array_id))
+
+    async def throttled_arrays(self) -> list[tuple[int, int]]:
+        """(array, room under its throttle) for arrays with elements waiting for it."""
+        return [(r["id"], r["room"]) for r in await self.db.fetch(q("throttled_arrays"))]
+
+    async def promote_array_tasks(self, room: Sequence[tuple[int, int]]) -> int:
+        if not room:
+            return 0
+        rows = await self.db.fetch(q("promote_array_tasks"), [a for a, _ in room],
+                                   [n for _, n in room])
+        return len(rows)
+
+    async def lock_dependencies(self) -> None:
+        """Within a transaction: one resolver of dependencies at a time."""
+        await self.db.execute(q("lock_dependencies"))
+
+    async def evaluate_edges(self, *, ended: Sequence[int], arrays: Sequence[int],
+                             fresh: Sequence[int], sweep: bool) -> list[int]:
+        """The dependents some edge of which was just decided."""
+        rows = await self.db.fetch(q("evaluate_edges"), list(ended), list(arrays), list(fresh),
+                                   sweep)
+        return [r["dependent_id"] for r in rows]
+
+    async def settle_dependencies(self, dependents: Sequence[int]
+                                  ) -> list[tuple[int, bool, str]]:
+        """(dependent, is an array, met|never) for each dependency now settled."""
+        rows = await self.db.fetch(q("settle_dependencies"), list(dependents))
+        return [(r["dependent_id"], r["is_array"], r["state"]) for r in rows]
+
+    async def dependency_met(self, jobs: Sequence[int], arrays: Sequence[int]) -> int:
+        return len(await self.db.fetch(q("dependency_met"), list(jobs), list(arrays)))
+
+    async def dependency_never(self, jobs: Sequence[int], arrays: Sequence[int]
+                               ) -> list[tuple[int, int, int | None]]:
+        """(job, attempt, array) of each job cancelled."""
+        rows = await self.db.fetch(q("dependency_never"), list(jobs), list(arrays))
+        return [(r["id"], r["attempt"], r["array_job_id"]) for r in rows]
 
     async def cancel_unstarted(self, job_id: int, reason: str) -> Job | None:
         row = await self.db.fetchrow(q("cancel_unstarted"), job_id, reason)
