@@ -48,7 +48,7 @@ BAD_SUBMISSIONS: list[tuple[str, Any, int, str]] = [
     ("env name with a dash", {**OK, "env": {"MY-VAR": "x"}}, 400, "not valid"),
     ("env value not a string", {**OK, "env": {"A": 1}}, 400, "must be a string"),
     ("reserved env name", {**OK, "env": {"SCNS_JOB_ID": "7"}}, 400, "reserved"),
-    ("unknown field", {**OK, "nice": 100}, 400, "unknown field(s): nice"),
+    ("unknown field", {**OK, "niceness": 100}, 400, "unknown field(s): niceness"),
     ("priority above a user's range", {**OK, "priority": 101}, 403, "only an admin"),
     ("negative priority", {**OK, "priority": -1}, 403, "outside 0-100"),
     ("priority as string", {**OK, "priority": "high"}, 400, "'priority' must be an integer"),
@@ -61,8 +61,11 @@ BAD_SUBMISSIONS: list[tuple[str, Any, int, str]] = [
     ("name too long", {**OK, "name": "n" * 201}, 400, "longer than"),
     ("name with a newline", {**OK, "name": "a\nb"}, 400, "control characters"),
     ("hold not a bool", {**OK, "hold": "yes"}, 400, "'hold' must be true or false"),
-    ("job array", {**OK, "array": "0-9"}, 422, "not supported yet"),
-    ("dependency", {**OK, "dependency": "afterok:1"}, 422, "not supported yet"),
+    ("bad job array", {**OK, "array": "0-9%x"}, 400, "limit"),
+    ("array too large", {**OK, "array": "0-200000"}, 400, "SCNS_MAX_ARRAY_SIZE"),
+    ("bad dependency", {**OK, "dependency": "afterwards:1"}, 400, "unknown dependency type"),
+    ("unknown dependency", {**OK, "dependency": "afterok:999999"}, 400, "unknown job"),
+    ("relative workdir", {**OK, "workdir": "tmp"}, 400, "absolute path"),
     ("unknown partition", {**OK, "partition": "gpu"}, 422, "does not exist"),
 ]
 
