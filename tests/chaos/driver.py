@@ -65,6 +65,8 @@ class ChaosConfig:
     retry_fraction: float = 0.1  # fail their first attempt, retries=2
     rehold_fraction: float = 0.05  # held by the controller while pending, then released
     requeue_after_fraction: float = 0.05  # requeued by the controller once they finished
+    array_every: int = 50  # every Nth submission is also an array of 4-8 elements, %2
+    chain_every: int = 40  # every Nth also starts a chain A -> B -> C (afterok)
     settle_timeout_s: float = 240.0
     seed: int = 1
 
@@ -89,6 +91,13 @@ class ChaosResult:
     requeued_without_new_attempt: int = 0
     retry_jobs: int = 0
     retry_jobs_completed_on_attempt_1: int = 0
+    arrays: int = 0
+    array_elements: int = 0
+    array_elements_missing: int = 0
+    array_throttle_exceeded: int = 0
+    chains: int = 0
+    chains_cancelled: int = 0
+    dependency_violations: int = 0
     control_conflicts: int = 0
     drift_after_faults: int = 0
     final_allocated_cpus: int = 0
@@ -104,6 +113,8 @@ class ChaosResult:
                 and self.unexplained_runs == 0 and self.held_never_released == 0
                 and self.requeued_without_new_attempt == 0
                 and self.retry_jobs_completed_on_attempt_1 == 0
+                and self.array_elements_missing == 0 and self.array_throttle_exceeded == 0
+                and self.dependency_violations == 0
                 and self.drift_after_faults == 0 and self.final_allocated_cpus == 0
                 and self.final_unreleased_rows == 0 and self.leftover_processes == 0
                 and not self.services_died and set(self.states) <= set(TERMINAL))
@@ -125,6 +136,10 @@ class ChaosResult:
             f"({self.requeued_without_new_attempt} without a new attempt), {self.retry_jobs} "
             f"with retries ({self.retry_jobs_completed_on_attempt_1} completed on attempt 1), "
             f"{self.control_conflicts} controls refused as too late (409)",
+            f"  arrays: {self.arrays} ({self.array_elements} elements, missing "
+            f"{self.array_elements_missing}, throttle exceeded {self.array_throttle_exceeded}); "
+            f"chains: {self.chains} ({self.chains_cancelled} cancelled after a failed head), "
+            f"dependency violations {self.dependency_violations}",
             f"  drift after the last fault {self.drift_after_faults}; final allocated CPUs "
             f"{self.final_allocated_cpus}, unreleased rows {self.final_unreleased_rows}; "
             f"job processes left {self.leftover_processes}",
@@ -154,6 +169,8 @@ class Chaos:
         self.released: set[int] = set()
         self.retrying: list[int] = []
         self.requeued: dict[int, int] = {}  # job -> the attempt that was requeued
+        self.arrays: dict[int, int] = {}  # array id -> its size (throttle 2)
+        self.chains: list[tuple[int, int, int, bool]] = []  # A, B, C, A fails
 
     # --- servers -------------------------------------------------------------------------
     def _start_redis(self, wipe: bool) -> None:
@@ -254,11 +271,43 @@ class Chaos:
                     self.held.append(job_id)
                 elif "retries" in body:
                     self.retrying.append(job_id)
+                if i % self.cfg.array_every == 1:
+                    await self._submit_array(s, i)
+                if i % self.cfg.chain_every == 2:
+                    await self._submit_chain(s, i)
                 await asyncio.sleep(gap)
         self._submitting = False
 
+    def _script(self, extra: str = "") -> str:
+        return (f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {self.marker}\n'
+                f"sleep {self.rng.choice(['0.1', '0.3', '0.5'])}\n{extra}")
+
+    async def _submit_array(self, s: aiohttp.ClientSession, i: int) -> None:
+        """An array of 4-8 elements, at most 2 at once (not touched by the controller)."""
+        size = self.rng.randint(4, 8)
+        body = {"script": self._script(), "array": f"0-{size - 1}%2", "requeue": True,
+                "name": f"chaos-array-{i}"}
+        array_id = await self._submit_one(s, body, key=f"chaos-{self.cfg.seed}-array-{i}",
+                                          accept=False)
+        self.arrays[array_id] = size
+
+    async def _submit_chain(self, s: aiohttp.ClientSession, i: int) -> None:
+        """A -> B -> C, each afterok the one before; one chain in four has a head that fails
+        (then B and C end CANCELLED, DependencyNeverSatisfied)."""
+        fails = self.rng.random() < 0.25
+        ids: list[int] = []
+        for link in "abc":
+            body: dict[str, Any] = {"script": self._script("exit 1\n" if fails and not ids
+                                                           else ""),
+                                    "requeue": True, "name": f"chaos-chain-{i}-{link}"}
+            if ids:
+                body["dependency"] = f"afterok:{ids[-1]}"
+            ids.append(await self._submit_one(s, body, key=f"chaos-{self.cfg.seed}-{i}{link}",
+                                              accept=False))
+        self.chains.append((ids[0], ids[1], ids[2], fails))
+
     async def _submit_one(self, s: aiohttp.ClientSession, body: dict[str, Any], *,
-                          key: str) -> int:
+                          key: str, accept: bool = True) -> int:
         """Submit until answered. A try whose answer was lost (sent, then the gateway died)
         is retried with the same Idempotency-Key: it must return the job the lost try made,
         if it made one, and never make a second (checked by `uncertain_created`)."""
@@ -269,7 +318,8 @@ class Chaos:
                 async with s.post("/api/v1/jobs", data=orjson.dumps(body), headers=headers) as r:
                     if r.status in (200, 201):
                         job_id: int = (await r.json())["id"]
-                        self.accepted.append(job_id)
+                        if accept:
+                            self.accepted.append(job_id)
                         return job_id
                     if r.status != 503:
                         raise RuntimeError(f"submit refused: {r.status} {await r.text()}")
@@ -400,8 +450,9 @@ class Chaos:
             deadline = time.monotonic() + self.cfg.settle_timeout_s
             while True:
                 left = await conn.fetchval(
-                    "SELECT count(*) FROM jobs WHERE id = ANY($1) AND NOT (state = ANY($2))",
-                    self.accepted, list(TERMINAL))
+                    "SELECT count(*) FROM jobs WHERE (id = ANY($1) OR array_job_id = ANY($3))"
+                    " AND NOT (state = ANY($2))",
+                    self._all_ids(), list(TERMINAL), list(self.arrays))
                 if left == 0:
                     return
                 if time.monotonic() > deadline:
@@ -411,17 +462,63 @@ class Chaos:
         finally:
             await conn.close()
 
+    def _all_ids(self) -> list[int]:
+        return self.accepted + [j for chain in self.chains for j in chain[:3]]
+
+    async def _check_groups(self, conn: asyncpg.Connection[Any]) -> None:
+        """Arrays: every element there and ended, never more than 2 running at once (from the
+        attempts' start and end times). Chains: each link started only after the one before
+        it COMPLETED; after a failed head, the rest CANCELLED without running."""
+        r = self.result
+        r.arrays, r.chains = len(self.arrays), len(self.chains)
+        for array_id, size in self.arrays.items():
+            n = await conn.fetchval("SELECT count(*) FROM jobs WHERE array_job_id = $1",
+                                    array_id)
+            r.array_elements += n
+            r.array_elements_missing += size - n
+            spans = await conn.fetch(
+                "SELECT a.started_at AS s, a.finished_at AS f FROM attempts a JOIN jobs j "
+                "ON j.id = a.job_id WHERE j.array_job_id = $1 AND a.started_at IS NOT NULL",
+                array_id)
+            points = sorted([(x["s"], 1) for x in spans]
+                            + [(x["f"], -1) for x in spans if x["f"] is not None],
+                            key=lambda p: (p[0], p[1]))
+            running = peak = 0
+            for _, step in points:
+                running += step
+                peak = max(peak, running)
+            r.array_throttle_exceeded += peak > 2
+        for a, b, c, fails in self.chains:
+            rows = {x["id"]: x for x in await conn.fetch(
+                "SELECT j.id, j.state, j.reason, j.finished_at, min(a.started_at) AS first "
+                "FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.started_at IS NOT "
+                "NULL WHERE j.id = ANY($1) GROUP BY j.id", [a, b, c])}
+            if fails:
+                r.chains_cancelled += 1
+                bad = rows[a]["state"] == "COMPLETED" or any(
+                    rows[x]["state"] != "CANCELLED" or rows[x]["first"] is not None
+                    or rows[x]["reason"] != "DependencyNeverSatisfied" for x in (b, c))
+            else:
+                bad = any(rows[x]["state"] != "COMPLETED" for x in (a, b, c)) or any(
+                    rows[later]["first"] is None or rows[later]["first"] < rows[before][
+                        "finished_at"] for before, later in ((a, b), (b, c)))
+            r.dependency_violations += bad
+            if bad:
+                r.notes.append(f"chain {a}->{b}->{c}: {[dict(rows[x]) for x in (a, b, c)]}")
+
     async def _check(self, last_fault: float) -> None:
         assert self.redis_server is not None and self.system is not None
         r = self.result
         conn = await self._db()
         redis = Redis.from_url(self.redis_server.url, decode_responses=True)
         try:
-            rows = await conn.fetch("SELECT id, state, attempt FROM jobs WHERE id = ANY($1)",
-                                    self.accepted)
+            rows = await conn.fetch("SELECT id, state, attempt FROM jobs WHERE id = ANY($1) "
+                                    "OR array_job_id = ANY($2)", self._all_ids(),
+                                    list(self.arrays))
             r.accepted = len(self.accepted)
             r.rows = len(rows)
-            r.lost = len(set(self.accepted) - {x["id"] for x in rows})
+            r.lost = len(set(self._all_ids()) - {x["id"] for x in rows})
+            await self._check_groups(conn)
             r.states = dict(collections.Counter(x["state"] for x in rows))
             r.uncertain_created = await conn.fetchval("SELECT count(*) FROM jobs") - r.rows
             attempts = {x["id"]: x["attempt"] for x in rows}
