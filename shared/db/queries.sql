@@ -30,13 +30,15 @@ RETURNING *;
 -- plus $22 the spec, $23 the throttle, $24 the indexes (ascending), $25 the step. Elements past
 -- the throttle wait with reason JobArrayTaskLimit; the scheduler lets them in. Only the first
 -- element carries the idempotency key: a second insert of the same key fails as a whole (a
--- unique violation), and the caller then finds the first.
+-- unique violation), and the caller then finds the first. Returns the array's id only (reading
+-- 100,000 rows back would cost as much as writing them): get_job then reads the first element,
+-- in the same transaction.
 WITH arr AS (
     INSERT INTO job_arrays (id, user_name, spec, throttle, task_count, task_min, task_max,
                             task_step, script, env)
     VALUES (nextval(pg_get_serial_sequence('jobs', 'id')), $2, $22, $23,
             cardinality($24::int[]), $24[1], $24[cardinality($24::int[])], $25, $3, $7)
-    RETURNING *
+    RETURNING id
 ), els AS (
     INSERT INTO jobs (id, name, user_name, script, cpus, memory_mb, time_limit_s, env,
                       submit_dir, partition, requeue, priority, dependency, state, reason,
@@ -52,9 +54,8 @@ WITH arr AS (
            CASE WHEN t.ord = 1 THEN $14 END, CASE WHEN t.ord = 1 THEN $15 END,
            $16, $17, $18, $19, $20, $21, arr.id, t.task
     FROM arr, unnest($24::int[]) WITH ORDINALITY AS t(task, ord)
-    RETURNING *
 )
-SELECT els.*, to_jsonb(arr) AS array_meta FROM els, arr WHERE els.id = arr.id;
+SELECT id FROM arr;
 
 -- name: allocate_jobs
 -- transition: place

@@ -96,8 +96,10 @@ class TransitionStore:
         a = spec.array
         if a is None:
             raise ValueError("not an array")
-        row = await self.db.fetchrow(q("insert_array"), *self._insert_args(spec, idempotency_key),
-                                     a.spec, a.throttle, list(a.tasks), a.step)
+        array_id = await self.db.fetchval(q("insert_array"),
+                                          *self._insert_args(spec, idempotency_key),
+                                          a.spec, a.throttle, list(a.tasks), a.step)
+        row = await self.db.fetchrow(q("get_job"), array_id)
         if row is None:
             raise ConductorError("array insert returned no row")
         return Job.from_row(row)
