@@ -17,6 +17,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 from shared.errors import ConductorError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+MAX_PAGE = 1000  # the gateway's largest page
 SUBMIT_RETRY_S = 60.0  # how long a submit keeps retrying a gateway that is down or restarting
 
 
@@ -55,18 +56,36 @@ class Client:
             req.add_header(k, v)
         return req
 
-    def submit(self, body: Any, *, retry_s: float = SUBMIT_RETRY_S) -> Any:
+    def submit(self, body: Any, *, retry_s: float = SUBMIT_RETRY_S,
+               test_only: bool = False) -> Any:
         """POST a job exactly once, however often the request must be retried: every try
         carries the same Idempotency-Key, so a try whose answer was lost (the gateway died
-        after committing) returns the job it made instead of making a second one."""
+        after committing) returns the job it made instead of making a second one.
+
+        `test_only` asks the gateway to validate the job fully and answer what it would make
+        (`{"test_only": true, "job": {...}, "array_count": N}`) without making anything."""
         headers = {"Idempotency-Key": f"scns-{uuid.uuid4()}"}
+        query = {"test_only": "1"} if test_only else None
         for attempt in Retrying(
             retry=retry_if_exception(_retryable), stop=stop_after_delay(retry_s),
             wait=wait_exponential_jitter(multiplier=0.2, max=3.0), reraise=True,
         ):
             with attempt:
-                return self.call("POST", "/api/v1/jobs", body, headers=headers)
+                return self.call("POST", "/api/v1/jobs", body, query=query, headers=headers)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def pages(self, path: str, query: Mapping[str, Any], *, page_size: int = MAX_PAGE
+              ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+        """A cursor-paginated listing, page by page: (items, next_cursor) until the cursor
+        runs out or the caller stops asking."""
+        cursor: str | None = None
+        while True:
+            page = self.call("GET", path, query={**query, "limit": page_size,
+                                                 "cursor": cursor})
+            cursor = page.get("next_cursor")
+            yield page["items"], cursor
+            if not cursor:
+                return
 
     def call(self, method: str, path: str, body: Any = None,
              query: Mapping[str, Any] | None = None,

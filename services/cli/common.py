@@ -19,6 +19,7 @@ from services.cli.directives import (
     parse_memory,
     parse_window,
 )
+from shared.arrays import SpecError, parse_ref
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 STATE_STYLE = {"PENDING": "yellow", "ALLOCATED": "cyan", "RUNNING": "blue", "COMPLETED": "green",
@@ -42,6 +43,11 @@ def emit_json(data: Any) -> None:
 def fail(message: str) -> None:
     """`error: <message>` on stderr, one line, red on a terminal (the caller picks the exit)."""
     click.echo(f"{click.style('error:', fg='red', bold=True)} {message}", err=True)
+
+
+def warn(message: str) -> None:
+    """`warning: <message>` on stderr, one line, yellow on a terminal."""
+    click.echo(f"{click.style('warning:', fg='yellow', bold=True)} {message}", err=True)
 
 
 class _Parsed(click.ParamType[Any]):
@@ -81,6 +87,28 @@ class Memory(_Parsed):
         return parse_memory(value)
 
 
+class OneLineError(click.BadParameter):
+    """A bad argument reported the way every error is: `error: <what is right>`, one line."""
+
+    def show(self, file: Any = None) -> None:
+        fail(self.message)
+
+
+class JobRef(click.ParamType[str]):
+    """A job reference: `12` (a job, or every element of array 12) or `12_3` (element 3 of
+    array 12), as the API paths take it."""
+
+    name = "job"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str:
+        try:
+            return str(parse_ref(str(value)))
+        except SpecError as e:
+            raise OneLineError(str(e), ctx=ctx, param=param) from None
+
+
 BEGIN = BeginTime()
 WINDOW = WindowTime()
 MEMORY = Memory()
+JOB = JobRef()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +17,39 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.cli import jobs
-from services.cli.client import ApiError
+from services.cli.arrays import (
+    QUEUE_COLUMNS,
+    SHORT_STATE,
+    UNSUCCESSFUL,
+    QueueRow,
+    array_note,
+    array_of,
+    cut_arrays,
+    element_refs,
+    merge_rows,
+    progress_of,
+    queue_cells,
+    queue_complete,
+    queue_rows,
+    submitted_line,
+    wait_summary,
+    would_submit,
+)
+from services.cli.client import MAX_PAGE, ApiError, Client, Unreachable
 from services.cli.common import (
     BEGIN,
+    JOB,
     STATE_STYLE,
     TERMINAL,
     client,
     emit_json,
     err,
+    fail,
     out,
+    warn,
 )
-from services.cli.directives import (
-    DirectiveError,
-    parse_directives,
-    parse_memory,
-    parse_time,
-    to_utc_iso,
-)
+from services.cli.directives import DirectiveError, parse_directives
+from shared.arrays import SpecError, parse_array
 from shared.errors import ConductorError
 
 # service name -> module whose `main()` runs it
@@ -58,74 +75,105 @@ for _command in jobs.COMMANDS:  # hold, release, requeue, update, history, eff
 
 
 # --- jobs ---------------------------------------------------------------------------------
-@cli.command()
-@click.argument("script", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@cli.command(epilog="A job starts from a clean environment plus what --export and --env name: "
+             "--export=ALL does not copy this shell's whole environment.")
+@click.argument("script", required=False,
+                type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("-c", "--cpus", type=click.IntRange(min=1), help="CPUs for the job [1]")
-@click.option("-t", "--time", "time_limit", help="time limit: minutes, HH:MM:SS or D-HH:MM:SS")
+@click.option("-t", "--time", "time_limit",
+              help="time limit: minutes, HH:MM:SS, D-HH:MM:SS or UNLIMITED")
 @click.option("--mem", help="memory, e.g. 512M or 4G")
 @click.option("-J", "--name", help="job name [the script's file name]")
+@click.option("-p", "--partition", help="partition(s), comma-separated: any of them")
+@click.option("-a", "--array", metavar="INDEXES",
+              help="a job array: 0-99, 1,3,5-7 or 0-99:2, with %N to run at most N at once")
+@click.option("-d", "--dependency", metavar="DEP",
+              help="afterok:12, afterany:12:13_4, afternotok:12, after:12 or singleton "
+                   "(',' all of them, '?' any of them)")
+@click.option("-o", "--output", metavar="PATTERN",
+              help="stdout file on the worker: %j job id, %A array id, %a index, %x name, "
+                   "%u user, %N worker")
+@click.option("-e", "--error", metavar="PATTERN", help="stderr file on the worker (as -o)")
+@click.option("-D", "--chdir", metavar="DIR",
+              help="working directory on the worker (relative: to the current directory)")
+@click.option("--export", metavar="ITEMS", help=jobs.EXPORT_HELP)
 @click.option("--env", "env", multiple=True, metavar="K=V", help="environment variable")
 @click.option("--requeue/--no-requeue", default=None, help="requeue if its worker is lost")
 @click.option("-H", "--hold", is_flag=True, default=None, help="submit held")
 @click.option("--priority", type=int, help="0-100, higher runs first [0]")
+@click.option("--nice", type=int, metavar="N",
+              help="lower the job's priority by N (sbatch's --nice alone is 100; negative: "
+                   "admins only)")
 @click.option("-b", "--begin", type=BEGIN,
               help="start no earlier than: now+1hour, 14:30, 2026-11-24T02:30")
 @click.option("--retries", type=click.IntRange(0, 10), help="run again if it fails, up to N times")
 @click.option("--retry-delay", "retry_delay", type=click.IntRange(min=0), metavar="SECONDS",
               help="wait between a failure and its retry [0]")
-@click.option("--wait", is_flag=True, help="wait for the job, show its output, exit with its code")
+@click.option("--wrap", metavar="COMMAND", help="run COMMAND (in sh) instead of a script")
+@click.option("--test-only", "test_only", is_flag=True,
+              help="check the job and say what would be submitted; submit nothing")
+@click.option("--wait", is_flag=True, help="wait for the job (or every element of an array); "
+              "exit 0 only if it completed")
 @click.option("--json", "as_json", is_flag=True, help="print the job as JSON")
-def submit(*, script: str, cpus: int | None, time_limit: str | None, mem: str | None,
-           name: str | None, env: tuple[str, ...], requeue: bool | None, hold: bool | None,
-           priority: int | None, begin: datetime | None, retries: int | None,
-           retry_delay: int | None, wait: bool, as_json: bool) -> None:
-    """Submit SCRIPT (like sbatch; reads #SCNS and #SBATCH directives)."""
-    text = sys.stdin.read() if script == "-" else Path(script).read_text()
+def submit(*, script: str | None, wrap: str | None, test_only: bool, wait: bool,
+           as_json: bool, time_limit: str | None, **options: Any) -> None:
+    """Submit SCRIPT (like sbatch; reads #SCNS and #SBATCH directives; - reads the script
+    from standard input)."""
+    if (script is None) == (wrap is None):
+        raise click.UsageError("give a SCRIPT (a file, or - for standard input) or "
+                               "--wrap 'COMMAND', not both" if script else
+                               "missing SCRIPT (a file, or - for standard input) or "
+                               "--wrap 'COMMAND'")
+    if wrap is not None:
+        text = jobs.wrap_script(wrap)
+    else:
+        text = sys.stdin.read() if script == "-" else Path(str(script)).read_text()
     try:
         d = parse_directives(text)
-        body: dict[str, Any] = {
-            "script": text,
-            "cpus": cpus or d.total_cpus or 1,
-            "name": name or d.name or ("stdin" if script == "-" else Path(script).name),
-            "submit_dir": os.getcwd(),
-        }
-        limit = parse_time(time_limit) if time_limit else d.time_limit
-        if limit:
-            body["time_limit"] = limit
-        memory = parse_memory(mem) if mem else d.memory_mb
-        if memory:
-            body["memory_mb"] = memory
     except DirectiveError as e:
-        raise click.UsageError(str(e)) from e
-    for warning in d.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
-    environment = dict(d.env)
-    for item in env:
-        k, sep, v = item.partition("=")
-        if not sep:
-            raise click.UsageError(f"--env expects K=V, got {item!r}")
-        environment[k] = v
-    if environment:
-        body["env"] = environment
-    if requeue if requeue is not None else d.requeue:
-        body["requeue"] = True
-    if hold or d.hold:
-        body["hold"] = True
-    if d.partition:
-        body["partition"] = d.partition
-    begin_at = begin or d.begin_at
-    scheduling = {"priority": priority if priority is not None else d.priority,
-                  "begin_at": to_utc_iso(begin_at) if begin_at else None,
-                  "retries": retries, "retry_delay_s": retry_delay}
-    body.update({k: v for k, v in scheduling.items() if v is not None})
-    job = client().submit(body)
+        fail(f"{e} (nothing submitted)")
+        sys.exit(1)
+    try:
+        body, warnings = jobs.build_submission(
+            text, d, jobs.SubmitOptions(script=script, time=time_limit, **options),
+            cwd=os.getcwd(), environ=os.environ)
+    except jobs.OptionError as e:
+        fail(str(e))
+        sys.exit(2)
+    for warning in warnings:
+        warn(warning)
+    c = client()
+    try:
+        answer = c.submit(body, test_only=test_only)
+    except ApiError as e:
+        fail(f"{e.message} (nothing submitted)" if 400 <= e.status < 500 else str(e))
+        sys.exit(1)
+    if test_only:
+        sys.exit(_tested(c, answer, body, as_json=as_json))
     if as_json and not wait:
-        emit_json(job)
+        emit_json(answer)
         return
-    err.print(f"Submitted batch job {job['id']}") if wait else click.echo(
-        f"Submitted batch job {job['id']}")
+    line = submitted_line(answer)
+    err.print(line, highlight=False) if wait else click.echo(line)
     if wait:
-        sys.exit(wait_for(job["id"], as_json=as_json))
+        if array_of(answer):
+            sys.exit(wait_array(answer, as_json=as_json))
+        sys.exit(wait_for(answer["id"], as_json=as_json))
+
+
+def _tested(c: Client, answer: dict[str, Any], body: dict[str, Any], *, as_json: bool) -> int:
+    if not answer.get("test_only"):  # a gateway that does not know test_only made the job
+        ref = answer.get("id")
+        with contextlib.suppress(ApiError):
+            c.call("DELETE", f"/api/v1/jobs/{ref}")
+        fail(f"the gateway does not support --test-only: it made job {ref}, which was "
+             "cancelled")
+        return 1
+    if as_json:
+        emit_json(answer)
+    else:
+        click.echo(would_submit(answer["job"], answer.get("array_count"), body))
+    return 0
 
 
 def wait_for(job_id: int, *, as_json: bool = False) -> int:
@@ -166,64 +214,212 @@ def wait_for(job_id: int, *, as_json: bool = False) -> int:
     return 1
 
 
-def _jobs_table(items: list[dict[str, Any]]) -> Table:
+ARRAY_POLL_S = 0.5
+UNREACHABLE_FOR_S = 120.0  # how long --wait rides out a gateway that does not answer
+
+
+def wait_array(first: dict[str, Any], *, as_json: bool = False) -> int:
+    """Follow an array until every element has ended: a progress bar on a terminal (done,
+    failed, running, elapsed, eta), then one summary line (JSON with --json); 0 only if every
+    element COMPLETED."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    c = client()
+    array_id = int(first["array_job_id"] or first["id"])
+    summary = first["array"]
+    started = time.monotonic()
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[green]✓ {task.fields[ok]}[/]  [red]✗ {task.fields[bad]}[/]  "
+                   "[blue]▶ {task.fields[running]}[/]"),
+        TimeElapsedColumn(), TextColumn("• eta"), TimeRemainingColumn(),
+        console=err, disable=not err.is_terminal)
+    answered = time.monotonic()
+    with progress:
+        p = progress_of(summary)
+        task = progress.add_task(escape(str(first.get("name") or array_id)), total=p.total,
+                                 ok=0, bad=0, running=0)
+        while True:
+            p = progress_of(summary)
+            progress.update(task, total=p.total, completed=p.done, ok=p.completed,
+                            bad=p.failed, running=p.running)
+            if p.finished:
+                break
+            time.sleep(ARRAY_POLL_S)
+            try:
+                summary = c.call("GET", f"/api/v1/jobs/{array_id}")["array"]
+                answered = time.monotonic()
+            except Unreachable:
+                if time.monotonic() - answered > UNREACHABLE_FOR_S:
+                    raise
+    failed: list[dict[str, Any]] = []
+    if p.failed:
+        failed = c.call("GET", "/api/v1/jobs", query={
+            "array_job_id": array_id, "state": ",".join(UNSUCCESSFUL),
+            "limit": min(MAX_PAGE, p.failed)})["items"]
+    refs = element_refs(failed)
+    states = dict(summary.get("states") or {})
+    if as_json:
+        emit_json({"array_job_id": array_id, "count": p.total, "states": states,
+                   "completed": p.completed, "failed": p.failed, "failed_elements": refs,
+                   "elapsed_s": round(time.monotonic() - started, 3)})
+    else:
+        err.print(wait_summary(array_id, states, refs), highlight=False)
+    return 0 if p.completed == p.total else 1
+
+
+def _queue_table(rows: list[QueueRow], *, long: bool) -> Table:
     t = Table(box=None, header_style="bold")
-    for col in ("JOBID", "NAME", "USER", "STATE", "CPUS", "TIME", "NODELIST(REASON)"):
-        t.add_column(col, justify="right" if col in ("JOBID", "CPUS") else "left")
-    for j in items:
-        t.add_row(str(j["id"]), escape(j["name"]), escape(j["user"]),
-                  f"[{STATE_STYLE.get(j['state'], '')}]{j['state']}[/]", str(j["cpus"]),
-                  _elapsed(j), escape(_where(j)))
+    for col in QUEUE_COLUMNS:
+        name = "STATE" if col == "ST" and long else col
+        t.add_column(name, justify="right" if col in ("TIME", "CPUS") else "left",
+                     no_wrap=True)
+    now = datetime.now(UTC)
+    for row in rows:
+        cells = [escape(cell) for cell in queue_cells(row, now, long=long)]
+        cells[4] = f"[{STATE_STYLE.get(row.job['state'], '')}]{cells[4]}[/]"
+        t.add_row(*cells)
     return t
 
 
-def _where(job: dict[str, Any]) -> str:
-    """squeue's NODELIST(REASON): why a pending job waits, else where the job ran."""
-    if job["state"] == "PENDING":
-        return f"({job['reason'] or 'None'})"
-    return job["worker_id"] or (f"({job['reason']})" if job["reason"] else "")
+MAX_QUEUE_SCAN = 10_000  # jobs listed at most (10 pages) to fold pending array elements
 
 
-def _elapsed(job: dict[str, Any]) -> str:
-    from datetime import UTC, datetime
+class _Summaries:
+    """Array summaries (GET /jobs/{array id}), each fetched once per command."""
 
-    if not job["started_at"]:
-        return "0:00"
-    start = datetime.fromisoformat(job["started_at"].replace("Z", "+00:00"))
-    end = datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00")) \
-        if job["finished_at"] else datetime.now(UTC)
-    s = int((end - start).total_seconds())
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+    def __init__(self, c: Client) -> None:
+        self.c = c
+        self.known: dict[int, dict[str, Any]] = {}
+
+    def __call__(self, array_id: int) -> dict[str, Any]:
+        if array_id not in self.known:
+            self.known[array_id] = self.c.call("GET", f"/api/v1/jobs/{array_id}") \
+                .get("array") or {}
+        return self.known[array_id]
+
+
+def _pending_indexes(c: Client, summary: _Summaries, arrays: list[int]
+                     ) -> dict[int, tuple[int, ...]]:
+    """What the folds the listing cut short stand for: the pending indexes of those arrays
+    whose summary says every element but a few is pending (a held array, a throttled one),
+    from its spec less the few that are not."""
+    found: dict[int, tuple[int, ...]] = {}
+    for array_id in arrays[:20]:
+        s = summary(array_id)
+        count = int(s.get("count") or 0)
+        others = count - int((s.get("states") or {}).get("PENDING") or 0)
+        if not count or others > MAX_PAGE * 5:
+            continue
+        try:
+            tasks = parse_array(s["spec"], max_size=count).tasks
+        except SpecError:
+            continue
+        gone: set[int] = set()
+        if others:
+            query = {"array_job_id": array_id,
+                     "state": ",".join(s for s in SHORT_STATE if s != "PENDING")}
+            for page, _ in c.pages("/api/v1/jobs", query):
+                gone.update(int(j["array_task_id"]) for j in page)
+        found[array_id] = tuple(t for t in tasks if t not in gone)
+    return found
 
 
 @cli.command()
 @click.option("-t", "--state", "states", help="states, comma-separated (e.g. PENDING,RUNNING)")
 @click.option("-u", "--user", help="only this user's jobs")
 @click.option("-n", "--name", help="only jobs with this name")
-@click.option("-a", "--all", "show_all", is_flag=True, help="include finished jobs")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def queue(*, states: str | None, user: str | None, name: str | None, show_all: bool, limit: int,
-          as_json: bool) -> None:
-    """List jobs, newest first (like squeue: active jobs unless --all or --state)."""
+@click.option("-a", "--all", "show_all", is_flag=True,
+              help="include finished jobs (states in full, as with --long)")
+@click.option("-r", "--array", "unfold", is_flag=True,
+              help="one line per array element (pending elements are folded otherwise)")
+@click.option("-l", "--long", "long", is_flag=True, help="states in full (ST: PD, R, CD, …)")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="lines at most (with --json: jobs)")
+@click.option("--json", "as_json", is_flag=True, help="the jobs as JSON, unfolded")
+def queue(*, states: str | None, user: str | None, name: str | None, show_all: bool,
+          unfold: bool, long: bool, limit: int, as_json: bool) -> None:
+    """List jobs, newest first (like squeue: active jobs unless --all or --state). Pending
+    elements of an array fold into one line, e.g. 4012_[37-999%8] (at most 8 at once)."""
     if not states and not show_all:
         states = "PENDING,ALLOCATED,RUNNING"
-    page = client().call("GET", "/api/v1/jobs", query={"state": states, "user": user,
-                                                       "name": name, "limit": limit})
+    query = {"state": jobs.states_query(states), "user": user, "name": name}
+    c = client()
     if as_json:
-        emit_json(page)
-    elif not page["items"]:
+        emit_json(c.call("GET", "/api/v1/jobs", query={**query, "limit": min(limit, MAX_PAGE)}))
+        return
+    wanted = (query["state"] or ",".join(SHORT_STATE)).split(",")
+    # Pending jobs apart from the rest: a huge array's pending elements fold into one line and
+    # must not push running jobs out of the listing.
+    apart = not unfold and "PENDING" in wanted and len(wanted) > 1
+    others: list[QueueRow] = []
+    more = False
+    if apart:
+        others, more = _listed(c, {**query, "state": ",".join(s for s in wanted
+                                                              if s != "PENDING")}, limit)
+        query["state"] = "PENDING"
+    pending, pending_more = _listed(c, query, limit, unfold=unfold)
+    rows = merge_rows(others, pending)
+    if not rows:
         err.print("no jobs")
-    else:
-        out.print(_jobs_table(page["items"]))
+        return
+    out.print(_queue_table(rows[:limit], long=long or show_all))
+    if len(rows) > limit or ((more or pending_more) and len(rows) == limit):
+        err.print(f"(first {limit} lines; --limit shows more)")
+    elif more or pending_more:
+        err.print("(the newest jobs only; -u, -n or -t narrow the list"
+                  + (", and `scns queue --array` lists every element)"
+                     if not all(r.complete for r in rows) else ")"))
 
 
-@cli.command()
-@click.argument("job_id", type=int)
+def _listed(c: Client, query: dict[str, Any], limit: int, *, unfold: bool = False
+            ) -> tuple[list[QueueRow], bool]:
+    """The lines of one listing, folded, and whether it holds more than was listed: pages
+    until `limit` lines will not change, or MAX_QUEUE_SCAN jobs."""
+    items: list[dict[str, Any]] = []
+    rows: list[QueueRow] = []
+    cursor: str | None = None
+    summary = _Summaries(c)
+    for page, cursor in c.pages("/api/v1/jobs", query):
+        items += page
+        rows = queue_rows(items, unfold=unfold,
+                          listed_down_to=int(cursor) if cursor else None)
+        if queue_complete(rows, limit) or len(items) >= MAX_QUEUE_SCAN:
+            break
+        if any(int(summary(a).get("count") or 0) > MAX_QUEUE_SCAN
+               for a in cut_arrays(rows[:limit])):
+            break  # an array too big to list: its summary stands for it (below)
+    if cut := cut_arrays(rows[:limit]):
+        rows = queue_rows(items, unfold=unfold, listed_down_to=int(cursor) if cursor else None,
+                          pending_indexes=_pending_indexes(c, summary, cut))
+    return rows, cursor is not None
+
+
+def _show_value(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if key == "array" and isinstance(value, dict):
+        spec = value.get("spec") or ""
+        states = ", ".join(f"{n} {s}" for s, n in (value.get("states") or {}).items() if n)
+        return (f"{spec} ({array_note(value.get('count'), value.get('throttle'))})"
+                + (f": {states}" if states else ""))
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+@cli.command(epilog="JOB_ID: a job (12), an array (12: its first element and every "
+             "element's state) or one element (12_3).")
+@click.argument("job_id", type=JOB)
 @click.option("--json", "as_json", is_flag=True)
-def show(job_id: int, as_json: bool) -> None:
+def show(job_id: str, as_json: bool) -> None:
     """Show one job in full."""
     job = client().call("GET", f"/api/v1/jobs/{job_id}")
     if as_json:
@@ -235,33 +431,26 @@ def show(job_id: int, as_json: bool) -> None:
     for key, value in job.items():
         if key == "script":
             continue
-        t.add_row(key, "" if value is None else str(value))
+        t.add_row(key, escape(_show_value(key, value)))
     out.print(t)
 
 
-@cli.command()
-@click.argument("job_ids", type=int, nargs=-1, required=True)
-def cancel(job_ids: tuple[int, ...]) -> None:
-    """Cancel jobs (pending ones at once; running ones are signalled)."""
-    c = client()
-    failed = False
-    for jid in job_ids:
-        try:
-            job = c.call("DELETE", f"/api/v1/jobs/{jid}")
-            verb = "cancelled" if job["state"] == "CANCELLED" else "cancelling"
-            click.echo(f"job {jid} {verb}")
-        except ApiError as e:
-            failed = True
-            err.print(f"[red]job {jid}:[/] {e}")
-    if failed:
-        sys.exit(1)
+@cli.command(epilog=jobs.REFS)
+@click.argument("job_ids", type=JOB, nargs=-1, required=True)
+def cancel(job_ids: tuple[str, ...]) -> None:
+    """Cancel jobs (pending ones at once; running ones are signalled). An array's id cancels
+    every element."""
+    def describe(ref: str, job: dict[str, Any]) -> str:
+        return f"job {ref} {'cancelled' if job['state'] == 'CANCELLED' else 'cancelling'}"
+
+    jobs.control_each(job_ids, "DELETE", "cancel", describe)
 
 
-@cli.command()
-@click.argument("job_id", type=int)
+@cli.command(epilog="JOB_ID: a job (12) or one array element (12_3).")
+@click.argument("job_id", type=JOB)
 @click.option("-e", "--stderr", "use_stderr", is_flag=True, help="show stderr instead of stdout")
 @click.option("-f", "--follow", is_flag=True, help="keep printing until the job ends")
-def logs(job_id: int, use_stderr: bool, follow: bool) -> None:
+def logs(job_id: str, use_stderr: bool, follow: bool) -> None:
     """Print a job's output."""
     stream = "stderr" if use_stderr else "stdout"
     if follow:

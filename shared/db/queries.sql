@@ -26,34 +26,42 @@ RETURNING *;
 -- name: insert_array
 -- transition: submit
 -- An array in one statement: its record (script and environment, once) and every element, as
--- one set-based insert; the first element's id is the array's id. Parameters as insert_job,
--- plus $22 the spec, $23 the throttle, $24 the indexes (ascending), $25 the step. Elements past
--- the throttle wait with reason JobArrayTaskLimit; the scheduler lets them in. Only the first
--- element carries the idempotency key: a second insert of the same key fails as a whole (a
--- unique violation), and the caller then finds the first. Returns the array's id only (reading
--- 100,000 rows back would cost as much as writing them): get_job then reads the first element,
--- in the same transaction.
+-- set-based inserts; the first element's id is the array's id, the others take the identity's
+-- next values (nextval() spelled per row would cost a catalog lookup each). Parameters as
+-- insert_job, plus $22 the spec, $23 the throttle, $24 the indexes (ascending), $25 the step.
+-- Elements past the throttle wait with reason JobArrayTaskLimit; the scheduler lets them in.
+-- Only the first element carries the idempotency key: a second insert of the same key fails as
+-- a whole (a unique violation), and the caller then finds the first. Returns the array's id
+-- only (reading 100,000 rows back would cost as much as writing them).
 WITH arr AS (
     INSERT INTO job_arrays (id, user_name, spec, throttle, task_count, task_min, task_max,
                             task_step, script, env)
     VALUES (nextval(pg_get_serial_sequence('jobs', 'id')), $2, $22, $23,
             cardinality($24::int[]), $24[1], $24[cardinality($24::int[])], $25, $3, $7)
     RETURNING id
-), els AS (
+), first AS (
     INSERT INTO jobs (id, name, user_name, script, cpus, memory_mb, time_limit_s, env,
                       submit_dir, partition, requeue, priority, dependency, state, reason,
                       idempotency_key, request_digest, begin_at, retries, retry_delay_s,
                       workdir, stdout_path, stderr_path, array_job_id, array_task_id)
-    SELECT CASE WHEN t.ord = 1 THEN arr.id ELSE nextval(pg_get_serial_sequence('jobs', 'id'))
-           END,
-           $1, $2, NULL, $4, $5, $6, '{}'::jsonb, $8, $9, $10, $11, $12, 'PENDING',
+    SELECT arr.id, $1, $2, NULL, $4, $5, $6, '{}'::jsonb, $8, $9, $10, $11, $12, 'PENDING',
            CASE WHEN $13 <> 'Priority' THEN $13
-                WHEN $23::int IS NOT NULL AND t.ord > $23 THEN 'JobArrayTaskLimit'
                 WHEN $16::timestamptz > now() THEN 'BeginTime'
                 ELSE 'Priority' END,
-           CASE WHEN t.ord = 1 THEN $14 END, CASE WHEN t.ord = 1 THEN $15 END,
+           $14, $15, $16, $17, $18, $19, $20, $21, arr.id, $24[1]
+    FROM arr
+), rest AS (
+    INSERT INTO jobs (name, user_name, script, cpus, memory_mb, time_limit_s, env,
+                      submit_dir, partition, requeue, priority, dependency, state, reason,
+                      begin_at, retries, retry_delay_s, workdir, stdout_path, stderr_path,
+                      array_job_id, array_task_id)
+    SELECT $1, $2, NULL, $4, $5, $6, '{}'::jsonb, $8, $9, $10, $11, $12, 'PENDING',
+           CASE WHEN $13 <> 'Priority' THEN $13
+                WHEN $23::int IS NOT NULL AND t.ord >= $23 THEN 'JobArrayTaskLimit'
+                WHEN $16::timestamptz > now() THEN 'BeginTime'
+                ELSE 'Priority' END,
            $16, $17, $18, $19, $20, $21, arr.id, t.task
-    FROM arr, unnest($24::int[]) WITH ORDINALITY AS t(task, ord)
+    FROM arr, unnest($24[2:]) WITH ORDINALITY AS t(task, ord)
 )
 SELECT id FROM arr;
 
