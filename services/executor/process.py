@@ -5,8 +5,14 @@ Spawning through asyncio under uvloop managed ~414 processes/s on our 2-core mac
 
 The wrapper is a POSIX shell script (`/bin/sh`: dash on Debian starts in a fraction of bash's
 time; it falls back to bash with `set -m` where util-linux `setsid` is missing, e.g. macOS):
-* runs the job script with `bash` in a session and process group of its own (`setsid`),
-  stdin from /dev/null, stdout/stderr appended to per-job files;
+* changes to the job's working directory: an explicit one (`--chdir`) must exist, or the job
+  fails; without one it is the submit directory when the worker has it, else the job directory;
+* opens the job's output files itself, with the job's own permissions (`Launch`: `$jobdir/stdout`
+  and `$jobdir/stderr`, or the files of `--output` / `--error`, stderr possibly joining stdout);
+  one it cannot open fails the job before it starts, with the shell's reason in
+  `$jobdir/stderr` and `error stdout|stderr|workdir` on fd 3;
+* runs the job script in a session and process group of its own (`setsid`), stdin from
+  /dev/null: under the interpreter its `#!` line names (`Launch.interpreter`), else `bash`;
 * writes the job's PID and start time to `pid`, and, when the job ends, its status to `status`,
   so that a restarted executor can re-adopt a running job or collect one that ended while it
   was away (the wrapper lives in its own session and outlives the executor);
@@ -15,7 +21,9 @@ time; it falls back to bash with `set -m` where util-linux `setsid` is missing, 
 Signals go to the job's process group (the wrapper is not in it), so SIGKILL on a job never
 kills the wrapper before it has recorded the status. The wrapper writes `pid` and `status` with
 noclobber (`set -C`): the job can write its own directory, and whatever it puts there first is
-left alone (and then reads as unreadable), never written through.
+left alone (and then reads as unreadable), never written through. Output files are opened for
+appending (`>>`, which noclobber leaves alone): a retried or requeued attempt adds to an
+`--output` file rather than erase the earlier attempt's (sbatch's `--open-mode=append`).
 """
 
 from __future__ import annotations
@@ -36,12 +44,32 @@ import psutil
 from shared.jobfiles import read_status
 
 WRAPPER = r"""
-jobdir=$1
+jobdir=$1 out=${2:-$1/stdout} err=${3:-$1/stderr} wd=$4 run=$5 arg=$6
 set -C
-cd -- "${SCNS_SUBMIT_DIR:-$jobdir}" 2>/dev/null || cd -- "$jobdir" || exit 120
-@LAUNCH@ bash --noprofile --norc -- "$jobdir/script" </dev/null \
-  >>"$jobdir/stdout" 2>>"$jobdir/stderr" 3>&- &
+fail() {
+  printf 'scns: %s\n' "$2" >>"$jobdir/stderr"
+  printf '1\n' >"$jobdir/status"
+  printf 'error %s\nexit 1\n' "$1" >&3
+  exit 0
+}
+if [ -n "$wd" ]; then
+  cd -- "$wd" || { cd -- "$wd" 2>>"$jobdir/stderr"
+    fail workdir "cannot change to the working directory (--chdir) $wd"; }
+else
+  cd -- "${SCNS_SUBMIT_DIR:-$jobdir}" 2>/dev/null || cd -- "$jobdir" || exit 120
+fi
+command exec 4>>"$out" || { true 2>>"$jobdir/stderr" >>"$out"
+  fail stdout "cannot open the output file (--output) $out"; }
+if [ "$err" = 1 ]; then exec 5>&4
+else command exec 5>>"$err" || { true 2>>"$jobdir/stderr" >>"$err"
+  fail stderr "cannot open the error file (--error) $err"; }
+fi
+if [ -z "$run" ]; then set -- bash --noprofile --norc -- "$jobdir/script"
+elif [ -z "$arg" ]; then set -- "$run" "$jobdir/script"
+else set -- "$run" "$arg" "$jobdir/script"; fi
+@LAUNCH@ "$@" </dev/null >&4 2>&5 3>&- 4>&- 5>&- &
 child=$!
+exec 4>&- 5>&-
 printf '%s %s\n' "$child" "$$" >"$jobdir/pid"
 printf 'pid %s\n' "$child" >&3
 trap ':' TERM INT HUP
@@ -66,8 +94,29 @@ def wrapper_command() -> tuple[str, str]:
 
 
 SHELL, SCRIPT = wrapper_command()
+SAME_AS_STDOUT = "1"  # Launch.stderr: the job's stderr goes to its stdout's file
+SETUP_ERRORS = frozenset({"workdir", "stdout", "stderr"})
 _SPAWNERS = ThreadPoolExecutor(4, thread_name_prefix="spawn")
 _reapers: set[asyncio.Task[None]] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How the wrapper starts one job. Paths are absolute; "" means the default."""
+
+    stdout: str = ""  # the job's stdout file; "" = $jobdir/stdout
+    stderr: str = ""  # its stderr file; "" = $jobdir/stderr; SAME_AS_STDOUT = stdout's file
+    workdir: str = ""  # where it must run (it fails if it cannot); "" = the submit directory
+    #                    when the worker has it, else the job directory
+    interpreter: str = ""  # what the script's #! line names ("" = bash), run as the kernel
+    interpreter_arg: str = ""  # would: `interpreter [interpreter_arg] script`
+
+    def argv(self, jobdir: Path) -> list[str]:
+        return [SHELL, "-c", SCRIPT, "scns-job", str(jobdir), self.stdout, self.stderr,
+                self.workdir, self.interpreter, self.interpreter_arg]
+
+
+DEFAULT_LAUNCH = Launch()
 
 
 @dataclass(slots=True)
@@ -83,10 +132,12 @@ class Spawned:
     # from: for the wrapper, spawned from the executor, the executor's own peak. wait4's peak
     # RSS tells the job's only when it is above this (read just after the spawn).
     spawner_peak_kb: int = 0
+    # what the wrapper could not set up (a SETUP_ERRORS name), when the job never started
+    error: str | None = None
     _buf: bytes = b""
 
 
-async def spawn(jobdir: Path, env: dict[str, str]) -> Spawned:
+async def spawn(jobdir: Path, env: dict[str, str], launch: Launch = DEFAULT_LAUNCH) -> Spawned:
     """Start the wrapper for the job prepared in `jobdir` (which holds `script`).
 
     posix_spawn returns only once the child has exec'd; on a busy machine that can take
@@ -104,7 +155,7 @@ async def spawn(jobdir: Path, env: dict[str, str]) -> Spawned:
         (os.POSIX_SPAWN_DUP2, 1, 2),
         (os.POSIX_SPAWN_DUP2, w, 3),
     ]
-    argv = [SHELL, "-c", SCRIPT, "scns-job", str(jobdir)]
+    argv = launch.argv(jobdir)
     loop = asyncio.get_running_loop()
     try:
         pid = await loop.run_in_executor(
@@ -139,6 +190,8 @@ def _on_readable(sp: Spawned) -> None:
                 sp.child_pid.set_result(int(value))
             elif kind == "exit" and value.isdigit() and not sp.status.done():
                 sp.status.set_result(int(value))
+            elif kind == "error" and value in SETUP_ERRORS:
+                sp.error = value
         return
     # EOF: the wrapper is gone
     loop = asyncio.get_running_loop()

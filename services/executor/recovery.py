@@ -30,7 +30,6 @@ from services.executor.runner import REQUEUE_REASON, Runner, RunningJob
 from shared.db import UNAVAILABLE
 from shared.db.jobs import Job
 from shared.jobfiles import read_pids, read_status
-from shared.output import Tail
 from shared.states import JobState
 
 log = logging.getLogger(__name__)
@@ -107,10 +106,13 @@ class Auditor:
                 await r._record(job, JobState.NODE_FAIL,
                                 reason="its process vanished while no executor watched it")
             return "lost"
-        tail = Tail(job_id=job.id, attempt=job.attempt, jobdir=jobdir)
+        launch = r.plan(job, jobdir)  # what the start did: the same job gives the same plan
+        tail = r.tail(job, jobdir, launch)
+        if status.value is not None and pids is None:
+            tail.use_job_directory()  # it never started: why is in the job directory
         # a previous executor shipped part of the output: ship it all again, from the file
         await r.shipper.reset(tail)
-        rj = RunningJob(job=job, jobdir=jobdir, tail=tail, adopted=True,
+        rj = RunningJob(job=job, jobdir=jobdir, tail=tail, launch=launch, adopted=True,
                         proc=adopt(jobdir, child if mine(child) else None, wrapper,
                                    alive_check=mine),
                         started=time.monotonic() - (time.time() - started))

@@ -11,7 +11,8 @@ whether a retry or a requeue follows.
 
 The job directory is the job's to write: what is read back from it (pid, status, output) is
 parsed defensively (shared/jobfiles.py), and a failure about one job never stops the tasks that
-serve the others.
+serve the others. How a job's script, working directory and output files are set up (and where
+its output is shipped from) is in scripts.py.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge
 
 from services.executor.environment import decode_status, job_environment
-from services.executor.process import SIGKILL, SIGTERM, Spawned, signal_group, spawn
+from services.executor.output import JobOutputShipper, JobTail
+from services.executor.process import SIGKILL, SIGTERM, Launch, Spawned, signal_group, spawn
+from services.executor.scripts import normalise, plan, setup_failure, sources
 from services.executor.usage import Sample, combine, sample_groups
 from shared import failpoints
 from shared.db import UNAVAILABLE
@@ -37,7 +40,6 @@ from shared.db.jobs import Job, JobStore, Usage
 from shared.dispatch import Dispatch
 from shared.jobfiles import read_status
 from shared.lifecycle import Ended, Lifecycle
-from shared.output import OutputShipper, Tail
 from shared.states import JobState, state_for_exit
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,8 @@ class RunningJob:
     job: Job
     jobdir: Path
     proc: Spawned
-    tail: Tail
+    tail: JobTail
+    launch: Launch
     started: float = field(default_factory=time.monotonic)
     stop_state: JobState | None = None
     stop_reason: str | None = None
@@ -72,11 +75,11 @@ class RunningJob:
 class Runner:
     def __init__(
         self, *, worker_id: str, data_dir: Path, lifecycle: Lifecycle, jobs: JobStore,
-        shipper: OutputShipper, base_env: Mapping[str, str], kill_grace_s: float,
+        shipper: JobOutputShipper, base_env: Mapping[str, str], kill_grace_s: float,
         lease_valid: Callable[[], bool] = lambda: True,
     ) -> None:
         self.worker_id = worker_id
-        self.jobs_dir = data_dir / "jobs"
+        self.jobs_dir = data_dir.absolute() / "jobs"  # the wrapper changes directory
         self.lifecycle = lifecycle
         self.jobs = jobs
         self.shipper = shipper
@@ -93,6 +96,17 @@ class Runner:
 
     def jobdir(self, job: Job) -> Path:
         return self.jobs_dir / f"{job.id}.{job.attempt}"
+
+    def plan(self, job: Job, jobdir: Path) -> Launch:
+        return plan(job, jobdir=jobdir, worker_id=self.worker_id)
+
+    def tail(self, job: Job, jobdir: Path, launch: Launch) -> JobTail:
+        """Where the job's output is shipped from (scripts.py)."""
+        tail = JobTail(job_id=job.id, attempt=job.attempt, jobdir=jobdir,
+                       sources=sources(launch))
+        if launch.stderr and "stderr" not in tail.sources:  # it shares stdout's file
+            del tail.cursors["stderr"]
+        return tail
 
     # --- launch --------------------------------------------------------------------------
     async def launch(self, job_id: int, attempt: int) -> bool:
@@ -156,13 +170,14 @@ class Runner:
     async def _run(self, job: Job) -> None:
         jobdir = self.jobdir(job)
         try:
-            proc = await self._spawn(job, jobdir)
-        except OSError as e:
+            launch = self.plan(job, jobdir)
+            proc = await self.start_process(job, jobdir, launch)
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in a path or the env
             log.error("could not start the job: %s", e, extra={"job_id": job.id})
             await self._record(job, JobState.FAILED, reason=f"launch failed: {e}"[:200])
             return
-        rj = RunningJob(job=job, jobdir=jobdir, proc=proc,
-                        tail=Tail(job_id=job.id, attempt=job.attempt, jobdir=jobdir))
+        rj = RunningJob(job=job, jobdir=jobdir, proc=proc, launch=launch,
+                        tail=self.tail(job, jobdir, launch))
         self._track(rj)
         STARTED.inc()
         requeue = self._cancel_before_start.pop((job.id, job.attempt), None)
@@ -171,7 +186,8 @@ class Runner:
         elif job.requeue_requested or requeue:
             self.stop(rj, JobState.CANCELLED, REQUEUE_REASON)
 
-    async def _spawn(self, job: Job, jobdir: Path) -> Spawned:
+    async def start_process(self, job: Job, jobdir: Path, launch: Launch) -> Spawned:
+        """Write the job's directory and script and start its wrapper."""
         # one mkdir per job: on a busy node directory creation is a visible part of the cost
         try:
             os.mkdir(jobdir)
@@ -183,15 +199,18 @@ class Runner:
             # database): its files must not be taken for this attempt's, nor written through
             os.rename(jobdir, jobdir.with_name(f"{jobdir.name}.old-{time.time_ns()}"))
             os.mkdir(jobdir)
+        # 0700: executable, like a script its user runs (the wrapper does not exec it itself:
+        # it runs the interpreter its #! line names, else bash; see scripts.py)
         fd = os.open(jobdir / "script", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                     0o644)
+                     0o700)
         with os.fdopen(fd, "w") as f:
-            f.write(job.script)
+            f.write(normalise(job.script))
         env = job_environment(
             base=self.base_env, user_env=job.env, job_id=job.id, attempt=job.attempt,
             cpus=job.cpus, memory_mb=job.memory_mb, name=job.name, submit_dir=job.submit_dir,
-            worker_id=self.worker_id)
-        return await spawn(jobdir, env)
+            worker_id=self.worker_id, user=job.user, array=job.array,
+            array_job_id=job.array_job_id, array_task_id=job.array_task_id)
+        return await spawn(jobdir, env, launch)
 
     def _track(self, rj: RunningJob) -> None:
         self.running[rj.job.id] = rj
@@ -227,6 +246,9 @@ class Runner:
         status = await rj.proc.status
         for t in rj.timers:
             t.cancel()
+        if rj.proc.error is not None:
+            # never started: what the wrapper says about it is in the job directory
+            rj.tail.use_job_directory()
         if status < 0:
             # the wrapper died without reporting: its status file is all we have, and the job
             # may have written it itself
@@ -285,6 +307,8 @@ class Runner:
         exit_code, sig = decode_status(status) if 0 <= status <= 255 else (None, None)
         if rj.stop_state is not None:
             state, reason = rj.stop_state, rj.stop_reason
+        elif rj.proc.error is not None:
+            state, reason = JobState.FAILED, setup_failure(rj.proc.error, rj.launch)[:200]
         elif status < 0 or status > 255:
             state, reason = JobState.FAILED, rj.lost_reason or "the job wrapper died"
         else:

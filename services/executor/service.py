@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from redis.exceptions import RedisError
 
 from services.executor.environment import base_environment
+from services.executor.output import JobOutputShipper
 from services.executor.recovery import Auditor
 from services.executor.runner import Runner
 from shared import capacity
@@ -26,7 +27,6 @@ from shared.db import UNAVAILABLE
 from shared.dispatch import ArqIntake
 from shared.events import CancelRequested, Event
 from shared.heartbeat import HeartbeatClient
-from shared.output import OutputShipper
 from shared.settings import Settings
 from shared.states import JobState
 from shared.wiring import Wiring
@@ -52,8 +52,9 @@ class Executor:
         self.runner = Runner(
             worker_id=self.worker_id, data_dir=settings.data_dir, lifecycle=wiring.lifecycle,
             jobs=wiring.jobs,
-            shipper=OutputShipper(wiring.redis, self.keys, cap_bytes=settings.output_cap_bytes,
-                                  ttl_s=settings.output_ttl_s),
+            shipper=JobOutputShipper(wiring.redis, self.keys,
+                                     cap_bytes=settings.output_cap_bytes,
+                                     ttl_s=settings.output_ttl_s),
             base_env=base_environment(executor_env), kill_grace_s=settings.kill_grace_s,
             lease_valid=self.heartbeat.lease_valid)
         self.auditor = Auditor(self.runner)

@@ -1,0 +1,98 @@
+"""Shipping a job's output from its own `--output` / `--error` files.
+
+shared/output.py ships `$jobdir/stdout` and `$jobdir/stderr`. A job with `--output` or
+`--error` writes that stream straight into its own file instead (scripts.py): its tail
+(`JobTail.sources`) names those files, and `JobOutputShipper` reads them, with the same
+cursors, cap and truncation note, so the log API serves exactly the bytes in the user's file.
+A stream not named there is read from the job directory as before.
+
+Such a file lies outside the job directory, wherever the job may write, and the executor reads
+it with its own rights, by path. So it is opened without following a final symbolic link (and
+without waiting on a FIFO); it must be a regular file, never a /proc one (through a directory
+link the job planted, /proc/self would be the executor's), and it must stay the file first read
+(same device and inode). A job that replaces it with anything else gets a note in its log and
+no more of that stream shipped; no other job is affected. (Jobs run as the executor's user
+today; were they to run as another, the file's owner would have to be checked too.)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.jobfiles import NotRegular
+from shared.output import OutputShipper, Tail, _Cursor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class JobTail(Tail):
+    """A tail whose streams may come from the job's own files."""
+
+    sources: dict[str, str] = field(default_factory=dict)  # stream -> absolute path
+    pinned: dict[str, tuple[int, int]] = field(default_factory=dict)  # stream -> (dev, ino)
+
+    def use_job_directory(self) -> None:
+        """Ship both streams from the job directory (the wrapper wrote there instead)."""
+        self.sources.clear()
+        self.pinned.clear()
+        self.cursors = {s: _Cursor() for s in ("stdout", "stderr")}
+
+
+@functools.cache
+def _proc_device() -> int | None:
+    try:
+        return os.stat("/proc").st_dev
+    except OSError:
+        return None
+
+
+def open_own(path: str, pinned: tuple[int, int] | None) -> tuple[int, tuple[int, int]]:
+    """A read-only descriptor of a job's output file and its (device, inode); raises OSError
+    (NotRegular for a file we will not read). The caller closes the descriptor."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
+        if not stat.S_ISREG(st.st_mode) or st.st_dev == _proc_device():
+            raise NotRegular(f"{path} is not a regular file")
+        if pinned is not None and ident != pinned:
+            raise NotRegular(f"{path} was replaced")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, ident
+
+
+class JobOutputShipper(OutputShipper):
+    def _read_new(self, tail: Tail, name: str, cur: _Cursor, final: bool) -> list[str]:
+        if not isinstance(tail, JobTail) or name not in tail.sources:
+            return super()._read_new(tail, name, cur, final)
+        path = tail.sources[name]
+        if cur.truncated or cur.broken:
+            return []
+        try:
+            fd, ident = open_own(path, tail.pinned.get(name))
+        except FileNotFoundError:
+            return []  # moved or removed by the job: nothing to read now
+        except OSError as e:
+            cur.broken = True
+            log.warning("job %s's %s file is unreadable: %s", tail.job_id, name, e,
+                        extra={"event": "output-unreadable", "job_id": tail.job_id})
+            return [f"\n[scns: {name} of job {tail.job_id} cannot be read from {path} "
+                    f"({e.strerror or e}); output stops here]\n"]
+        tail.pinned[name] = ident
+        try:
+            return self._read_fd(fd, Path(path), cur, final)
+        except OSError as e:
+            cur.broken = True
+            log.warning("could not read %s of job %s: %s", path, tail.job_id, e,
+                        extra={"event": "output-unreadable", "job_id": tail.job_id})
+            return []
+        finally:
+            os.close(fd)
