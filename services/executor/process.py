@@ -44,7 +44,7 @@ import psutil
 from shared.jobfiles import read_status
 
 WRAPPER = r"""
-jobdir=$1 out=${2:-$1/stdout} err=${3:-$1/stderr} wd=$4 run=$5 arg=$6
+jobdir=$6 out=${1:-$6/stdout} err=${2:-$6/stderr} wd=$3 run=$4 arg=$5
 set -C
 fail() {
   printf 'scns: %s\n' "$2" >>"$jobdir/stderr"
@@ -112,8 +112,9 @@ class Launch:
     interpreter_arg: str = ""  # would: `interpreter [interpreter_arg] script`
 
     def argv(self, jobdir: Path) -> list[str]:
-        return [SHELL, "-c", SCRIPT, "scns-job", str(jobdir), self.stdout, self.stderr,
-                self.workdir, self.interpreter, self.interpreter_arg]
+        """The job directory comes last (a job finds it there: /proc/$PPID/cmdline)."""
+        return [SHELL, "-c", SCRIPT, "scns-job", self.stdout, self.stderr, self.workdir,
+                self.interpreter, self.interpreter_arg, str(jobdir)]
 
 
 DEFAULT_LAUNCH = Launch()

@@ -176,9 +176,10 @@ def test_setup_failures_say_what_failed() -> None:
 def test_the_wrapper_arguments() -> None:
     argv = Launch(stdout="/o", stderr=SAME_AS_STDOUT, workdir="/w", interpreter="/usr/bin/env",
                   interpreter_arg="python3").argv(JOBDIR)
-    assert argv[3:] == ["scns-job", str(JOBDIR), "/o", SAME_AS_STDOUT, "/w", "/usr/bin/env",
-                        "python3"]
-    assert Launch().argv(JOBDIR)[3:] == ["scns-job", str(JOBDIR), "", "", "", "", ""]
+    assert argv[3:] == ["scns-job", "/o", SAME_AS_STDOUT, "/w", "/usr/bin/env", "python3",
+                        str(JOBDIR)]
+    # the job directory is last: a job finds its own in /proc/$PPID/cmdline
+    assert Launch().argv(JOBDIR)[3:] == ["scns-job", "", "", "", "", "", str(JOBDIR)]
 
 
 # --- environment -----------------------------------------------------------------------------
