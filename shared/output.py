@@ -90,24 +90,33 @@ class OutputShipper:
         if cur.truncated or cur.broken:
             return []
         try:
-            fd = open_regular(tail.jobdir, name)
+            fd, path = self._open(tail, name)
         except FileNotFoundError:
-            return []  # not written yet
+            return []  # not written yet (or moved away by the job)
         except OSError as e:
             cur.broken = True
-            log.warning("job %s replaced its %s: %s", tail.job_id, name, e,
+            log.warning("job %s's %s is unusable: %s", tail.job_id, name, e,
                         extra={"event": "output-unreadable", "job_id": tail.job_id})
-            return [f"\n[scns: {name} of job {tail.job_id} is no longer a regular file; output "
-                    "stops here]\n"]
+            return [self._unusable(tail, name, e)]
         try:
-            return self._read_fd(fd, tail.jobdir / name, cur, final)
+            return self._read_fd(fd, path, cur, final)
         except OSError as e:
             cur.broken = True
-            log.warning("could not read %s of job %s: %s", name, tail.job_id, e,
+            log.warning("could not read %s of job %s: %s", path, tail.job_id, e,
                         extra={"event": "output-unreadable", "job_id": tail.job_id})
             return []
         finally:
             os.close(fd)
+
+    def _open(self, tail: Tail, name: str) -> tuple[int, Path]:
+        """A read-only descriptor of the stream's file (the caller closes it) and its path.
+        FileNotFoundError: nothing to read yet; another OSError: the file cannot be used."""
+        return open_regular(tail.jobdir, name), tail.jobdir / name
+
+    def _unusable(self, tail: Tail, name: str, e: OSError) -> str:
+        """The note that ends a stream whose file the job made unusable."""
+        return (f"\n[scns: {name} of job {tail.job_id} is no longer a regular file; output "
+                "stops here]\n")
 
     def _read_fd(self, fd: int, path: Path, cur: _Cursor, final: bool) -> list[str]:
         out: list[str] = []

@@ -18,7 +18,6 @@ today; were they to run as another, the file's owner would have to be checked to
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import stat
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from pathlib import Path
 
 from shared.jobfiles import NotRegular
 from shared.output import OutputShipper, Tail, _Cursor
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -70,29 +67,18 @@ def open_own(path: str, pinned: tuple[int, int] | None) -> tuple[int, tuple[int,
 
 
 class JobOutputShipper(OutputShipper):
-    def _read_new(self, tail: Tail, name: str, cur: _Cursor, final: bool) -> list[str]:
+    """Reads a stream from the job's own file when its tail names one (pinned to the file
+    first read), else from the job directory."""
+
+    def _open(self, tail: Tail, name: str) -> tuple[int, Path]:
         if not isinstance(tail, JobTail) or name not in tail.sources:
-            return super()._read_new(tail, name, cur, final)
-        path = tail.sources[name]
-        if cur.truncated or cur.broken:
-            return []
-        try:
-            fd, ident = open_own(path, tail.pinned.get(name))
-        except FileNotFoundError:
-            return []  # moved or removed by the job: nothing to read now
-        except OSError as e:
-            cur.broken = True
-            log.warning("job %s's %s file is unreadable: %s", tail.job_id, name, e,
-                        extra={"event": "output-unreadable", "job_id": tail.job_id})
-            return [f"\n[scns: {name} of job {tail.job_id} cannot be read from {path} "
-                    f"({e.strerror or e}); output stops here]\n"]
+            return super()._open(tail, name)
+        fd, ident = open_own(tail.sources[name], tail.pinned.get(name))
         tail.pinned[name] = ident
-        try:
-            return self._read_fd(fd, Path(path), cur, final)
-        except OSError as e:
-            cur.broken = True
-            log.warning("could not read %s of job %s: %s", path, tail.job_id, e,
-                        extra={"event": "output-unreadable", "job_id": tail.job_id})
-            return []
-        finally:
-            os.close(fd)
+        return fd, Path(tail.sources[name])
+
+    def _unusable(self, tail: Tail, name: str, e: OSError) -> str:
+        if not isinstance(tail, JobTail) or name not in tail.sources:
+            return super()._unusable(tail, name, e)
+        return (f"\n[scns: {name} of job {tail.job_id} cannot be read from "
+                f"{tail.sources[name]} ({e.strerror or e}); output stops here]\n")

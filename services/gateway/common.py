@@ -137,14 +137,6 @@ def attempt_json(a: Attempt) -> dict[str, Any]:
     }
 
 
-def path_int(request: web.Request, name: str) -> int:
-    raw = request.match_info[name]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) > MAX_ID:
-        raise RequestError(400, "invalid_id",
-                           f"{name} must be a positive integer, got {raw[:40]!r}")
-    return int(raw)
-
-
 @dataclass(frozen=True, slots=True)
 class Target:
     """What a `{job_id}` path names: a job (`12`, or an element `12_3`), and whether the bare

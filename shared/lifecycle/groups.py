@@ -15,7 +15,6 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from shared.db.jobs import Job
 from shared.dispatch import Dispatch
 from shared.events import Event, JobFinished, JobUpdated
 from shared.lifecycle.core import LifecycleCore
@@ -162,7 +161,3 @@ def _split(items: Iterable[tuple[int, bool]]) -> tuple[list[int], list[int]]:
         (arrays if is_array else jobs).append(dependent)
     return jobs, arrays
 
-
-def is_array_id(job: Job) -> bool:
-    """Does this job's id also name its array (the first element's does)?"""
-    return job.array_job_id is not None and job.array_job_id == job.id
