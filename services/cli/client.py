@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import getpass
 import http.client
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from shared.errors import ConductorError
+from shared.settings import default_data_dir
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+ADMIN_TOKEN_FILE = "admin.token"
 MAX_PAGE = 1000  # the gateway's largest page
 SUBMIT_RETRY_S = 60.0  # how long a submit keeps retrying a gateway that is down or restarting
 
@@ -33,11 +35,29 @@ class ApiError(ConductorError):
         self.message = message  # the server's words alone, for one-line `error: ...` reports
 
 
+def find_token(env: Mapping[str, str]) -> str | None:
+    """The caller's token: $SCNS_TOKEN, else the admin token `scns up` wrote to
+    $SCNS_DATA_DIR/admin.token (readable by its owner only)."""
+    token = env.get("SCNS_TOKEN", "").strip()
+    if token:
+        return token
+    path = token_file(env)
+    try:
+        return path.read_text("utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def token_file(env: Mapping[str, str]) -> Path:
+    data = env.get("SCNS_DATA_DIR")
+    return (Path(data).expanduser() if data else default_data_dir(env)) / ADMIN_TOKEN_FILE
+
+
 class Client:
-    def __init__(self, url: str = DEFAULT_URL, *, user: str | None = None,
+    def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None,
                  timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        self.user = user or _user()
+        self.token = token
         self.timeout = timeout
 
     def _request(self, method: str, path: str, body: Any = None,
@@ -49,7 +69,8 @@ class Client:
                                                  if v is not None})
         data = orjson.dumps(body) if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("X-SCNS-User", self.user)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         for k, v in (headers or {}).items():
@@ -130,9 +151,3 @@ def _api_error(e: urllib.error.HTTPError) -> ApiError:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return ApiError(e.code, "http_error", str(e.reason))
 
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "anonymous"

@@ -11,7 +11,7 @@ import click
 import orjson
 from rich.console import Console
 
-from services.cli.client import DEFAULT_URL, Client
+from services.cli.client import DEFAULT_URL, Client, find_token
 from services.cli.directives import (
     DirectiveError,
     local_zone,
@@ -33,7 +33,7 @@ err = Console(stderr=True)
 
 
 def client() -> Client:
-    return Client(os.environ.get("SCNS_URL", DEFAULT_URL))
+    return Client(os.environ.get("SCNS_URL", DEFAULT_URL), token=find_token(os.environ))
 
 
 def emit_json(data: Any) -> None:

@@ -35,7 +35,7 @@ from services.cli.arrays import (
     wait_summary,
     would_submit,
 )
-from services.cli.client import MAX_PAGE, ApiError, Client, Unreachable
+from services.cli.client import MAX_PAGE, ApiError, Client, Unreachable, token_file
 from services.cli.common import (
     BEGIN,
     JOB,
@@ -49,6 +49,7 @@ from services.cli.common import (
     warn,
 )
 from services.cli.directives import DirectiveError, parse_directives
+from services.cli.tokens import token
 from shared.arrays import SpecError, parse_array
 from shared.errors import ConductorError
 
@@ -66,12 +67,15 @@ SERVICES: dict[str, str] = {
 def cli() -> None:
     """SCNS Conductor: a batch job scheduler for CPU clusters.
 
-    Client commands talk to the gateway at $SCNS_URL (default http://127.0.0.1:8080).
+    Client commands talk to the gateway at $SCNS_URL (default http://127.0.0.1:8080) with
+    the token in $SCNS_TOKEN, else the admin token `scns up` wrote to
+    $SCNS_DATA_DIR/admin.token.
     """
 
 
 for _command in jobs.COMMANDS:  # hold, release, requeue, update, history, eff
     cli.add_command(_command)
+cli.add_command(token)
 
 
 # --- jobs ---------------------------------------------------------------------------------
@@ -563,7 +567,10 @@ def main() -> int:
         click.echo("aborted", err=True)
         return 130
     except ApiError as e:
-        err.print(f"[red]error:[/] {e}")
+        err.print(f"[red]error:[/] {escape(str(e))}")
+        if e.status == 401:
+            err.print(f"hint: set SCNS_TOKEN to your token (`scns up` writes an admin token to "
+                      f"{escape(str(token_file(os.environ)))})")
         return 2 if 400 <= e.status < 500 else 1
     except ConductorError as e:
         err.print(f"[red]error:[/] {e}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import hashlib
 import os
 import signal
@@ -27,7 +28,10 @@ from typing import Any, TypeVar
 import asyncpg
 import click
 
+from services.cli.client import ADMIN_TOKEN_FILE
 from shared.db.migrate import migrate
+from shared.db.pool import connect
+from shared.db.tokens import USER_NAME, TokenStore
 from shared.errors import InfraError
 from shared.localinfra import Server, port_open, start_postgres, start_redis
 from shared.settings import Settings
@@ -59,6 +63,41 @@ def _pg_dir(data_dir: Path) -> Path:
     return wanted
 
 
+async def ensure_admin_token(db_url: str, path: Path) -> str:
+    """The local user's admin token: the one in `path` while it is still valid, else a new
+    one written there (mode 0600, owner only)."""
+    old = ""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        old = path.read_text("utf-8").strip()  # noqa: ASYNC240 - start-up, before any service
+    conn = await connect(db_url, application_name="scns-up")
+    try:
+        store = TokenStore(conn)
+        if old:
+            row = await store.find(old)
+            if row is not None and row.problem is None and row.role == "admin":
+                os.chmod(path, 0o600)
+                return old
+        user = _local_user()
+        _, token = await store.create(user, "admin", created_by="scns up")
+    finally:
+        await conn.close()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
+def _local_user() -> str:
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        return "admin"
+    return name if USER_NAME.match(name) else "admin"
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """asyncio.run, also from code that already runs inside an event loop (tests, bench)."""
     try:
@@ -84,6 +123,8 @@ class System:
                  cpus: int | None, echo: bool = True) -> None:
         self.settings = settings
         self.env = dict(env)
+        self.token_path = settings.data_dir / ADMIN_TOKEN_FILE
+        self.admin_token = ""
         self.workers = workers
         self.cpus = cpus
         self.echo = echo
@@ -118,6 +159,9 @@ class System:
             self.say(f"  postgresql  {db_url}  (local server, data in {_pg_dir(data)})")
         _run(migrate(db_url))
         self.redis_url, self.db_url = redis_url, db_url
+        self.admin_token = _run(ensure_admin_token(db_url, self.token_path))
+        self.say(f"  admin token {self.token_path}  (mode 0600; the CLI reads it when "
+                 "SCNS_TOKEN is unset)")
         base = {**self.settings.as_env(), "SCNS_REDIS_URL": redis_url,
                 "SCNS_DATABASE_URL": db_url, "SCNS_LOG_FORMAT": "text"}
         self._spawn("registry", "services.registry", base)
@@ -233,8 +277,10 @@ def run_up(workers: int, cpus: int | None) -> int:
         started = True
         click.echo(f"\nSCNS Conductor is up: {url}\n"
                    f"  logs in {system.logs}\n\n"
+                   f"  admin token in {system.token_path}\n\n"
                    "In another shell, try:\n"
                    f"  export SCNS_URL={url}\n"
+                   f"  export SCNS_TOKEN=$(cat {system.token_path})\n"
                    "  scns submit --wait examples/hello.sh\n\n"
                    "Press Ctrl-C to stop.", err=True)
         while not stop:

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
-from services.gateway import cluster, control, jobs
+from services.gateway import auth, cluster, control, jobs, tokens
 from services.gateway.common import GATEWAY, MAX_BODY, Gateway, error, json
 from services.gateway.validation import RequestError
 from shared.db import UNAVAILABLE
@@ -95,13 +95,18 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(_: web.Request) -> web.Response:
+    """Any valid token (a scraper gets a user token of its own): never anonymous here."""
     return metrics_response()
 
 
 def create_app(wiring: Wiring) -> web.Application:
-    app = web.Application(middlewares=[api_errors], client_max_size=MAX_BODY)
+    cache = auth.TokenCache()
+    app = web.Application(middlewares=[api_errors, auth.middleware(cache)],
+                          client_max_size=MAX_BODY)
     app[GATEWAY] = Gateway(wiring=wiring)
+    app[auth.TOKEN_CACHE] = cache
     app.add_routes(jobs.routes)
+    app.add_routes(tokens.routes)
     app.add_routes(control.routes)
     app.add_routes(cluster.routes)
     app.router.add_get("/healthz", healthz)

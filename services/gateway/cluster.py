@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.gateway.common import error, iso, json, state
+from services.gateway.common import error, iso, json, require_admin, state
 from shared.db import UNAVAILABLE
 from shared.db.workers import WorkerStore, from_ms
 from shared.states import JobState, PendingReason, WorkerState
@@ -67,6 +67,7 @@ async def workers(request: web.Request) -> web.Response:
 
 
 async def _drain(request: web.Request, drain: bool) -> web.Response:
+    require_admin(request)
     g = state(request)
     wid = request.match_info["worker_id"]
     store = WorkerStore(g.pool)
@@ -91,6 +92,7 @@ async def resume(request: web.Request) -> web.Response:
 @routes.post("/api/v1/admin/reconcile")
 async def reconcile(request: web.Request) -> web.Response:
     """Ask the reconciler for a pass now and return its report (504 if none answers)."""
+    require_admin(request)
     g = state(request)
     request_id = uuid.uuid4().hex
     listeners = await g.redis.publish(g.keys.wakeup("reconciler"), request_id)

@@ -73,7 +73,7 @@ def error(status: int, code: str, message: str) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
-    if request.content_type not in ("application/json", "application/octet-stream", ""):
+    if request.content_type != "application/json":
         raise RequestError(415, "unsupported_media_type",
                            f"send JSON (Content-Type: application/json), not "
                            f"{request.content_type}")
@@ -163,21 +163,51 @@ async def target(request: web.Request, name: str = "job_id") -> Target:
     if ref.id > MAX_ID:
         raise RequestError(400, "invalid_id", f"job id {ref.id} is out of range")
     jobs = state(request).jobs
-    job = await (jobs.get(ref.id) if ref.index is None else jobs.element(ref.id, ref.index))
+    who = principal(request).owner  # another user's job is not found, in SQL
+    job = await (jobs.get(ref.id, owner=who) if ref.index is None
+                 else jobs.element(ref.id, ref.index, owner=who))
     if job is None:
         raise RequestError(404, "not_found", f"job {ref} does not exist")
     return Target(job=job, whole_array=ref.index is None and job.array_job_id == job.id)
 
 
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller, from their token (services/gateway/auth.py)."""
+
+    user: str
+    role: Role
+    token_id: str
+
+    @property
+    def admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    @property
+    def owner(self) -> str | None:
+        """Whose jobs this caller may see and act on: their own, or everyone's (None)."""
+        return None if self.admin else self.user
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def principal(request: web.Request) -> Principal:
+    """The caller (the auth middleware has authenticated every non-public route)."""
+    p: Principal = request[PRINCIPAL]
+    return p
+
+
 def role_of(request: web.Request) -> Role:
-    """The caller's role. Until tokens land (the users issue) every caller is a user."""
-    return Role.USER
+    return principal(request).role
 
 
 def user_of(request: web.Request) -> str:
-    """The caller's name. Until token auth lands the CLI sends X-SCNS-User (unauthenticated)."""
-    user = request.headers.get("X-SCNS-User", "").strip()
-    if user and len(user) <= 64 and user.replace("-", "").replace("_", "").replace(".", "") \
-            .isalnum():
-        return user
-    return "anonymous"
+    return principal(request).user
+
+
+def require_admin(request: web.Request) -> Principal:
+    p = principal(request)
+    if not p.admin:
+        raise RequestError(403, "forbidden", "this needs an admin token")
+    return p

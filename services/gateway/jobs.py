@@ -13,6 +13,7 @@ from services.gateway.common import (
     iso,
     job_json,
     json,
+    principal,
     read_json,
     role_of,
     state,
@@ -120,7 +121,14 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise RequestError(400, "invalid_query", f"unknown state(s) {', '.join(bad)[:200]}; "
                                                  f"use {', '.join(JobState.__members__)}")
     limit = query_int(q, "limit", default=100, low=1, high=MAX_PAGE)
-    page = Page(states=states or None, user=query_text(q, "user"), name=query_text(q, "name"),
+    who = principal(request)
+    user = query_text(q, "user")
+    if not who.admin:  # a user's listing is theirs, in SQL
+        if user is not None and user != who.user:
+            raise RequestError(403, "forbidden", "users list their own jobs only "
+                                                 f"(you are {who.user})")
+        user = who.user
+    page = Page(states=states or None, user=user, name=query_text(q, "name"),
                 before_id=query_id(q, "cursor"), since=query_time(q, "since"),
                 until=query_time(q, "until"), array_job_id=query_id(q, "array_job_id"),
                 limit=limit + 1)

@@ -233,13 +233,15 @@ class JobStore:
     def __init__(self, db: Executor) -> None:
         self.db = db
 
-    async def get(self, job_id: int) -> Job | None:
-        row = await self.db.fetchrow(q("get_job"), job_id)
+    async def get(self, job_id: int, *, owner: str | None = None) -> Job | None:
+        """The job; with `owner`, only if it is that user's (another's reads as None)."""
+        row = await self.db.fetchrow(q("get_job"), job_id, owner)
         return Job.from_row(row) if row else None
 
-    async def element(self, array_id: int, index: int) -> Job | None:
-        """Element `index` of array `array_id` (`12_3`)."""
-        row = await self.db.fetchrow(q("get_element"), array_id, index)
+    async def element(self, array_id: int, index: int, *, owner: str | None = None
+                      ) -> Job | None:
+        """Element `index` of array `array_id` (`12_3`), `owner`'s only when given."""
+        row = await self.db.fetchrow(q("get_element"), array_id, index, owner)
         return Job.from_row(row) if row else None
 
     async def array_summary(self, array_id: int) -> ArraySummary | None:

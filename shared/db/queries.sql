@@ -436,12 +436,15 @@ SELECT pg_advisory_xact_lock(5999725248122277971);
 
 -- name: resolve_refs
 -- Job references at submit ($1 ids, $2 element indexes or NULL): the job each names (NULL:
--- unknown), whether it names a whole array, and the array the job belongs to.
+-- unknown), whether it names a whole array, and the array the job belongs to. Only the
+-- submitting user's jobs ($3) are found: another user's job is as unknown as a missing one.
 SELECT r.ord,
-       CASE WHEN r.idx IS NULL THEN (SELECT j.id FROM jobs j WHERE j.id = r.id)
+       CASE WHEN r.idx IS NULL THEN (SELECT j.id FROM jobs j WHERE j.id = r.id
+                                     AND j.user_name = $3)
             ELSE (SELECT j.id FROM jobs j WHERE j.array_job_id = r.id
-                  AND j.array_task_id = r.idx) END AS job_id,
-       r.idx IS NULL AND EXISTS (SELECT 1 FROM job_arrays a WHERE a.id = r.id) AS is_array,
+                  AND j.array_task_id = r.idx AND j.user_name = $3) END AS job_id,
+       r.idx IS NULL AND EXISTS (SELECT 1 FROM job_arrays a WHERE a.id = r.id
+                                 AND a.user_name = $3) AS is_array,
        CASE WHEN r.idx IS NULL THEN (SELECT j.array_job_id FROM jobs j WHERE j.id = r.id)
             ELSE r.id END AS array_id
 FROM unnest($1::bigint[], $2::int[]) WITH ORDINALITY AS r(id, idx, ord)
@@ -570,13 +573,15 @@ RETURNING d.dependent_id, d.is_array, d.state;
 SELECT * FROM jobs WHERE user_name = $1 AND idempotency_key = $2;
 
 -- name: get_job
--- With its array's record for an element (its script and environment live there).
+-- With its array's record for an element (its script and environment live there). $2: the
+-- owner the caller must be (NULL: anyone's job; another user's reads as no row).
 SELECT j.*, (SELECT to_jsonb(a) FROM job_arrays a WHERE a.id = j.array_job_id) AS array_meta
-FROM jobs j WHERE j.id = $1;
+FROM jobs j WHERE j.id = $1 AND ($2::text IS NULL OR j.user_name = $2);
 
 -- name: get_element
 SELECT j.*, (SELECT to_jsonb(a) FROM job_arrays a WHERE a.id = j.array_job_id) AS array_meta
-FROM jobs j WHERE j.array_job_id = $1 AND j.array_task_id = $2;
+FROM jobs j WHERE j.array_job_id = $1 AND j.array_task_id = $2
+  AND ($3::text IS NULL OR j.user_name = $3);
 
 -- name: array_summary
 -- An array's record (without its script) and how many elements are in each state.
@@ -710,3 +715,35 @@ SELECT * FROM workers WHERE id = $1;
 
 -- name: worker_drain_flags
 SELECT id FROM workers WHERE drain;
+
+-- ========================================= API tokens =========================================
+
+-- name: insert_token
+-- $4: lifetime in seconds (NULL: it does not expire).
+INSERT INTO tokens (id, user_name, role, digest, created_by, expires_at)
+VALUES ($1, $2, $3, $5, $6,
+        CASE WHEN $4::bigint IS NULL THEN NULL ELSE now() + make_interval(secs => $4) END)
+RETURNING id, user_name, role, created_at, created_by, expires_at, revoked_at,
+          false AS expired;
+
+-- name: find_token
+-- The token a digest names, revoked or expired included (the caller says which it is).
+SELECT id, user_name, role, created_at, created_by, expires_at, revoked_at,
+       (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+FROM tokens WHERE digest = $1;
+
+-- name: list_tokens
+-- Newest first; keyset on (created_at, id). $1: one user's only (NULL: every user's).
+SELECT id, user_name, role, created_at, created_by, expires_at, revoked_at,
+       (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+FROM tokens
+WHERE ($1::text IS NULL OR user_name = $1)
+ORDER BY created_at DESC, id DESC
+LIMIT $2;
+
+-- name: revoke_token
+-- Idempotent: a token revoked earlier keeps its first revocation time.
+UPDATE tokens SET revoked_at = coalesce(revoked_at, now())
+WHERE id = $1
+RETURNING id, user_name, role, created_at, created_by, expires_at, revoked_at,
+          (expires_at IS NOT NULL AND expires_at <= now()) AS expired;

@@ -91,7 +91,7 @@ class LifecycleCore:
         dep = spec.dependency_edges
         if dep is None or not dep.targets:
             return []
-        found = await self.store.resolve_refs(dep.targets)
+        found = await self.store.resolve_refs(dep.targets, spec.user)
         unknown = [str(r) for r, t in zip(dep.targets, found, strict=True) if t is None]
         if unknown:
             raise NotFound(f"dependency on unknown job{'s' if len(unknown) > 1 else ''} "

@@ -99,7 +99,7 @@ class TransitionStore:
         array_id = await self.db.fetchval(q("insert_array"),
                                           *self._insert_args(spec, idempotency_key),
                                           a.spec, a.throttle, list(a.tasks), a.step)
-        row = await self.db.fetchrow(q("get_job"), array_id)
+        row = await self.db.fetchrow(q("get_job"), array_id, None)
         if row is None:
             raise ConductorError("array insert returned no row")
         return Job.from_row(row)
@@ -111,10 +111,10 @@ class TransitionStore:
             [str(e.kind) for e in dep.edges], [t.job_id for t in targets],
             [t.is_array for t in targets], [t.array_id for t in targets])
 
-    async def resolve_refs(self, refs: Sequence[JobRef]) -> list[Target | None]:
-        """The job each reference names (None: no such job or element)."""
+    async def resolve_refs(self, refs: Sequence[JobRef], user: str) -> list[Target | None]:
+        """The job each reference names (None: no such job or element of `user`'s)."""
         rows = await self.db.fetch(q("resolve_refs"), [r.id for r in refs],
-                                   [r.index for r in refs])
+                                   [r.index for r in refs], user)
         out: list[Target | None] = []
         for r, ref in zip(rows, refs, strict=True):
             if r["is_array"]:

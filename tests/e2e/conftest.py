@@ -27,7 +27,8 @@ class Running:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, **self.settings.as_env(), "SCNS_URL": self.url}
+        return {**os.environ, **self.settings.as_env(), "SCNS_URL": self.url,
+                "SCNS_TOKEN": self.system.admin_token}
 
 
 Factory = Callable[..., Running]
@@ -66,7 +67,7 @@ def start_system(settings: Settings, tmp_path: Path) -> Iterator[Factory]:
         system = System(s, env, workers=workers, cpus=cpus, echo=False)
         started.append(system)
         url = system.start()
-        return Running(system=system, settings=s, url=url, client=Client(url, user="tester"))
+        return Running(system=system, settings=s, url=url, client=Client(url, token=system.admin_token))
 
     yield start
     for system in started:

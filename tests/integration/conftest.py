@@ -1,6 +1,6 @@
 """Fixtures of the gateway tests: the aiohttp application in-process, on this test's Redis
 prefix and database, with one live 8-CPU worker ("big") so that submissions are checked
-against a real cluster size."""
+against a real cluster size, called with user ann's token."""
 
 from __future__ import annotations
 
@@ -13,18 +13,27 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from services.gateway.app import create_app
+from shared.db.tokens import TokenStore
 from shared.keys import Keys
 from shared.membership import Membership
 from shared.settings import Settings
 from tests.helpers import add_worker, wire
 
 
+async def bearer(pool: asyncpg.Pool[Any], user: str, role: str = "user") -> dict[str, str]:
+    """The Authorization header of a new token for `user`."""
+    _, token = await TokenStore(pool).create(user, role)
+    return {"Authorization": f"Bearer {token}"}
+
+
 @pytest.fixture
 async def http(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any], keys: Keys
                ) -> AsyncIterator[TestClient[Any, Any]]:
+    """A client of the gateway that sends user ann's token (every request; a test passes
+    `headers=await bearer(pool, ...)` to call as someone else)."""
     await add_worker(Membership(redis, keys), "big", cpus=8, memory_mb=4096)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(wire(settings, redis,
-                                                                           pool))))
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(create_app(wire(settings, redis, pool))), headers=await bearer(pool, "ann"))
     await client.start_server()
     try:
         yield client

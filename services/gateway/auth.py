@@ -1,0 +1,138 @@
+"""Who is calling, and may they: bearer tokens, roles, and the browser-facing guards.
+
+Every route but `/healthz`, `/readyz` and `/api/v1/openapi.json` needs `Authorization: Bearer
+<token>` (401 otherwise, with `WWW-Authenticate`). A valid token names a user and a role; a
+user sees and acts on their own jobs only (the handlers pass the owner down to SQL, so another
+user's job reads as not found), and the admin routes answer 403 to users.
+
+Verified tokens are cached for `CACHE_S` (2 s): a revoked or expired token stops working within
+that time on every gateway, and a busy client costs one PostgreSQL lookup per 2 s, not one per
+request. Failed lookups are not cached (a wrong token costs an indexed lookup each time).
+
+Browsers: a request whose `Origin` is not this gateway's own, or that the browser marks
+`Sec-Fetch-Site: cross-site`, is refused (403) before anything else, so a web page cannot drive
+a local gateway with whatever the browser would attach. A body must be `application/json`
+(415): a form a page could post without a CORS preflight is never read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from services.gateway.common import PRINCIPAL, Principal, error, state
+from shared.db.tokens import TokenRow, TokenStore
+from shared.lifecycle import Role
+
+CACHE_S = 2.0
+CACHE_MAX = 10_000
+PUBLIC = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+
+
+class TokenCache:
+    """token digest -> (principal, valid until monotonic time); bounded, oldest out first."""
+
+    def __init__(self, ttl_s: float = CACHE_S, size: int = CACHE_MAX) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._items: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    def get(self, token: str) -> Principal | None:
+        hit = self._items.get(token)
+        if hit is None:
+            return None
+        principal, until = hit
+        if time.monotonic() >= until:
+            del self._items[token]
+            return None
+        return principal
+
+    def put(self, token: str, principal: Principal, row: TokenRow) -> None:
+        until = time.monotonic() + self.ttl_s
+        if row.expires_at is not None:  # never past its own expiry
+            left = row.expires_at.timestamp() - time.time()
+            until = min(until, time.monotonic() + max(left, 0.0))
+        self._items[token] = (principal, until)
+        self._items.move_to_end(token)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+TOKEN_CACHE = web.AppKey("token_cache", TokenCache)
+
+
+def _unauthorized(message: str) -> web.Response:
+    resp = error(401, "unauthorized", message)
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="scns"'
+    return resp
+
+
+def _own_origin(request: web.Request) -> set[str]:
+    host = request.host
+    return {f"http://{host}", f"https://{host}"}
+
+
+def cross_site(request: web.Request) -> str | None:
+    """Why a request looks like a browser's from another site (None: it does not)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in _own_origin(request):
+        return f"requests from the web origin {origin[:100]} are not accepted"
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return "cross-site browser requests are not accepted"
+    return None
+
+
+async def authenticate(request: web.Request, cache: TokenCache) -> Principal | web.Response:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if not header:
+        return _unauthorized("this needs a token: send 'Authorization: Bearer <token>' "
+                             "(scns: set SCNS_TOKEN)")
+    if scheme.lower() != "bearer" or not token:
+        return _unauthorized("use 'Authorization: Bearer <token>'")
+    hit = cache.get(token)
+    if hit is not None:
+        return hit
+    row = await TokenStore(state(request).pool).find(token)
+    if row is None:
+        return _unauthorized("the token is not valid")
+    if row.problem is not None:
+        return _unauthorized(f"the token has been {row.problem}")
+    p = Principal(user=row.user, role=Role(row.role), token_id=row.id)
+    cache.put(token, p, row)
+    return p
+
+
+def middleware(cache: TokenCache) -> Any:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        why = cross_site(request)
+        if why is not None:
+            return error(403, "cross_origin", why)
+        if request.method in BODY_METHODS and request.body_exists \
+                and request.content_type != "application/json":
+            return error(415, "unsupported_media_type",
+                         "send JSON with 'Content-Type: application/json' "
+                         f"(got {request.content_type or 'none'})")
+        if request.path in PUBLIC:
+            return await handler(request)
+        who = await authenticate(request, cache)
+        if isinstance(who, web.Response):
+            return who
+        request[PRINCIPAL] = who
+        return await handler(request)
+
+    return guard
