@@ -49,9 +49,9 @@ TARGET_S = 2.0
 
 
 @contextlib.contextmanager
-def system(args: argparse.Namespace) -> Iterator[str]:
+def system(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     if args.url:
-        yield args.url
+        yield args.url, os.environ.get("SCNS_TOKEN", "")
         return
     data = Path(tempfile.mkdtemp(prefix="scns-bench-array-"))
     os.chmod(data, 0o755)
@@ -63,7 +63,8 @@ def system(args: argparse.Namespace) -> Iterator[str]:
                                                                  100_001))})
     sysm = System(settings, env, workers=args.workers, cpus=args.cpus, echo=False)
     try:
-        yield sysm.start()
+        url = sysm.start()
+        yield url, sysm.admin_token
     finally:
         sysm.stop()
         shutil.rmtree(data, ignore_errors=True)
@@ -103,7 +104,7 @@ def big_array(c: Client, url: str, size: int, throttle: int | None) -> dict[str,
     if count != size or sum(states.values()) != size:
         raise RuntimeError(f"array {array_id}: {count} elements, states {states}; expected {size}")
 
-    env = {**os.environ, "SCNS_URL": url}
+    env = {**os.environ, "SCNS_URL": url, "SCNS_TOKEN": c.token or ""}
     t0 = time.perf_counter()
     shown = subprocess.run([sys.executable, "-m", "services.cli", "queue", "--state",
                             "PENDING"], cwd=Path(__file__).resolve().parents[1], env=env,
@@ -161,8 +162,8 @@ def main() -> int:
         "config": {"workers": args.workers, "cpus_per_worker": args.cpus, "size": args.size,
                    "run": args.run, "throttle": args.throttle},
     }
-    with system(args) as url:
-        c = Client(url, user="bench")
+    with system(args) as (url, token):
+        c = Client(url, token=token)
         if args.size:
             big = results["big_array"] = big_array(c, url, args.size, args.throttle)
             print(f"(a) {big['elements']} elements: accepted in {big['accept_s']} s "

@@ -3,7 +3,7 @@
     python bench/e2e.py                      # start a system: 2 executors x 96 virtual CPUs
     python bench/e2e.py --jobs 5000 --workers 4 --cpus 48
     python bench/e2e.py --poll 0.5,0.05,0.01 # one round per arq poll delay, to see its cost
-    python bench/e2e.py --url http://host:8080 --database-url postgresql://...  # a running one
+    SCNS_TOKEN=... python bench/e2e.py --url http://host:8080 --database-url postgresql://...
 
 Prints and writes JSON (bench/results/e2e-<time>.json): submits/s, end-to-end jobs/s,
 submit->start latency p50/p99 from PostgreSQL's timestamps on an idle system and under load,
@@ -104,12 +104,16 @@ class Sampler:
         self._thread.join()
 
 
+AUTH: dict[str, str] = {}  # the system's admin token, once it is up (SCNS_TOKEN with --url)
+
+
 async def submit_many(url: str, n: int, concurrency: int, script: str) -> tuple[list[int], float]:
     ids: list[int] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
-    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=concurrency),
+                                     headers=AUTH) as s:
         async def worker() -> None:
             while True:
                 try:
@@ -172,7 +176,7 @@ async def latencies(db: asyncpg.Pool[Any], ids: list[int]) -> dict[str, Any]:
 async def resources_timing(url: str, n: int = 300) -> dict[str, float]:
     """Server time of GET /resources (its Server-Timing header): the promise is < 1 ms."""
     times = []
-    async with aiohttp.ClientSession(url) as s:
+    async with aiohttp.ClientSession(url, headers=AUTH) as s:
         for _ in range(n):
             async with s.get("/api/v1/resources") as r:
                 await r.read()
@@ -183,7 +187,7 @@ async def resources_timing(url: str, n: int = 300) -> dict[str, float]:
 async def idle_round(url: str, db: asyncpg.Pool[Any], n: int) -> dict[str, Any]:
     """One job at a time on a quiet system: the latency a person feels."""
     ids = []
-    async with aiohttp.ClientSession(url) as s:
+    async with aiohttp.ClientSession(url, headers=AUTH) as s:
         for _ in range(n):
             async with s.post("/api/v1/jobs", json={"script": "true\n"}) as r:
                 job_id = (await r.json())["id"]
@@ -222,6 +226,7 @@ async def load_round(url: str, db: asyncpg.Pool[Any], n: int, concurrency: int
 @contextlib.contextmanager
 def system(args: argparse.Namespace, poll: float) -> Iterator[tuple[str, str, dict[str, int]]]:
     if args.url:
+        AUTH["Authorization"] = f"Bearer {os.environ.get('SCNS_TOKEN', '')}"
         yield args.url, args.database_url, {}
         return
     data = Path(tempfile.mkdtemp(prefix="scns-bench-"))
@@ -234,6 +239,7 @@ def system(args: argparse.Namespace, poll: float) -> Iterator[tuple[str, str, di
     sysm = System(settings, env, workers=args.workers, cpus=args.cpus, echo=False)
     try:
         url = sysm.start()
+        AUTH["Authorization"] = f"Bearer {sysm.admin_token}"
         pids = {c.name: c.proc.pid for c in sysm.children}
         for s in sysm.servers:
             pids["redis" if "redis" in s.name or "valkey" in s.name else "postgres"] = \

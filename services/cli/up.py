@@ -215,8 +215,10 @@ class System:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_children()
+            req = urllib.request.Request(url + "/api/v1/workers",
+                                         headers={"Authorization": f"Bearer {self.admin_token}"})
             with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(url + "/api/v1/workers", timeout=2) as r:
+                with urllib.request.urlopen(req, timeout=2) as r:
                     items = orjson.loads(r.read())["items"]
                 if sum(1 for w in items if w["state"] == WorkerState.READY) >= self.workers:
                     return

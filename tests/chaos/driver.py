@@ -249,10 +249,14 @@ class Chaos:
             n += 1
 
     # --- load ----------------------------------------------------------------------------
+    def _auth(self) -> dict[str, str]:
+        assert self.system is not None
+        return {"Authorization": f"Bearer {self.system.admin_token}"}
+
     async def submit_all(self, url: str) -> None:
         gap = self.cfg.submit_seconds / max(self.cfg.jobs, 1)
         timeout = aiohttp.ClientTimeout(total=15)
-        async with aiohttp.ClientSession(url, timeout=timeout) as s:
+        async with aiohttp.ClientSession(url, timeout=timeout, headers=self._auth()) as s:
             for i in range(self.cfg.jobs):
                 body: dict[str, Any] = {
                     "script": f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {self.marker}\n'
@@ -389,7 +393,7 @@ class Chaos:
         timeout = aiohttp.ClientTimeout(total=15)
         released_upto = 0
         touched: set[int] = set()
-        async with aiohttp.ClientSession(url, timeout=timeout) as s:
+        async with aiohttp.ClientSession(url, timeout=timeout, headers=self._auth()) as s:
             while self._submitting:
                 await asyncio.sleep(self.rng.uniform(0.5, 1.5))
                 for job_id in self.held[released_upto:max(released_upto, len(self.held) - 2)]:

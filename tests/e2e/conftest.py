@@ -67,7 +67,8 @@ def start_system(settings: Settings, tmp_path: Path) -> Iterator[Factory]:
         system = System(s, env, workers=workers, cpus=cpus, echo=False)
         started.append(system)
         url = system.start()
-        return Running(system=system, settings=s, url=url, client=Client(url, token=system.admin_token))
+        return Running(system=system, settings=s, url=url,
+                       client=Client(url, token=system.admin_token))
 
     yield start
     for system in started:

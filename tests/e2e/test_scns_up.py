@@ -60,6 +60,24 @@ def test_scns_up_then_submit_wait_queue_show_workers(tmp_path: Path) -> None:
         assert w.returncode == 0 and "laptop" in w.stdout and "ready" in w.stdout
         j = scns("show", "1", "--json", env=client_env)
         assert '"exit_code": 0' in j.stdout
+
+        # the admin token scns up wrote (the CLI above read it from SCNS_DATA_DIR), owner only
+        token_file = tmp_path / "data" / "admin.token"
+        assert f"admin token in {token_file}" in text
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        anonymous = {**client_env, "SCNS_DATA_DIR": str(tmp_path / "elsewhere")}
+        no_token = scns("queue", env=anonymous)
+        assert no_token.returncode == 2 and "401" in no_token.stderr, no_token.stderr
+        assert "SCNS_TOKEN" in no_token.stderr
+        # a user token made with the CLI: bob sees his own jobs only, and no admin routes
+        made = scns("token", "create", "bob", "--expires-in", "1h", env=client_env)
+        assert made.returncode == 0 and made.stdout.startswith("scns_"), made.stderr
+        bob = {**anonymous, "SCNS_TOKEN": made.stdout.strip()}
+        assert "not exist" in scns("show", "1", env=bob).stderr
+        assert "hello" not in scns("queue", "--all", env=bob).stdout
+        assert "admin" in scns("drain", "laptop", env=bob).stderr
+        listed = scns("token", "list", env=client_env)
+        assert listed.returncode == 0 and "bob" in listed.stdout and "active" in listed.stdout
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 6  # redis, postgres, registry, scheduler, executor, gateway
     finally:
