@@ -10,7 +10,9 @@ calling the handler, so an event published twice is applied once. A consumer who
 mere wake-ups can turn that off (`dedupe=False`). Entries are handled in batches: one round
 trip for the duplicate check and one for the acknowledgements per batch.
 
-Streams are trimmed towards `maxlen`, but never past an entry some group still needs.
+Streams are trimmed towards `maxlen`, but never past an entry some group still needs. The
+dead-letter stream, which no group reads, is trimmed to about `dead_letter_maxlen` with every
+entry added to it (oldest first).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 FIELD_NAME = FIELD.decode()
 TRIM_EVERY = 256
 TRIM_STEP = 10_000
+DEAD_LETTER_MAXLEN = 10_000  # the default of SCNS_DEAD_LETTER_MAXLEN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,10 +61,12 @@ class StreamBus:
     """Publishing side, plus stream maintenance (groups, trimming)."""
 
     def __init__(self, redis: Redis, keys: Keys, *, maxlen: int = 100_000,
-                 scripts: Scripts | None = None) -> None:
+                 scripts: Scripts | None = None,
+                 dead_letter_maxlen: int = DEAD_LETTER_MAXLEN) -> None:
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen
+        self.dead_letter_maxlen = dead_letter_maxlen
         self.scripts = scripts or Scripts(redis)
         self._since_trim: dict[str, int] = {}
 
@@ -301,7 +306,7 @@ class Consumer:
     ) -> None:
         moved = await self.bus.scripts.run(
             "dead_letter", [stream, self.keys.dead_letter],
-            [self.group, entry_id, deliveries, reason, raw],
+            [self.group, entry_id, deliveries, reason, raw, self.bus.dead_letter_maxlen],
         )
         if moved:
             self.dead_lettered += 1

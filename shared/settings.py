@@ -22,6 +22,7 @@ _HASH_TAG = re.compile(r"\{[^{}]+\}")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]*[A-Za-z0-9])?$")
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _LOG_FORMATS = ("auto", "json", "text")
+_CONTAINMENTS = ("auto", "cgroup", "subreaper", "none")
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -61,10 +62,17 @@ class Settings:
     audit_s: float = 30.0
     output_ttl_s: int = 7 * 86_400
     output_cap_bytes: int = 8 * 1024 * 1024
+    # how jobs are kept apart on a worker (services/executor/containment.py, privilege.py)
+    job_containment: str = "auto"  # auto | cgroup | subreaper | none
+    job_pids_max: int = 4096  # processes and threads per job, where a pids cgroup exists
+    job_user: str = "nobody"  # the account jobs run as when the executor is root
+    run_as_submitter: bool = False  # root executor: the job's user's own account, if any
+    jobs_dir: Path | None = None  # job directories; default $SCNS_DATA_DIR/jobs
 
     stream_maxlen: int = 100_000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
+    dead_letter_maxlen: int = 10_000
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
@@ -120,9 +128,16 @@ class Settings:
             "output_ttl_s": p.value("SCNS_OUTPUT_TTL_S", _positive_int, d.output_ttl_s),
             "output_cap_bytes": p.value("SCNS_OUTPUT_CAP_BYTES", _positive_int,
                                         d.output_cap_bytes),
+            "job_containment": p.text("SCNS_JOB_CONTAINMENT", d.job_containment).lower(),
+            "job_pids_max": p.value("SCNS_JOB_PIDS_MAX", _positive_int, d.job_pids_max),
+            "job_user": p.text("SCNS_JOB_USER", d.job_user),
+            "run_as_submitter": p.value("SCNS_RUN_AS_SUBMITTER", _bool, d.run_as_submitter),
+            "jobs_dir": p.optional("SCNS_JOBS_DIR", lambda s: Path(s).expanduser()),
             "stream_maxlen": p.value("SCNS_STREAM_MAXLEN", _positive_int, d.stream_maxlen),
             "claim_idle_ms": p.value("SCNS_CLAIM_IDLE_MS", _positive_int, d.claim_idle_ms),
             "max_deliveries": p.value("SCNS_MAX_DELIVERIES", _positive_int, d.max_deliveries),
+            "dead_letter_maxlen": p.value("SCNS_DEAD_LETTER_MAXLEN", _positive_int,
+                                          d.dead_letter_maxlen),
             "gateway_host": p.text("SCNS_GATEWAY_HOST", d.gateway_host),
             "gateway_port": p.value("SCNS_GATEWAY_PORT", _port, d.gateway_port),
             "health_host": p.text("SCNS_HEALTH_HOST", d.health_host),
@@ -165,6 +180,12 @@ class Settings:
         if self.log_format not in _LOG_FORMATS:
             out.append(f"SCNS_LOG_FORMAT must be one of {', '.join(_LOG_FORMATS)} "
                        f"(got {self.log_format!r})")
+        if self.job_containment not in _CONTAINMENTS:
+            out.append(f"SCNS_JOB_CONTAINMENT must be one of {', '.join(_CONTAINMENTS)} "
+                       f"(got {self.job_containment!r})")
+        if self.job_user in ("root", "0"):
+            out.append("SCNS_JOB_USER must not be root: jobs never run as root (the default "
+                       "is nobody)")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             out.append(f"SCNS_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR "
                        f"(got {self.log_level!r})")

@@ -44,7 +44,8 @@ class Wiring:
         scripts = Scripts(redis)
         allocator = Allocator(redis, keys, scripts)
         dispatcher = ArqDispatcher(redis, keys, scripts)
-        bus = StreamBus(redis, keys, maxlen=settings.stream_maxlen, scripts=scripts)
+        bus = StreamBus(redis, keys, maxlen=settings.stream_maxlen, scripts=scripts,
+                        dead_letter_maxlen=settings.dead_letter_maxlen)
         return cls(settings=settings, redis=redis, pool=pool, keys=keys, scripts=scripts,
                    membership=Membership(redis, keys, scripts), allocator=allocator,
                    dispatcher=dispatcher, bus=bus, jobs=JobStore(pool),

@@ -9,6 +9,7 @@ Tiltfile against stubs of Tilt's built-ins that record each call.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,10 @@ APP_IMAGE = "scns-conductor"
 DATASTORES = frozenset({"redis", "postgres"})
 WORKLOAD_KINDS = frozenset({"Deployment", "DaemonSet", "StatefulSet"})
 SECRET = "scns-connection"
+DEV_PASSWORD = "dev-only-insecure-password"
+# Renders with the NetworkPolicy component (default deny, then what each service needs).
+POLICED = ("dev", "prod-arm64")
+METRICS_NAMESPACE = "monitoring"
 # The oldest Kubernetes we claim to support, and the newest the schema package ships.
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 
@@ -250,7 +256,8 @@ def test_no_plain_text_secrets_in_env(target: str) -> None:
 def test_references_resolve(target: str) -> None:
     objs = render(target)
     names = {(o["kind"], o["metadata"]["name"]) for o in objs}
-    external = {("Secret", SECRET)} if target == "prod-arm64" else set()
+    # Only the dev component carries a Secret; elsewhere it is created out of band.
+    external = set() if target == "dev" else {("Secret", SECRET)}
     for w in workloads(objs):
         pod = w["spec"]["template"]["spec"]
         if "serviceAccountName" in pod:
@@ -371,6 +378,195 @@ def test_prod_arm64_pins_every_pod_to_arm64_without_datastores() -> None:
     executor = by_kind(objs, "DaemonSet")["executor"]["spec"]["template"]["spec"]
     assert executor["nodeSelector"]["scns.io/worker-pool"] == "true"
     assert _tolerates(executor, "scns.io/worker-pool", "true")
+
+
+# --- (e) credentials and network policies ------------------------------------------------------
+@pytest.mark.parametrize("name", ["base", "prod-arm64"])
+def test_no_dev_credentials_outside_the_dev_component(name: str) -> None:
+    rendered = json.dumps(render(name))
+    assert DEV_PASSWORD not in rendered, f"{name} renders the dev password"
+    assert not by_kind(render(name), "Secret"), f"{name} must not carry a Secret"
+    # nor do their source files (an unused file could still be applied by hand)
+    for root in (K8S / "base", TARGETS[name]):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert DEV_PASSWORD not in path.read_text("utf-8"), path
+    assert not (TARGETS["prod-arm64"] / "delete-placeholder-secret.yaml").exists()
+
+
+def test_dev_renders_its_placeholder_secret() -> None:
+    secret = by_kind(render("dev"), "Secret")[SECRET]
+    assert set(secret["stringData"]) == {"redis-url", "database-url", "postgres-password"}
+    assert secret["stringData"]["postgres-password"] == DEV_PASSWORD
+
+
+def _matches(selector: Obj, labels: dict[str, str]) -> bool:
+    """A Kubernetes LabelSelector: matchLabels and matchExpressions, ANDed; {} selects all."""
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": key not in labels or labels[key] not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One end of a connection: a pod (in our namespace or another) or an address outside."""
+
+    name: str
+    namespace: str = NAMESPACE
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)  # named container ports
+    ip: str = "10.244.0.10"  # a pod address unless set
+
+    @property
+    def is_pod(self) -> bool:
+        return bool(self.labels)
+
+
+KUBE_DNS = Peer("coredns", "kube-system", {"k8s-app": "kube-dns", "pod-template-hash": "5d7"})
+PROMETHEUS = Peer("prometheus", METRICS_NAMESPACE, {"app.kubernetes.io/name": "prometheus"})
+OUTSIDER = Peer("some-app", "default", {"app": "some-app"})
+INTERNET = Peer("internet", "", ip="93.184.216.34")
+PRIVATE = Peer("something-in-the-vpc", "", ip="10.20.30.40")
+
+
+def _peer_in(rule_peer: Obj, peer: Peer) -> bool:
+    if "ipBlock" in rule_peer:
+        block = rule_peer["ipBlock"]
+        ip = ipaddress.ip_address(peer.ip)
+        return (ip in ipaddress.ip_network(block["cidr"])
+                and not any(ip in ipaddress.ip_network(x) for x in block.get("except", [])))
+    if not peer.is_pod:
+        return False
+    if "namespaceSelector" in rule_peer:
+        ns_labels = {"kubernetes.io/metadata.name": peer.namespace}
+        if not _matches(rule_peer["namespaceSelector"], ns_labels):
+            return False
+    elif peer.namespace != NAMESPACE:
+        return False
+    return _matches(rule_peer.get("podSelector", {}), peer.labels)
+
+
+def _port_in(rule: Obj, port: int, protocol: str, target: Peer) -> bool:
+    if "ports" not in rule:
+        return True
+    for p in rule["ports"]:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        want = p.get("port")
+        if want is None or (isinstance(want, str) and target.ports.get(want) == port):
+            return True
+        if isinstance(want, int) and want <= port <= p.get("endPort", want):
+            return True
+    return False
+
+
+def _allows(policies: list[Obj], pod: Peer, direction: str, other: Peer, port: int,
+            protocol: str) -> bool:
+    """Whether `pod`'s policies let this connection through in `direction` (Ingress: from
+    `other` to `pod`'s port; Egress: from `pod` to `other`'s port)."""
+    mine = [np["spec"] for np in policies if direction in np["spec"]["policyTypes"]
+            and pod.namespace == NAMESPACE and _matches(np["spec"]["podSelector"], pod.labels)]
+    if not mine:
+        return True  # not isolated in this direction
+    rules_key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    target = pod if direction == "Ingress" else other
+    return any((peers_key not in rule or any(_peer_in(x, other) for x in rule[peers_key]))
+               and _port_in(rule, port, protocol, target)
+               for spec in mine for rule in spec.get(rules_key, []))
+
+
+def _connects(policies: list[Obj], src: Peer, dst: Peer, port: int, protocol: str = "TCP"
+              ) -> bool:
+    return (_allows(policies, src, "Egress", dst, port, protocol)
+            and _allows(policies, dst, "Ingress", src, port, protocol))
+
+
+def _managed_address(policies: list[Obj], port: int) -> str:
+    """The first address of the ipBlock allowed for `port` (one block per datastore port)."""
+    (cidr,) = {peer["ipBlock"]["cidr"] for np in policies for rule in np["spec"].get("egress", [])
+               if [p.get("port") for p in rule.get("ports", [])] == [port]
+               for peer in rule.get("to", []) if "ipBlock" in peer}
+    network = ipaddress.ip_network(cidr)
+    assert network.prefixlen >= 8, f"{cidr} for port {port} is wider than any datastore"
+    return str(next(network.hosts(), network.network_address))
+
+
+def _pods(objs: list[Obj]) -> dict[str, Peer]:
+    out = {}
+    for w in workloads(objs):
+        template = w["spec"]["template"]
+        ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"]
+                 for p in c.get("ports", []) if "name" in p}
+        out[w["metadata"]["name"]] = Peer(w["metadata"]["name"], NAMESPACE,
+                                          template["metadata"]["labels"], ports)
+    return out
+
+
+@pytest.mark.parametrize("name", POLICED)
+def test_network_policies_deny_by_default(name: str) -> None:
+    policies = list(by_kind(render(name), "NetworkPolicy").values())
+    deny = [np for np in policies if np["spec"]["podSelector"] == {}
+            and set(np["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+            and not np["spec"].get("ingress") and not np["spec"].get("egress")]
+    assert deny, f"{name}: no default-deny NetworkPolicy"
+    for pod in _pods(render(name)).values():
+        allow = [np["metadata"]["name"] for np in policies
+                 if np not in deny and _matches(np["spec"]["podSelector"], pod.labels)]
+        assert allow, f"{name}: no allow policy selects {pod.name}'s pods"
+
+
+@pytest.mark.parametrize("name", POLICED)
+def test_network_policies_allow_exactly_what_each_service_needs(name: str) -> None:
+    objs = render(name)
+    policies = list(by_kind(objs, "NetworkPolicy").values())
+    pods = _pods(objs)
+    apps = [pods[s] for s in sorted(SERVICES)]
+    if name == "dev":
+        redis, postgres = pods["redis"], pods["postgres"]
+    else:  # managed: an address in the CIDR the overlay gives for each port
+        redis, postgres = (Peer(f"managed-{port}", "", ip=_managed_address(policies, port))
+                           for port in (6379, 5432))
+    for app in apps:
+        metrics = GATEWAY_PORT if app.name in HTTP_SERVICES else HEALTH_PORT
+        # egress: DNS, Redis, PostgreSQL, and nothing else
+        for proto in ("UDP", "TCP"):
+            assert _allows(policies, app, "Egress", KUBE_DNS, 53, proto), (app.name, proto)
+        assert _connects(policies, app, redis, 6379), f"{app.name} -> Redis"
+        assert _connects(policies, app, postgres, 5432), f"{app.name} -> PostgreSQL"
+        assert not _connects(policies, app, redis, 5432), f"{app.name}: Redis, PG port"
+        assert not _connects(policies, app, postgres, 22), f"{app.name}: datastore ports only"
+        for other in (INTERNET, PRIVATE, OUTSIDER, *(a for a in apps if a is not app)):
+            for port in (53, 443, 6379, 5432, GATEWAY_PORT, HEALTH_PORT):
+                assert not _connects(policies, app, other, port), f"{app.name} -> {other.name}"
+        # ingress: Prometheus on the metrics port; the gateway's API from anywhere
+        assert _connects(policies, PROMETHEUS, app, metrics), f"scrape {app.name}"
+        assert not _connects(policies, PROMETHEUS, app, 22), app.name
+        reachable = _connects(policies, OUTSIDER, app, metrics)
+        assert reachable == (app.name == "gateway"), f"outsider -> {app.name}"
+    if name == "dev":
+        for store, port in ((redis, 6379), (postgres, 5432)):
+            assert not _connects(policies, OUTSIDER, store, port), store.name
+            assert not _connects(policies, PROMETHEUS, store, port), store.name
+            assert not _connects(policies, store, INTERNET, 443), store.name
+
+
+def test_dns_and_monitoring_selectors_are_not_rewritten_by_label_transformers() -> None:
+    """kustomize's label transformers add our labels to matchLabels selectors; a selector for
+    pods in other namespaces must not get them (or it selects nothing)."""
+    for name in POLICED:
+        for np in by_kind(render(name), "NetworkPolicy").values():
+            for rule in np["spec"].get("ingress", []) + np["spec"].get("egress", []):
+                for peer in rule.get("from", []) + rule.get("to", []):
+                    if "namespaceSelector" in peer:
+                        text = json.dumps(peer)
+                        assert "scns-conductor" not in text, f"{name}: {np['metadata']['name']}"
 
 
 # --- (d) the Tiltfile -----------------------------------------------------------------------------
