@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
-from services.gateway import auth, cluster, control, jobs, tokens
+from services.gateway import auth, cluster, control, jobs, openapi, tokens
 from services.gateway.common import GATEWAY, MAX_BODY, Gateway, error, json
 from services.gateway.validation import RequestError
 from shared.db import UNAVAILABLE
@@ -51,6 +51,8 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         if e.status == 404:
             message = f"no such endpoint: {request.method} {request.path}"
         resp = error(e.status, code, message)
+        if "Allow" in e.headers:  # a 405 says which methods the route takes
+            resp.headers["Allow"] = e.headers["Allow"]
     except UNAVAILABLE as e:
         log.warning("PostgreSQL unavailable: %s", e)
         resp = error(503, "unavailable", "the database is unavailable; retry shortly")
@@ -107,6 +109,7 @@ def create_app(wiring: Wiring) -> web.Application:
     app[auth.TOKEN_CACHE] = cache
     app.add_routes(jobs.routes)
     app.add_routes(tokens.routes)
+    app.add_routes(openapi.routes)
     app.add_routes(control.routes)
     app.add_routes(cluster.routes)
     app.router.add_get("/healthz", healthz)

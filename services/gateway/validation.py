@@ -20,6 +20,7 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_NAME = 200
 MAX_TIME_LIMIT_S = 365 * 86_400
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+INT_QUERY = re.compile(r"-?[0-9]{1,11}\Z")  # "--5" is not a number (int() would raise)
 RESERVED_ENV = re.compile(r"^(SCNS_|SLURM_)")
 MAX_RETRY_DELAY_S = 7 * 86_400
 MAX_ID = 10**18 - 1  # ids are PostgreSQL bigints; 18 digits always fit
@@ -94,6 +95,10 @@ def parse_time(value: Any, key: str) -> datetime:
                                     "2026-11-24T02:30:00Z)") from e
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
+    try:  # 9999-12-31T23:59:59-01:00 is in UTC past what a datetime holds
+        at.astimezone(UTC)
+    except OverflowError as e:
+        raise _bad("invalid_field", f"'{key}' is out of range: {value!r}") from e
     if not 1970 <= at.year <= 9999:
         raise _bad("invalid_field", f"'{key}' is out of range: {value!r}")
     return at
@@ -107,7 +112,7 @@ def _env(value: Any) -> dict[str, str]:
     if len(value) > MAX_ENV_VARS:
         raise _bad("invalid_field", f"'env' has more than {MAX_ENV_VARS} variables")
     for name, v in value.items():
-        if not ENV_NAME.match(name):
+        if not ENV_NAME.fullmatch(name):
             raise _bad("invalid_field", f"env name {name!r} is not valid: names match "
                                         "[A-Za-z_][A-Za-z0-9_]*")
         if RESERVED_ENV.match(name):
@@ -267,8 +272,7 @@ def query_int(query: Mapping[str, str], key: str, *, default: int, low: int, hig
     value = query.get(key)
     if value is None or value == "":
         return default
-    if not (value.isascii() and value.lstrip("-").isdigit()) or len(value) > 12 \
-            or not low <= int(value) <= high:
+    if not INT_QUERY.match(value) or not low <= int(value) <= high:
         raise _bad("invalid_query", f"'{key}' must be an integer from {low} to {high}")
     return int(value)
 

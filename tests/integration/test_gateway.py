@@ -47,6 +47,7 @@ BAD_SUBMISSIONS: list[tuple[str, Any, int, str]] = [
     ("env not an object", {**OK, "env": ["A=1"]}, 400, "'env' must be an object"),
     ("env name with a digit first", {**OK, "env": {"1BAD": "x"}}, 400, "not valid"),
     ("env name with a dash", {**OK, "env": {"MY-VAR": "x"}}, 400, "not valid"),
+    ("env name with a newline at its end", {**OK, "env": {"A\n": "x"}}, 400, "not valid"),
     ("env value not a string", {**OK, "env": {"A": 1}}, 400, "must be a string"),
     ("reserved env name", {**OK, "env": {"SCNS_JOB_ID": "7"}}, 400, "reserved"),
     ("unknown field", {**OK, "niceness": 100}, 400, "unknown field(s): niceness"),

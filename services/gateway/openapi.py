@@ -1,0 +1,443 @@
+"""The gateway's OpenAPI 3.1 document, served at `GET /api/v1/openapi.json`.
+
+Every limit in it comes from the code that enforces it (services/gateway/validation.py, the
+lifecycle policy, the token store), so the document cannot promise what the validators refuse.
+Bounds the validators still write inline (CPUs, memory, a few lengths) are named once below;
+tests/unit/test_openapi.py checks each against the validator at its edges, and
+tests/integration/test_api_fuzz.py fuzzes a live gateway with this document.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from importlib import metadata
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from services.gateway import validation as v
+from services.gateway.common import MAX_BODY
+from services.gateway.jobs import MAX_KEY, MAX_PAGE
+from shared.db.tokens import MAX_LIFETIME_S, ROLES, USER_NAME
+from shared.lifecycle.policy import MAX_RETRIES, USER_PRIORITY
+from shared.states import JobState, PendingReason, WorkerState
+
+Schema = dict[str, Any]
+
+# Literals in the validators today (better named there); tests/unit/test_openapi.py holds each
+# to what the validator accepts at its bounds, the fuzzer's boundary cases the handlers' ones.
+MAX_CPUS = 100_000
+MAX_MEMORY_MB = 1 << 40
+MAX_SPEC = 10_000  # `array` and `dependency` strings
+MAX_ATTEMPT = 1_000_000  # GET /jobs/{id}/log ?attempt=
+MAX_TOKEN_PAGE = 1000  # GET /tokens ?limit=
+TIME_LENGTH = (10, 40)  # validation.parse_time
+MAX_QUERY_TEXT: int = inspect.signature(v.query_text).parameters["max_len"].default
+
+NO_CONTROL = "^[^\\u0000-\\u001f]*$"  # validation._text: no character below U+0020
+NOT_BLANK = "\\S"
+PRINTABLE = "^[^\\u0000-\\u001f\\u007f]*$"  # query_text also refuses other non-printables
+ISO_TIME = ("^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}"  # years validation.parse_time takes
+            "([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$")
+JOB_REF = "^[1-9][0-9]{0,17}(_[0-9]{1,9})?$"  # shared.arrays.parse_ref: 12, or element 12_3
+PUBLIC = ("/healthz", "/readyz", "/api/v1/openapi.json")
+ERRORS = {
+    400: "The request is not valid: the message says which field and why.",
+    401: "No valid bearer token.",
+    403: "The token's role may not do this, or a cross-site browser request.",
+    404: "No such resource (another user's job reads as not found).",
+    409: "The resource is in a state this operation is not for.",
+    413: f"The body is larger than {MAX_BODY} bytes, or the script than "
+         f"{v.MAX_SCRIPT_BYTES} bytes.",
+    415: "A request body must be sent as `Content-Type: application/json`.",
+    422: "Well formed, but the cluster can never satisfy it.",
+    503: "PostgreSQL or Redis is unavailable; retry shortly.",
+    504: "Timed out waiting for another service.",
+}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def integer(low: int | None = None, high: int | None = None, **extra: Any) -> Schema:
+    out: Schema = {"type": "integer", **extra}
+    if low is not None:
+        out["minimum"] = low
+    if high is not None:
+        out["maximum"] = high
+    return out
+
+
+def text(max_len: int, **extra: Any) -> Schema:
+    return {"type": "string", "maxLength": max_len, "pattern": NO_CONTROL, **extra}
+
+
+def time(**extra: Any) -> Schema:
+    low, high = TIME_LENGTH
+    return {"type": "string", "format": "date-time", "minLength": low, "maxLength": high,
+            "pattern": ISO_TIME, **extra}
+
+
+def obj(props: dict[str, Schema], *, required: tuple[str, ...] | None = None,
+        closed: bool = False, **extra: Any) -> Schema:
+    """An object; every property is required unless `required` says otherwise."""
+    out: Schema = {"type": "object", "properties": props,
+                   "required": sorted(props if required is None else required), **extra}
+    if closed:
+        out["additionalProperties"] = False
+    return out
+
+
+def submission_properties() -> dict[str, Schema]:
+    """POST /jobs: validation.parse_submission, field by field (its keys are validation.FIELDS)."""
+    low_p, high_p = v.PRIORITY_RANGE
+    no_nul = "^[^\\u0000]*$"
+    return {
+        "script": {"type": "string", "minLength": 1, "maxLength": v.MAX_SCRIPT_BYTES,
+                   "allOf": [{"pattern": NOT_BLANK}, {"pattern": no_nul}],
+                   "description": f"The job's shell script: not blank, no NUL, at most "
+                                  f"{v.MAX_SCRIPT_BYTES} bytes of UTF-8 (413 above)."},
+        "cpus": nullable(integer(1, MAX_CPUS, default=1)),
+        "memory_mb": nullable(integer(1, MAX_MEMORY_MB)),
+        "time_limit": nullable(integer(1, v.MAX_TIME_LIMIT_S, description="Seconds.")),
+        "name": nullable(text(v.MAX_NAME, default="job")),
+        "env": {"type": ["object", "null"], "maxProperties": v.MAX_ENV_VARS,
+                "propertyNames": {"pattern": v.ENV_NAME.pattern,
+                                  "not": {"pattern": v.RESERVED_ENV.pattern}},
+                "additionalProperties": {"type": "string", "maxLength": v.MAX_ENV_VALUE,
+                                         "pattern": no_nul},
+                "description": "Variables for the job; SCNS_* and SLURM_* are the scheduler's."},
+        "array": nullable({"type": "string", "maxLength": MAX_SPEC, "examples": ["0-99%8"],
+                           "description": "Indices: '0-99', '1,3,5-7', '0-99:2', each with an "
+                                          "optional '%N' throttle."}),
+        "dependency": nullable({"type": "string", "maxLength": MAX_SPEC,
+                                "description": "afterok|afternotok|afterany|after:ID[:ID...] "
+                                               "or singleton; ',' all, '?' any. Unknown ids "
+                                               "are a 400."}),
+        "hold": {"type": "boolean", "default": False},
+        "requeue": {"type": "boolean", "default": False},
+        "partition": {"type": ["string", "null"], "enum": ["", "default", None],
+                      "description": "Only the default partition exists (others: 422)."},
+        "submit_dir": nullable(text(v.MAX_PATH)),
+        "priority": nullable(integer(low_p, high_p, description=(
+            f"Higher runs first; users {USER_PRIORITY[0]}-{USER_PRIORITY[1]} (403 outside), "
+            "admins any."))),
+        "begin_at": nullable(time(description="PENDING (BeginTime) until then.")),
+        "retries": nullable(integer(0, MAX_RETRIES)),
+        "retry_delay_s": nullable(integer(0, v.MAX_RETRY_DELAY_S)),
+        "output": nullable(text(v.MAX_PATH, description="%j %A %a %x %u patterns.")),
+        "error": nullable(text(v.MAX_PATH)),
+        "workdir": nullable(text(v.MAX_PATH, pattern="^/[^\\u0000-\\u001f]*$")),
+        "nice": nullable(integer(*v.NICE_RANGE, description=(
+            "Lowers the priority by N; a negative adjustment is an admin's (403)."))),
+    }
+
+
+def changes_properties() -> dict[str, Schema]:
+    """PATCH /jobs/{id}: validation.parse_changes (its keys are validation.PATCHABLE)."""
+    sub = submission_properties()
+    strict = {k: {**sub[k], "type": "integer"} for k in ("priority", "cpus")}
+    return {
+        "priority": strict["priority"], "cpus": strict["cpus"],
+        "time_limit": sub["time_limit"], "memory_mb": sub["memory_mb"],
+        "name": text(v.MAX_NAME, minLength=1, allOf=[{"pattern": NOT_BLANK}]),
+        "begin_at": sub["begin_at"],
+    }
+
+
+def job_schema() -> Schema:
+    """services.gateway.common.job_json (a listing's item; GET /jobs/{id} adds script, env)."""
+    when = {"type": ["string", "null"], "format": "date-time"}
+    maybe_int, maybe_str = {"type": ["integer", "null"]}, {"type": ["string", "null"]}
+    props: dict[str, Schema] = {
+        "id": {"type": "integer"}, "name": {"type": "string"}, "user": {"type": "string"},
+        "state": {"type": "string", "enum": [str(s) for s in JobState]},
+        "reason": {**maybe_str, "description": "Pending: " + ", ".join(map(str, PendingReason))},
+        "cpus": {"type": "integer"}, "memory_mb": maybe_int, "time_limit": maybe_int,
+        "worker_id": maybe_str, "attempt": {"type": "integer"}, "exit_code": maybe_int,
+        "signal": maybe_int, "priority": {"type": "integer"}, "requeue": {"type": "boolean"},
+        "cancel_requested": {"type": "boolean"}, "requeue_requested": {"type": "boolean"},
+        "retries": {"type": "integer"}, "retry_delay_s": {"type": "integer"},
+        "retries_used": {"type": "integer"}, "array_job_id": maybe_int,
+        "array_task_id": maybe_int, "array_throttle": maybe_int, "dependency": maybe_str,
+        "partition": maybe_str, "submit_dir": maybe_str, "workdir": maybe_str,
+        "output": maybe_str, "error": maybe_str, "submitted_at": when, "begin_at": when,
+        "allocated_at": when, "started_at": when, "finished_at": when,
+    }
+    extra: dict[str, Schema] = {
+        "peak_rss_kb": maybe_int, "cpu_s": {"type": ["number", "null"]},
+        "script": {"type": "string"},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "array": {"type": "object", "description": "The array's id, spec, throttle, count "
+                                                   "(and per-state counts on GET)."},
+    }
+    return obj({**props, **extra}, required=tuple(props))
+
+
+def token_schema() -> Schema:
+    """services.gateway.tokens.token_json."""
+    when = {"type": ["string", "null"], "format": "date-time"}
+    return obj({"id": {"type": "string"}, "user": {"type": "string"},
+                "role": {"type": "string", "enum": list(ROLES)},
+                "created_at": {"type": "string", "format": "date-time"},
+                "created_by": {"type": ["string", "null"]}, "expires_at": when,
+                "revoked_at": when, "active": {"type": "boolean"}})
+
+
+def components() -> Schema:
+    count_map = {"type": "object", "additionalProperties": {"type": "integer"}}
+    when = {"type": ["string", "null"], "format": "date-time"}
+    maybe_num, maybe_int = {"type": ["number", "null"]}, {"type": ["integer", "null"]}
+    listing = {"next_cursor": {"type": ["string", "null"],
+                               "description": "Pass as ?cursor= for the next page."}}
+    schemas: dict[str, Schema] = {
+        "Error": obj({"error": obj({"code": {"type": "string"}, "message": {"type": "string"}})}),
+        "JobSubmission": obj(submission_properties(), required=("script",), closed=True),
+        "JobChanges": obj(changes_properties(), required=(), closed=True, minProperties=1),
+        "Job": job_schema(),
+        "JobList": obj({"items": {"type": "array", "items": ref("Job")}, **listing}),
+        "TestOnly": obj({"test_only": {"const": True}, "job": {"type": "object"},
+                         "array_count": maybe_int}),
+        "ArrayControl": obj({"array_job_id": {"type": "integer"}, "count": {"type": "integer"},
+                             "stopping": {"type": "integer"}}),
+        "Attempt": obj({
+            "attempt": {"type": "integer"}, "worker_id": {"type": "string"},
+            "cpus": {"type": "integer"}, "memory_mb": {"type": "integer"},
+            "state": {"type": ["string", "null"]}, "reason": {"type": ["string", "null"]},
+            "exit_code": maybe_int, "signal": maybe_int, "allocated_at": when,
+            "started_at": when, "finished_at": when, "elapsed_s": maybe_num,
+            "peak_rss_kb": maybe_int, "cpu_user_s": maybe_num, "cpu_system_s": maybe_num,
+            "cpu_s": maybe_num}),
+        "AttemptList": obj({"items": {"type": "array", "items": ref("Attempt")}, **listing,
+                            "job": ref("Job")}),
+        "Worker": obj({
+            "id": {"type": "string"},
+            "state": {"type": "string", "description": ", ".join(map(str, WorkerState))},
+            "cpus": {"type": "integer"}, "memory_mb": {"type": "integer"},
+            "allocated_cpus": {"type": "integer"}, "allocated_memory_mb": {"type": "integer"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "hostname": {"type": "string"}, "last_heartbeat": when, "drain": {"type": "boolean"}}),
+        "WorkerList": obj({"items": {"type": "array", "items": ref("Worker")}, **listing,
+                           "degraded": {"type": "boolean"}}),
+        "WorkerDrain": obj({"id": {"type": "string"}, "state": {"type": "string"},
+                            "drain": {"type": "boolean"}}),
+        "Resources": obj({k: {"type": "integer"} for k in (
+            "total_cpus", "allocated_cpus", "available_cpus", "total_memory_mb",
+            "allocated_memory_mb", "available_memory_mb")} | {"utilization": {"type": "number"}}),
+        "QueueStats": obj({"states": count_map, "pending_reasons": count_map, "cpus": count_map,
+                           "window": {"type": "string"}}),
+        "TokenRequest": obj({
+            "user": {"type": "string", "pattern": USER_NAME.pattern, "minLength": 1,
+                     "maxLength": 64},
+            "role": {"type": "string", "enum": list(ROLES), "default": "user"},
+            "expires_in_s": nullable(integer(1, MAX_LIFETIME_S))}, required=("user",),
+            closed=True),
+        "Token": token_schema(),
+        "NewToken": {"allOf": [ref("Token"), obj({"token": {
+            "type": "string", "description": "Shown here only; keep it secret."}})]},
+        "TokenRevoked": ref("Token"),
+        "TokenList": obj({"items": {"type": "array", "items": ref("Token")}, **listing}),
+        "Readiness": obj({"ready": {"type": "boolean"}, "checks": obj({
+            "redis": {"type": "boolean"}, "postgresql": {"type": "boolean"}})}),
+    }
+    return {"schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
+
+
+def body(schema: Schema) -> Schema:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def answer(description: str, schema: Schema | None = None, *,
+           media: str = "application/json", **extra: Any) -> Schema:
+    out: Schema = {"description": description, **extra}
+    out["content"] = {media: {"schema": schema if schema is not None else {"type": "object"}}}
+    return out
+
+
+def op(op_id: str, tag: str, summary: str, ok: dict[int, Schema], errors: tuple[int, ...],
+       **extra: Any) -> Schema:
+    """An operation; every secured one may also answer 401, 403 and 503."""
+    codes = set(errors) | ({401, 403, 503} if extra.get("security") != [] else set())
+    responses = {str(code): resp for code, resp in sorted(ok.items())}
+    for code in sorted(codes):
+        responses[str(code)] = answer(ERRORS[code], ref("Error"))
+    return {"operationId": op_id, "tags": [tag], "summary": summary, "responses": responses,
+            **extra}
+
+
+def param(name: str, where: str, schema: Schema, description: str = "", **extra: Any
+          ) -> Schema:
+    """A parameter; the query helpers in validation.py read `?key=` (empty) as no key at all."""
+    out: Schema = {"name": name, "in": where, "required": where == "path", "schema": schema,
+                   **({"allowEmptyValue": True} if where == "query" else {}), **extra}
+    if description:
+        out["description"] = description
+    return out
+
+
+JOB_ID = param("job_id", "path", {"type": "string", "pattern": JOB_REF},
+               "A job id (12), or one array element (12_3); an array's id addresses it whole.")
+
+
+def job_paths() -> dict[str, Schema]:
+    job = answer("The job.", ref("Job"))
+    changed = {200: answer("Done.", {"anyOf": [ref("Job"), ref("ArrayControl")]}),
+               202: answer("Its executor has been asked to stop it (a RUNNING job).",
+                           {"anyOf": [ref("Job"), ref("ArrayControl")]})}
+    listing = [
+        param("state", "query", {"type": "array", "items": {
+            "type": "string", "enum": [str(s) for s in JobState]}}, "Any of these states.",
+            style="form", explode=False),
+        *(param(k, "query", {"type": "string", "maxLength": MAX_QUERY_TEXT, "pattern": PRINTABLE})
+          for k in ("user", "name")),
+        *(param(k, "query", {"type": "string", "pattern": f"^[0-9]{{1,{len(str(v.MAX_ID))}}}$"})
+          for k in ("cursor", "array_job_id")),
+        *(param(k, "query", time()) for k in ("since", "until")),
+        param("limit", "query", integer(1, MAX_PAGE, default=100)),
+    ]
+    control = {
+        "cancel": ("Cancel (an array's id: every element).", (400, 404, 409, 415)),
+        "hold": ("Hold a PENDING job (reason Held).", (400, 404, 409, 415)),
+        "release": ("Release a held job.", (400, 404, 409, 415)),
+        "requeue": ("A terminal or RUNNING job: a new PENDING attempt.", (400, 404, 409, 415)),
+    }
+    paths: dict[str, Schema] = {
+        "/api/v1/jobs": {
+            "post": op("submitJob", "jobs", "Submit a job (or an array of jobs).", {
+                201: answer("Created.", ref("Job")),
+                200: answer("Replayed by Idempotency-Key, or ?test_only=1's preview.",
+                            {"anyOf": [ref("Job"), ref("TestOnly")]},
+                            headers={"Idempotent-Replayed": {"schema": {"type": "string"}}})},
+                (400, 409, 413, 415, 422), requestBody=body(ref("JobSubmission")),
+                parameters=[
+                    param("Idempotency-Key", "header", {
+                        "type": "string", "minLength": 1, "maxLength": MAX_KEY,
+                        "pattern": "^[\\u0020-\\u007e]+$"},
+                        "The same key again returns the first job (409 if the body differs)."),
+                    param("test_only", "query", {"type": "string", "examples": ["1"]},
+                          "1, true or yes: validate only (like sbatch --test-only).")]),
+            "get": op("listJobs", "jobs", "Jobs, newest first (no script or env).",
+                      {200: answer("A page.", ref("JobList"))}, (400,), parameters=listing),
+        },
+        "/api/v1/jobs/{job_id}": {
+            "parameters": [JOB_ID],
+            "get": op("getJob", "jobs", "One job, with its script and environment.",
+                      {200: job}, (400, 404)),
+            "patch": op("updateJob", "jobs", "Change a PENDING job (like scontrol update).",
+                        {200: job}, (400, 404, 409, 413, 415, 422),
+                        requestBody=body(ref("JobChanges"))),
+            "delete": op("cancelJob", "jobs", control["cancel"][0], changed, control["cancel"][1]),
+        },
+        "/api/v1/jobs/{job_id}/attempts": {
+            "parameters": [JOB_ID],
+            "get": op("jobAttempts", "jobs", "Accounting: one item per placed attempt.",
+                      {200: answer("Attempts.", ref("AttemptList"))}, (400, 404)),
+        },
+        "/api/v1/jobs/{job_id}/log": {
+            "parameters": [JOB_ID],
+            "get": op("jobLog", "jobs", "An attempt's output.", {
+                200: answer("The text so far (with follow=1: until the job ends).",
+                            {"type": "string"}, media="text/plain")}, (400, 404), parameters=[
+                param("stream", "query", {"type": "string", "enum": ["stdout", "stderr"],
+                                          "default": "stdout"}, allowEmptyValue=False),
+                param("attempt", "query", integer(1, MAX_ATTEMPT)),
+                param("follow", "query", {"type": "string", "examples": ["1"]},
+                      "1, true or yes: stream until the job ends.")]),
+        },
+    }
+    for verb in ("hold", "release", "requeue"):
+        summary, errors = control[verb]
+        paths[f"/api/v1/jobs/{{job_id}}/{verb}"] = {
+            "parameters": [JOB_ID], "post": op(f"{verb}Job", "jobs", summary, changed, errors)}
+    return paths
+
+
+def cluster_paths() -> dict[str, Schema]:
+    worker = param("worker_id", "path", {"type": "string", "minLength": 1})
+    token_id = param("token_id", "path", {"type": "string", "minLength": 1})
+    drain = {verb: op(f"{verb}Worker", "cluster", f"{verb.title()} a worker (admin).",
+                      {200: answer("Its state now.", ref("WorkerDrain"))}, (404, 415))
+             for verb in ("drain", "resume")}
+    return {
+        "/api/v1/workers": {"get": op("listWorkers", "cluster", "Workers and their capacity.",
+                                      {200: answer("Workers.", ref("WorkerList"))}, ())},
+        "/api/v1/workers/{worker_id}/drain": {"parameters": [worker], "post": drain["drain"]},
+        "/api/v1/workers/{worker_id}/resume": {"parameters": [worker], "post": drain["resume"]},
+        "/api/v1/resources": {"get": op("resources", "cluster", "Cluster CPUs and memory.",
+                                        {200: answer("Totals.", ref("Resources"))}, ())},
+        "/api/v1/queues/stats": {"get": op("queueStats", "cluster", "Jobs per state and reason.",
+                                           {200: answer("Counts.", ref("QueueStats"))}, ())},
+        "/api/v1/admin/reconcile": {"post": op(
+            "reconcile", "cluster", "A reconciler pass now (admin); 503 when none runs.",
+            {200: answer("The reconciler's report.")}, (415, 504))},
+        "/api/v1/tokens": {
+            "post": op("createToken", "tokens", "Make a token (admin); shown only here.",
+                       {201: answer("Created.", ref("NewToken"))}, (400, 413, 415),
+                       requestBody=body(ref("TokenRequest"))),
+            "get": op("listTokens", "tokens", "Tokens (admin), never their secret.",
+                      {200: answer("Tokens.", ref("TokenList"))}, (400,), parameters=[
+                          param("user", "query", {"type": "string", "maxLength": 64,
+                                                  "pattern": PRINTABLE}),
+                          param("limit", "query", integer(1, MAX_TOKEN_PAGE))]),
+        },
+        "/api/v1/tokens/{token_id}": {"parameters": [token_id], "delete": op(
+            "revokeToken", "tokens", "Revoke a token (admin; again: the same answer).",
+            {200: answer("Revoked.", ref("TokenRevoked"))}, (404, 415))},
+    }
+
+
+def service_paths() -> dict[str, Schema]:
+    public: dict[str, Any] = {"security": []}
+    return {
+        "/healthz": {"get": op("healthz", "service", "Liveness.", {
+            200: answer("Alive.", obj({"status": {"const": "ok"}}))}, (), **public)},
+        "/readyz": {"get": op("readyz", "service", "Readiness: Redis and PostgreSQL answer.", {
+            200: answer("Ready.", ref("Readiness")), 503: answer("Not ready.", ref("Readiness"))},
+            (), **public)},
+        "/metrics": {"get": op("metrics", "service", "Prometheus metrics (any valid token).", {
+            200: answer("Text exposition format.", {"type": "string"}, media="text/plain")}, ())},
+        "/api/v1/openapi.json": {"get": op("openapi", "service", "This document.", {
+            200: answer("OpenAPI 3.1.", {"type": "object"})}, (), **public)},
+    }
+
+
+def _version() -> str:
+    try:
+        return metadata.version("scns-conductor")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+@functools.cache
+def spec() -> dict[str, Any]:
+    """The document (built once; callers must not change it)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "SCNS Conductor API", "version": _version(),
+                 "description": "Batch jobs on a CPU cluster. Errors are "
+                                "{\"error\": {\"code\", \"message\"}}."},
+        "security": [{"bearer": []}],
+        "paths": {**job_paths(), **cluster_paths(), **service_paths()},
+        "components": components(),
+    }
+
+
+@functools.cache
+def _encoded() -> bytes:
+    return orjson.dumps(spec())
+
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/openapi.json")
+async def openapi_json(_: web.Request) -> web.Response:
+    return web.Response(body=_encoded(), content_type="application/json")
