@@ -6,6 +6,10 @@ into `status` and `pid`. So every read here opens relative to the directory with
 links (the directory itself included), refuses anything but a regular file, reads a bounded
 amount and parses numbers strictly. A bad file is an answer ("unreadable"), never an exception
 that could stop the task serving every other job of the worker.
+
+When the job runs as another user than the reader (a root executor), a file whose content is
+passed on (its output) must also belong to the job's user (`owner`): a hard link the job made
+to a file of someone else's is then refused, not read with the reader's rights.
 """
 
 from __future__ import annotations
@@ -25,9 +29,19 @@ class NotRegular(OSError):
     """The path is not a regular file (a directory, FIFO, socket, device or a link)."""
 
 
-def open_regular(jobdir: Path, name: str) -> int:
+class NotOwned(NotRegular):
+    """The file does not belong to the job's user."""
+
+
+def check_owner(fd: int, owner: int | None, path: object) -> None:
+    if owner is not None and os.fstat(fd).st_uid != owner:
+        raise NotOwned(f"{path} does not belong to the job's user")
+
+
+def open_regular(jobdir: Path, name: str, *, owner: int | None = None) -> int:
     """A read-only descriptor of `jobdir/name`, which must be a regular file reached without
-    following a symbolic link; raises OSError (NotRegular) otherwise. The caller closes it."""
+    following a symbolic link (and, with `owner`, belong to that uid); raises OSError
+    (NotRegular) otherwise. The caller closes it."""
     dfd = os.open(jobdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         # O_NONBLOCK: opening a FIFO a job put there must not wait for a writer
@@ -38,6 +52,7 @@ def open_regular(jobdir: Path, name: str) -> int:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegular(f"{jobdir / name} is not a regular file")
+        check_owner(fd, owner, jobdir / name)
     except BaseException:
         os.close(fd)
         raise

@@ -1,8 +1,17 @@
-"""What every service's entry point shares: the event loop, signals, supervised tasks."""
+"""What every service's entry point shares: the event loop, signals, supervised tasks, and
+keeping its secrets to itself.
+
+Every service holds the database and Redis URLs (its environment, its memory). On Linux it makes
+itself non-dumpable at start-up (PR_SET_DUMPABLE 0): its /proc/<pid>/environ, mem, fd and maps
+then belong to root and it cannot be ptraced, so a process of the same user (a job run by an
+executor that is not root) cannot read them. A child it execs is dumpable again (the kernel
+resets the flag on exec), so jobs and embedded servers are unaffected. No core dumps either.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import signal
 import sys
@@ -12,8 +21,37 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+PR_SET_DUMPABLE = 4
+PR_GET_DUMPABLE = 3
+
+
+def make_undumpable() -> bool:
+    """PR_SET_DUMPABLE 0 on this process (Linux; elsewhere a no-op that returns False)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def dumpable() -> bool | None:
+    """This process's dumpable flag (None where it cannot be read)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)) > 0
+    except (OSError, AttributeError):
+        return None
+
+
 def run(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
-    """Run `main` on uvloop when available and return its exit code."""
+    """Run `main` on uvloop when available and return its exit code. The process is made
+    non-dumpable first (see the module docstring)."""
+    if not make_undumpable() and sys.platform.startswith("linux"):
+        log.warning("could not make this process non-dumpable: its environment may be "
+                    "readable by other processes of its user")
     try:
         import uvloop
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +24,7 @@ from shared.db.pool import create_pool
 from shared.keys import Keys
 from shared.redis import connect
 from shared.settings import Settings
+from tests.helpers import open_for_jobs
 from tests.infra import Infra, provide
 
 TEMPLATE_DB = f"scns_tpl_{uuid.uuid4().hex[:8]}"
@@ -139,3 +141,9 @@ def settings(infra: Infra, database_url: str, key_prefix: str, tmp_path: Any) ->
         claim_idle_ms=500, max_deliveries=3, data_dir=tmp_path / "data",
         log_format="text", log_level="INFO",
     )
+
+
+@pytest.fixture
+def job_tmp_path(tmp_path: Path) -> Path:
+    """`tmp_path`, reachable and writable by the jobs of a root executor (see open_for_jobs)."""
+    return open_for_jobs(tmp_path)

@@ -259,6 +259,9 @@ def running(system: System) -> Iterator[str]:
 
 
 def run_up(workers: int, cpus: int | None) -> int:
+    from shared import runtime
+
+    runtime.make_undumpable()  # it holds the URLs and the admin token, like its children
     settings = Settings.from_env()
     system = System(settings, os.environ, workers=workers, cpus=cpus)
     stop = False

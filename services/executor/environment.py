@@ -1,7 +1,13 @@
-"""The environment a job sees: clean, plus the user's variables, plus ours. Pure."""
+"""The environment a job sees: clean, plus the user's variables, plus ours. Pure.
+
+Nothing of the executor's own environment reaches a job but PASSTHROUGH: never its secrets
+(SCNS_DATABASE_URL, SCNS_REDIS_URL) nor any other SCNS_* setting. A job that runs as another
+user than the executor's gets that account's HOME, USER and LOGNAME instead of the executor's.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -17,11 +23,31 @@ ARRAY_SUFFIXES = ("JOB_ID", "TASK_ID", "TASK_COUNT", "TASK_MIN", "TASK_MAX", "TA
 ARRAY_NAMES = tuple(f"{p}_ARRAY_{s}" for p in ("SCNS", "SLURM") for s in ARRAY_SUFFIXES)
 
 
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def base_environment(executor_env: Mapping[str, str]) -> dict[str, str]:
     env = {k: executor_env[k] for k in PASSTHROUGH if k in executor_env}
     env.setdefault("LANG", "C.UTF-8")
     env["PATH"] = DEFAULT_PATH
     return env
+
+
+def for_account(base: Mapping[str, str], *, name: str, home: str) -> dict[str, str]:
+    """The base environment of a job running as the account `name`."""
+    return {**base, "HOME": home, "USER": name, "LOGNAME": name}
+
+
+def shell_exports(env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """`env` as a file a POSIX shell sources (`export NAME='value'` lines) and the names it
+    had to leave out (not shell identifiers: the shell cannot export them)."""
+    lines, skipped = [], []
+    for k, v in env.items():
+        if _NAME.match(k):
+            lines.append(f"export {k}='" + v.replace("'", "'\\''") + "'\n")
+        else:
+            skipped.append(k)
+    return "".join(lines), skipped
 
 
 def job_environment(

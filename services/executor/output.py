@@ -11,8 +11,10 @@ it with its own rights, by path. So it is opened without following a final symbo
 without waiting on a FIFO); it must be a regular file, never a /proc one (through a directory
 link the job planted, /proc/self would be the executor's), and it must stay the file first read
 (same device and inode). A job that replaces it with anything else gets a note in its log and
-no more of that stream shipped; no other job is affected. (Jobs run as the executor's user
-today; were they to run as another, the file's owner would have to be checked too.)
+no more of that stream shipped; no other job is affected. When the job runs as another user than
+the executor (a root executor: privilege.py), the file must also belong to that user (the tail's
+`owner`), in its own directory as elsewhere: through a directory it swapped for a link, or a hard
+link it made, a job would otherwise have us ship a file only root may read.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.jobfiles import NotRegular
+from shared.jobfiles import NotOwned, NotRegular, check_owner, open_regular
 from shared.output import OutputShipper, Tail, _Cursor
 
 
@@ -33,6 +35,7 @@ class JobTail(Tail):
 
     sources: dict[str, str] = field(default_factory=dict)  # stream -> absolute path
     pinned: dict[str, tuple[int, int]] = field(default_factory=dict)  # stream -> (dev, ino)
+    owner: int | None = None  # the uid its files must belong to (None: not checked)
 
     def use_job_directory(self) -> None:
         """Ship both streams from the job directory (the wrapper wrote there instead)."""
@@ -49,7 +52,8 @@ def _proc_device() -> int | None:
         return None
 
 
-def open_own(path: str, pinned: tuple[int, int] | None) -> tuple[int, tuple[int, int]]:
+def open_own(path: str, pinned: tuple[int, int] | None, owner: int | None = None
+             ) -> tuple[int, tuple[int, int]]:
     """A read-only descriptor of a job's output file and its (device, inode); raises OSError
     (NotRegular for a file we will not read). The caller closes the descriptor."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -60,6 +64,7 @@ def open_own(path: str, pinned: tuple[int, int] | None) -> tuple[int, tuple[int,
             raise NotRegular(f"{path} is not a regular file")
         if pinned is not None and ident != pinned:
             raise NotRegular(f"{path} was replaced")
+        check_owner(fd, owner, path)
     except BaseException:
         os.close(fd)
         raise
@@ -71,13 +76,18 @@ class JobOutputShipper(OutputShipper):
     first read), else from the job directory."""
 
     def _open(self, tail: Tail, name: str) -> tuple[int, Path]:
-        if not isinstance(tail, JobTail) or name not in tail.sources:
+        if not isinstance(tail, JobTail):
             return super()._open(tail, name)
-        fd, ident = open_own(tail.sources[name], tail.pinned.get(name))
+        if name not in tail.sources:
+            return open_regular(tail.jobdir, name, owner=tail.owner), tail.jobdir / name
+        fd, ident = open_own(tail.sources[name], tail.pinned.get(name), tail.owner)
         tail.pinned[name] = ident
         return fd, Path(tail.sources[name])
 
     def _unusable(self, tail: Tail, name: str, e: OSError) -> str:
+        if isinstance(e, NotOwned):
+            return (f"\n[scns: {name} of job {tail.job_id} is not a file of the job's user; "
+                    "output stops here]\n")
         if not isinstance(tail, JobTail) or name not in tail.sources:
             return super()._unusable(tail, name, e)
         return (f"\n[scns: {name} of job {tail.job_id} cannot be read from "

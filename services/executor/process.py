@@ -24,6 +24,21 @@ noclobber (`set -C`): the job can write its own directory, and whatever it puts 
 left alone (and then reads as unreadable), never written through. Output files are opened for
 appending (`>>`, which noclobber leaves alone): a retried or requeued attempt adds to an
 `--output` file rather than erase the earlier attempt's (sbatch's `--open-mode=append`).
+
+How the wrapper is started depends on the executor's containment and on who the job runs as
+(`Wrapper`; containment.py, privilege.py), each a shell builtin or one exec more:
+* as the executor's user, no cgroup: as above (one exec of /bin/sh, then setsid and the job);
+* cgroup mode: the same script first writes its own pid into the job's cgroups (`ENTRY`, echo
+  into `cgroup.procs`), so that the job is born inside them;
+* as another user (a root executor): everything up to the switch runs with a minimal
+  environment (`root_env`); the cgroup entry, if any, is done as root, then `setpriv` execs the
+  wrapper proper as the job's user, which first sources the job's environment from
+  `$jobdir/env` and only then opens the output files: with the job's own rights;
+* subreaper mode: the containment helper (`HELPER`, Python) starts the wrapper in a session of
+  its own; the wrapper writes the pid file and reports the pid as usual, then *becomes* the job
+  (`EXEC_TAIL`), and the helper, which waits for it, records and reports the status once every
+  descendant is gone. The helper's last argument is the job directory too.
+Every wrapper raises its own `oom_score_adj` to 1000 (a builtin write), which the job inherits.
 """
 
 from __future__ import annotations
@@ -32,19 +47,26 @@ import asyncio
 import functools
 import os
 import resource
+import shlex
 import shutil
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from services.executor.containment import HELPER
+from services.executor.environment import DEFAULT_PATH
+from services.executor.privilege import DROP, Account, drop_prefix
 from shared.jobfiles import read_status
 
-WRAPPER = r"""
+# The wrapper proper, as the job's user: its working directory, its output files, the command.
+INNER = r"""
 jobdir=$6 out=${1:-$6/stdout} err=${2:-$6/stderr} wd=$3 run=$4 arg=$5
+{ printf '1000\n' >/proc/self/oom_score_adj; } 2>/dev/null
 set -C
 fail() {
   printf 'scns: %s\n' "$2" >>"$jobdir/stderr"
@@ -67,7 +89,9 @@ fi
 if [ -z "$run" ]; then set -- bash --noprofile --norc -- "$jobdir/script"
 elif [ -z "$arg" ]; then set -- "$run" "$jobdir/script"
 else set -- "$run" "$arg" "$jobdir/script"; fi
-@LAUNCH@ "$@" </dev/null >&4 2>&5 3>&- 4>&- 5>&- &
+"""
+# ... then starts the job in a session of its own and waits for it,
+FORK_TAIL = r"""@LAUNCH@ "$@" </dev/null >&4 2>&5 3>&- 4>&- 5>&- &
 child=$!
 exec 4>&- 5>&-
 printf '%s %s\n' "$child" "$$" >"$jobdir/pid"
@@ -80,22 +104,46 @@ printf '%s\n' "$st" >"$jobdir/status"
 printf 'exit %s\n' "$st" >&3
 exit 0
 """
+# ... or, under the subreaper helper (which made the session, waits and records the status),
+# becomes the job.
+EXEC_TAIL = r"""printf '%s %s\n' "$$" "$PPID" >"$jobdir/pid"
+printf 'pid %s\n' "$$" >&3
+exec "$@" </dev/null >&4 2>&5 3>&- 4>&- 5>&-
+"""
+# When the job runs as another user, everything before the switch gets a minimal environment
+# and the job's own arrives through this file (privilege.py); sourced before our variables are
+# set, so that it cannot change them.
+ENV_SOURCE = '. "$6/env" || exit 120\n'
+# Into the job's cgroups, as the executor's user, before anything else (cgroups.py).
+ENTRY = r"""leaf=${@JOBDIR@##*/}
+for cg in @DIRS@; do
+  [ -d "$cg/$leaf" ] || continue
+  echo $$ >"$cg/$leaf/cgroup.procs" || { set -C; printf '1\n' >"${@JOBDIR@}/status"
+    printf 'error cgroup\nexit 1\n' >&3; exit 0; }
+done
+"""
+# Then, for a job that runs as another user, the switch: uid, gid and groups come first.
+DROP_EXEC = r"""u=$1 g=$2 n=$3; shift 3
+exec @DROP@ /bin/sh -c @INNER@ "$0" "$@"
+"""
+SETPRIV_WORDS = '--reuid="$u" --regid="$g" --groups="$n" --'
+WRAPPER = INNER + FORK_TAIL
 
 BASH = "/bin/bash"
 SH = "/bin/sh"
+SETSID = shutil.which("setsid", path="/usr/bin:/bin")
 
 
 def wrapper_command() -> tuple[str, str]:
-    """(shell, script) of the wrapper on this machine."""
-    setsid = shutil.which("setsid", path="/usr/bin:/bin")
-    if setsid and os.path.exists(SH):
-        return SH, WRAPPER.replace("@LAUNCH@", setsid)
+    """(shell, script) of the plain wrapper on this machine."""
+    if SETSID and os.path.exists(SH):
+        return SH, WRAPPER.replace("@LAUNCH@", SETSID)
     return BASH, "set -m\n" + WRAPPER.replace("@LAUNCH@ ", "")
 
 
 SHELL, SCRIPT = wrapper_command()
 SAME_AS_STDOUT = "1"  # Launch.stderr: the job's stderr goes to its stdout's file
-SETUP_ERRORS = frozenset({"workdir", "stdout", "stderr"})
+SETUP_ERRORS = frozenset({"workdir", "stdout", "stderr", "cgroup"})
 _SPAWNERS = ThreadPoolExecutor(4, thread_name_prefix="spawn")
 _reapers: set[asyncio.Task[None]] = set()
 
@@ -111,13 +159,83 @@ class Launch:
     interpreter: str = ""  # what the script's #! line names ("" = bash), run as the kernel
     interpreter_arg: str = ""  # would: `interpreter [interpreter_arg] script`
 
+    def args(self, jobdir: Path) -> list[str]:
+        return [self.stdout, self.stderr, self.workdir, self.interpreter, self.interpreter_arg,
+                str(jobdir)]
+
     def argv(self, jobdir: Path) -> list[str]:
-        """The job directory comes last (a job finds it there: /proc/$PPID/cmdline)."""
-        return [SHELL, "-c", SCRIPT, "scns-job", self.stdout, self.stderr, self.workdir,
-                self.interpreter, self.interpreter_arg, str(jobdir)]
+        """The plain wrapper's command. The job directory comes last (a job finds it there:
+        /proc/$PPID/cmdline)."""
+        return [SHELL, "-c", SCRIPT, "scns-job", *self.args(jobdir)]
 
 
 DEFAULT_LAUNCH = Launch()
+
+
+@functools.cache
+def _script(*, entry_dirs: tuple[str, ...] = (), switch: str | None = None,
+            env_file: bool = False, subreaper: bool = False) -> str:
+    """The wrapper script for one kind of start (cached: a handful per executor). `switch`:
+    the words that exec what follows as the job's user, after the cgroup entry."""
+    inner = (ENV_SOURCE if env_file else "") + INNER + (
+        EXEC_TAIL if subreaper else FORK_TAIL.replace("@LAUNCH@", SETSID or "setsid"))
+    if not entry_dirs:
+        return inner
+    dirs = " ".join(shlex.quote(d) for d in entry_dirs)
+    if switch is None:
+        return ENTRY.replace("@JOBDIR@", "6").replace("@DIRS@", dirs) + inner
+    return (ENTRY.replace("@JOBDIR@", "9").replace("@DIRS@", dirs)
+            + DROP_EXEC.replace("@DROP@", switch).replace("@INNER@", shlex.quote(inner)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Wrapper:
+    """How this executor starts a job's wrapper: into its cgroups (`entry_dirs`), under the
+    subreaper helper, and as the job's user when that is not the executor's.
+
+    A job running as another user is started through `setpriv` (or, without it, Python doing
+    the same); in cgroup mode the wrapper first enters the job's cgroups as the executor's user
+    (root) and then execs that switch. Each stage that runs as root gets `root_env` only."""
+
+    entry_dirs: tuple[str, ...] = ()
+    subreaper: bool = False
+    setpriv: str | None = None
+    python: str = sys.executable
+
+    def argv(self, launch: Launch, jobdir: Path, account: Account | None = None) -> list[str]:
+        args = launch.args(jobdir)
+        if self.entry_dirs and account is not None:
+            switch = (f"{shlex.quote(self.setpriv)} {SETPRIV_WORDS}" if self.setpriv else
+                      f"{shlex.quote(self.python)} -I -S -c {shlex.quote(DROP)} "
+                      '"$u" "$g" "$n"')
+            script = _script(entry_dirs=self.entry_dirs, switch=switch, env_file=True)
+            return [SH, "-c", script, "scns-job", str(account.uid), str(account.gid),
+                    account.group_list, *args]
+        if self.entry_dirs:
+            return [SH, "-c", _script(entry_dirs=self.entry_dirs), "scns-job", *args]
+        if account is None and not self.subreaper:
+            return launch.argv(jobdir)
+        prefix = [] if account is None else drop_prefix(account, setpriv_path=self.setpriv,
+                                                        python=self.python)
+        script = _script(env_file=account is not None, subreaper=self.subreaper)
+        cmd = [*prefix, SH, "-c", script, "scns-job", *args]
+        return [self.python, "-I", "-S", "-c", HELPER, *cmd] if self.subreaper else cmd
+
+    @staticmethod
+    def spawn_env(env: dict[str, str], account: Account | None) -> dict[str, str]:
+        """What the first process gets: the job's environment, or, when it runs as root on the
+        way to another user, only what cannot be abused (its id: see belongs_to())."""
+        if account is None:
+            return env
+        return root_env(env)
+
+
+def root_env(env: Mapping[str, str]) -> dict[str, str]:
+    return {"PATH": DEFAULT_PATH, **{k: env[k] for k in ("SCNS_JOB_ID", "SCNS_ATTEMPT")
+                                     if k in env}}
+
+
+PLAIN = Wrapper()
 
 
 @dataclass(slots=True)
@@ -138,7 +256,8 @@ class Spawned:
     _buf: bytes = b""
 
 
-async def spawn(jobdir: Path, env: dict[str, str], launch: Launch = DEFAULT_LAUNCH) -> Spawned:
+async def spawn(jobdir: Path, env: dict[str, str], launch: Launch = DEFAULT_LAUNCH, *,
+                wrapper: Wrapper = PLAIN, account: Account | None = None) -> Spawned:
     """Start the wrapper for the job prepared in `jobdir` (which holds `script`).
 
     posix_spawn returns only once the child has exec'd; on a busy machine that can take
@@ -156,12 +275,13 @@ async def spawn(jobdir: Path, env: dict[str, str], launch: Launch = DEFAULT_LAUN
         (os.POSIX_SPAWN_DUP2, 1, 2),
         (os.POSIX_SPAWN_DUP2, w, 3),
     ]
-    argv = launch.argv(jobdir)
+    argv = wrapper.argv(launch, jobdir, account)
+    env = wrapper.spawn_env(env, account)
     loop = asyncio.get_running_loop()
     try:
         pid = await loop.run_in_executor(
-            _SPAWNERS, functools.partial(os.posix_spawn, SHELL, argv, env, file_actions=actions,
-                                         setsid=True))
+            _SPAWNERS, functools.partial(os.posix_spawn, argv[0], argv, env,
+                                         file_actions=actions, setsid=True))
     except BaseException:
         os.close(r)
         raise

@@ -11,7 +11,12 @@ over:
   and supervised to its end;
 * it ended while nobody watched (its wrapper recorded a valid status): collected;
 * otherwise it is gone: NODE_FAIL (then a new attempt if it asked for requeue), or FAILED when
-  the job itself made its status file unreadable.
+  the job itself made its status file unreadable; whatever it left in its cgroup is killed.
+
+After each audit, the cgroup of any job this executor does not run (ended, or declared lost by
+the reconciler, while no executor watched) is killed and removed (Runner.sweep_leftovers): a job
+whose executor died leaves nothing running once a new one has started. An adopted or collected
+job's leftovers are killed when its supervision ends, as for any job.
 
 Each job is handled on its own: one that cannot be taken over is logged and retried at the next
 audit, and never stops the others.
@@ -57,6 +62,11 @@ class Auditor:
         if counts:
             log.warning("took over jobs nobody watched: %s", dict(counts),
                         extra={"event": "recovered", **counts})
+        try:
+            if swept := await r.sweep_leftovers():
+                counts["swept"] += swept
+        except OSError:
+            log.exception("could not sweep leftover job cgroups (next audit tries again)")
         return dict(counts)
 
     def _unwatched(self, job: Job) -> bool:
@@ -99,6 +109,7 @@ class Auditor:
         elif mine(child) or mine(wrapper):
             outcome = "adopted"
         else:
+            await r.isolation.containment.discard(jobdir.name)  # anything it left behind
             if status.tampered:
                 await r._record(job, JobState.FAILED,
                                 reason="its status file is unreadable (the job changed it)")

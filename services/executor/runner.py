@@ -13,6 +13,12 @@ The job directory is the job's to write: what is read back from it (pid, status,
 parsed defensively (shared/jobfiles.py), and a failure about one job never stops the tasks that
 serve the others. How a job's script, working directory and output files are set up (and where
 its output is shipped from) is in scripts.py.
+
+How the job is kept apart (containment.py, privilege.py): it runs as an unprivileged user when
+the executor is root, in a directory private to that user, inside a cgroup of its own where one
+can be made (else under a subreaper helper); when it ends, for any reason, whatever it left
+running is killed. A job the kernel killed for memory (or, without a memory cgroup, the
+watchdog: its sampled RSS over memory_mb) ends OUT_OF_MEMORY.
 """
 
 from __future__ import annotations
@@ -29,11 +35,26 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
-from services.executor.environment import decode_status, job_environment
+from services.executor.containment import Isolation, Mode, over_limit
+from services.executor.environment import (
+    decode_status,
+    for_account,
+    job_environment,
+    shell_exports,
+)
 from services.executor.output import JobOutputShipper, JobTail
-from services.executor.process import SIGKILL, SIGTERM, Launch, Spawned, signal_group, spawn
+from services.executor.privilege import Account
+from services.executor.process import (
+    SIGKILL,
+    SIGTERM,
+    Launch,
+    Spawned,
+    Wrapper,
+    signal_group,
+    spawn,
+)
 from services.executor.scripts import normalise, plan, setup_failure, sources
-from services.executor.usage import Sample, combine, sample_groups
+from services.executor.usage import Sample, Stat, combine, read_stat, scan, total, tree
 from shared import failpoints
 from shared.db import UNAVAILABLE
 from shared.db.jobs import Job, JobStore, Usage
@@ -70,16 +91,19 @@ class RunningJob:
     task: asyncio.Task[None] | None = None
     peak: Sample = field(default_factory=Sample)
     lost_reason: str | None = None  # why its status is unknown, when it is
+    side_tasks: set[asyncio.Task[bool]] = field(default_factory=set)
 
 
 class Runner:
     def __init__(
         self, *, worker_id: str, data_dir: Path, lifecycle: Lifecycle, jobs: JobStore,
         shipper: JobOutputShipper, base_env: Mapping[str, str], kill_grace_s: float,
-        lease_valid: Callable[[], bool] = lambda: True,
+        lease_valid: Callable[[], bool] = lambda: True, isolation: Isolation | None = None,
     ) -> None:
         self.worker_id = worker_id
-        self.jobs_dir = data_dir.absolute() / "jobs"  # the wrapper changes directory
+        # absolute: the wrapper changes directory. Until configure(): as the executor's user,
+        # no containment (what a Runner built on its own, in a test, gets)
+        self.configure(isolation or Isolation(jobs_dir=data_dir.absolute() / "jobs"))
         self.lifecycle = lifecycle
         self.jobs = jobs
         self.shipper = shipper
@@ -94,16 +118,31 @@ class Runner:
         self._unconfirmed: set[tuple[int, int]] = set()
         self._ended: OrderedDict[tuple[int, int], None] = OrderedDict()
 
+    def configure(self, isolation: Isolation) -> None:
+        """How jobs are kept apart (decided at the executor's start-up)."""
+        self.isolation = isolation
+        self.jobs_dir = isolation.jobs_dir
+        c = isolation.containment
+        self.wrapper = Wrapper(entry_dirs=tuple(c.entry_dirs()),
+                               subreaper=c.mode is Mode.SUBREAPER, setpriv=isolation.setpriv,
+                               python=isolation.python)
+
     def jobdir(self, job: Job) -> Path:
+        """Named like its cgroup leaf: `<job id>.<attempt>`."""
         return self.jobs_dir / f"{job.id}.{job.attempt}"
+
+    def account(self, job: Job) -> Account | None:
+        """The account the job runs as (None: the executor's own)."""
+        return self.isolation.users.for_job(job.user)
 
     def plan(self, job: Job, jobdir: Path) -> Launch:
         return plan(job, jobdir=jobdir, worker_id=self.worker_id)
 
     def tail(self, job: Job, jobdir: Path, launch: Launch) -> JobTail:
         """Where the job's output is shipped from (scripts.py)."""
+        account = self.account(job)
         tail = JobTail(job_id=job.id, attempt=job.attempt, jobdir=jobdir,
-                       sources=sources(launch))
+                       sources=sources(launch), owner=account.uid if account else None)
         if launch.stderr and "stderr" not in tail.sources:  # it shares stdout's file
             del tail.cursors["stderr"]
         return tail
@@ -174,6 +213,8 @@ class Runner:
             proc = await self.start_process(job, jobdir, launch)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in a path or the env
             log.error("could not start the job: %s", e, extra={"job_id": job.id})
+            with contextlib.suppress(OSError):
+                await self.isolation.containment.discard(jobdir.name)
             await self._record(job, JobState.FAILED, reason=f"launch failed: {e}"[:200])
             return
         rj = RunningJob(job=job, jobdir=jobdir, proc=proc, launch=launch,
@@ -187,30 +228,51 @@ class Runner:
             self.stop(rj, JobState.CANCELLED, REQUEUE_REASON)
 
     async def start_process(self, job: Job, jobdir: Path, launch: Launch) -> Spawned:
-        """Write the job's directory and script and start its wrapper."""
-        # one mkdir per job: on a busy node directory creation is a visible part of the cost
+        """Write the job's directory and script, make its cgroup, start its wrapper."""
+        account = self.account(job)
+        # one mkdir per job: on a busy node directory creation is a visible part of the cost.
+        # 0700 and, below, the job's user's: private to that user
         try:
-            os.mkdir(jobdir)
+            os.mkdir(jobdir, 0o700)
         except FileNotFoundError:
             self.jobs_dir.mkdir(parents=True, exist_ok=True)
-            os.mkdir(jobdir)
+            if account is not None:
+                os.chmod(self.jobs_dir, 0o711)
+            os.mkdir(jobdir, 0o700)
         except FileExistsError:
             # left by an earlier cluster on this data directory (ids start again with a new
             # database): its files must not be taken for this attempt's, nor written through
             os.rename(jobdir, jobdir.with_name(f"{jobdir.name}.old-{time.time_ns()}"))
-            os.mkdir(jobdir)
-        # 0700: executable, like a script its user runs (the wrapper does not exec it itself:
-        # it runs the interpreter its #! line names, else bash; see scripts.py)
-        fd = os.open(jobdir / "script", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                     0o700)
-        with os.fdopen(fd, "w") as f:
-            f.write(normalise(job.script))
+            os.mkdir(jobdir, 0o700)
+        base = self.base_env if account is None else for_account(
+            self.base_env, name=account.name, home=account.home)
         env = job_environment(
-            base=self.base_env, user_env=job.env, job_id=job.id, attempt=job.attempt,
+            base=base, user_env=job.env, job_id=job.id, attempt=job.attempt,
             cpus=job.cpus, memory_mb=job.memory_mb, name=job.name, submit_dir=job.submit_dir,
             worker_id=self.worker_id, user=job.user, array=job.array,
             array_job_id=job.array_job_id, array_task_id=job.array_task_id)
-        return await spawn(jobdir, env, launch)
+        # 0700: executable, like a script its user runs (the wrapper does not exec it itself:
+        # it runs the interpreter its #! line names, else bash; see scripts.py)
+        self._write(jobdir / "script", normalise(job.script), 0o700, account)
+        if account is not None:
+            # what reaches the job's environment through the wrapper, past the root stages
+            exports, skipped = shell_exports(env)
+            self._write(jobdir / "env", exports, 0o600, account)
+            if skipped:
+                log.warning("job %s: variables that are not shell names are not passed: %s",
+                            job.id, ", ".join(skipped)[:200], extra={"job_id": job.id})
+            os.chown(jobdir, account.uid, account.gid)
+        await self.isolation.containment.prepare(jobdir.name, memory_mb=job.memory_mb,
+                                                 pids_max=self.isolation.pids_max)
+        return await spawn(jobdir, env, launch, wrapper=self.wrapper, account=account)
+
+    @staticmethod
+    def _write(path: Path, text: str, mode: int, account: Account | None) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "w") as f:
+            if account is not None:
+                os.fchown(fd, account.uid, account.gid)
+            f.write(text)
 
     def _track(self, rj: RunningJob) -> None:
         self.running[rj.job.id] = rj
@@ -259,8 +321,9 @@ class Runner:
                               if recorded.tampered else "the job wrapper died")
         return status
 
-    def stop(self, rj: RunningJob, state: JobState, reason: str) -> None:
-        """SIGTERM the job's process group now, SIGKILL it after the grace period."""
+    def stop(self, rj: RunningJob, state: JobState, reason: str, *, now: bool = False) -> None:
+        """SIGTERM the job's process group now, SIGKILL it after the grace period (`now`: at
+        once). Whatever else the job left running is killed when it ends (_finish)."""
         if rj.stop_state is not None:
             return
         rj.stop_state, rj.stop_reason = state, reason
@@ -268,15 +331,24 @@ class Runner:
                                                      "state": str(state)})
         pid = rj.proc.child_pid
         if pid.done():
-            self._signal(rj)
+            self._signal(rj, now)
         else:  # the wrapper has not reported the pid yet: signal as soon as it does
-            pid.add_done_callback(lambda _: self._signal(rj))
+            pid.add_done_callback(lambda _: self._signal(rj, now))
 
-    def _signal(self, rj: RunningJob) -> None:
+    def _signal(self, rj: RunningJob, now: bool = False) -> None:
         pid = rj.proc.child_pid
         if pid.cancelled() or pid.exception() is not None:
+            # an adopted job whose own process is not known for sure: its cgroup is
+            if rj.adopted and self.isolation.containment.cgroups is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self.isolation.containment.cgroups.kill(rj.jobdir.name))
+                rj.side_tasks.add(task)
+                task.add_done_callback(rj.side_tasks.discard)
             return
         pgid = pid.result()
+        if now:
+            signal_group(pgid, SIGKILL)
+            return
         signal_group(pgid, SIGTERM)
         loop = asyncio.get_running_loop()
         rj.timers.append(loop.call_later(self.kill_grace_s, signal_group, pgid, SIGKILL))
@@ -292,23 +364,34 @@ class Runner:
 
     async def _finish(self, rj: RunningJob, status: int) -> None:
         job = rj.job
+        oom = False
         try:
             pid = rj.proc.child_pid
             if pid.done() and not pid.cancelled() and pid.exception() is None:
                 # whatever the script left running in its process group ends with it (an
                 # adopted job's pid was checked to be the job's own when it was adopted)
                 signal_group(pid.result(), SIGKILL)
+            # and so does everything else it started, wherever it went (its cgroup)
+            oom = await self.isolation.containment.end(rj.jobdir.name)
+        except Exception:
+            log.exception("could not clean up after job %s", job.id, extra={"job_id": job.id})
+        try:
             await self.shipper.ship(rj.tail, final=True)
             usage = await self._usage(rj)
         except Exception:  # never let bookkeeping keep the end from being recorded
             log.exception("could not collect job %s's output or usage", job.id,
                           extra={"job_id": job.id})
             usage = Usage()
+        if not self.isolation.containment.enforces_memory and over_limit(
+                usage.peak_rss_kb or 0, job.memory_mb):
+            oom = True  # the watchdog's measure: it ended before a sample caught it
         exit_code, sig = decode_status(status) if 0 <= status <= 255 else (None, None)
         if rj.stop_state is not None:
             state, reason = rj.stop_state, rj.stop_reason
         elif rj.proc.error is not None:
             state, reason = JobState.FAILED, setup_failure(rj.proc.error, rj.launch)[:200]
+        elif oom:
+            state, reason = JobState.OUT_OF_MEMORY, f"memory limit ({job.memory_mb} MB) exceeded"
         elif status < 0 or status > 255:
             state, reason = JobState.FAILED, rj.lost_reason or "the job wrapper died"
         else:
@@ -375,25 +458,60 @@ class Runner:
                                   extra={"job_id": rj.job.id})
 
     def _sample(self, jobs: list[RunningJob]) -> None:
-        """One pass over /proc for the jobs that have run a second or more (a shorter one is
-        measured by wait4 alone: a busy worker running many short jobs scans nothing)."""
+        """Sample the jobs that have run a second or more (a shorter one is measured by wait4
+        alone: a busy worker running many short jobs scans nothing), and every job the memory
+        watchdog must watch (no memory cgroup, a memory limit); kill one over its limit."""
         now = time.monotonic()
-        groups = {rj.proc.child_pid.result(): rj for rj in jobs
-                  if now - rj.started >= SAMPLE_AFTER_S and rj.proc.child_pid.done()
-                  and not rj.proc.child_pid.cancelled()
-                  and rj.proc.child_pid.exception() is None}
-        if not groups:
-            return
-        try:
-            samples = sample_groups(groups)
-        except Exception:
-            log.exception("sampling job usage failed")
-            return
-        for pgid, s in samples.items():
-            peak = groups[pgid].peak
+        c = self.isolation.containment
+        watch = not c.enforces_memory
+        table: dict[int, Stat] | None = None
+        for rj in jobs:
+            pid = rj.proc.child_pid
+            if not pid.done() or pid.cancelled() or pid.exception() is not None or not (
+                    now - rj.started >= SAMPLE_AFTER_S or (watch and rj.job.memory_mb)):
+                continue
+            try:
+                members = c.procs(rj.jobdir.name)
+                if members is not None:
+                    s = total(read_stat(p) for p in members if p != rj.proc.wrapper_pid)
+                else:
+                    table = scan() if table is None else table
+                    pids = tree(table, rj.proc.wrapper_pid, pid.result()) \
+                        if rj.proc.wrapper_pid > 0 else tree(table, -1, pid.result())
+                    s = total(table.get(p) for p in pids)
+            except Exception:
+                log.exception("sampling job %s's usage failed", rj.job.id,
+                              extra={"job_id": rj.job.id})
+                continue
+            peak = rj.peak
             peak.rss_kb = max(peak.rss_kb, s.rss_kb)
             peak.user_s = max(peak.user_s, s.user_s)
             peak.system_s = max(peak.system_s, s.system_s)
+            if watch and over_limit(s.rss_kb, rj.job.memory_mb):
+                log.warning("job %s uses %d MB, over its %d MB: killing it", rj.job.id,
+                            s.rss_kb // 1024, rj.job.memory_mb or 0,
+                            extra={"event": "memory-watchdog", "job_id": rj.job.id})
+                self.stop(rj, JobState.OUT_OF_MEMORY,
+                          f"memory limit ({rj.job.memory_mb} MB) exceeded", now=True)
+
+    async def sweep_leftovers(self) -> int:
+        """Kill and remove the cgroups of jobs this executor does not run (their jobs ended or
+        were declared lost while no executor watched): nothing of them survives."""
+        c = self.isolation.containment
+        swept = 0
+        for leaf in sorted(c.leaves()):
+            if leaf in self._leaves_in_use():  # asked again: the previous discard awaited
+                continue
+            log.warning("killing what is left of job %s (no job of this executor's)", leaf,
+                        extra={"event": "leftover-killed", "leaf": leaf})
+            await c.discard(leaf)
+            swept += 1
+        return swept
+
+    def _leaves_in_use(self) -> set[str]:
+        known = {rj.jobdir.name for rj in self.running.values()}
+        known.update(f"{j}.{a}" for j, a in self._launching)
+        return known
 
     async def wait_all(self, within_s: float) -> bool:
         tasks = [rj.task for rj in self.running.values() if rj.task is not None]

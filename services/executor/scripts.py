@@ -173,6 +173,8 @@ def setup_failure(error: str, launch: Launch) -> str:
     """The reason a job the wrapper could not set up failed (error: process.SETUP_ERRORS)."""
     if error == "workdir":
         return f"cannot change to the working directory {launch.workdir}"
+    if error == "cgroup":
+        return "could not put the job in its cgroup"
     if error == "stdout":
         return f"cannot open the output file {launch.stdout or '(the job directory)'}"
     return f"cannot open the error file {launch.stderr or '(the job directory)'}"

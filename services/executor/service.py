@@ -5,6 +5,10 @@ the supervisor (runner.py), listens on its control stream for cancel requests, a
 drains: it stops taking placements and launches, hands back jobs it has not started, gives
 running jobs SCNS_DRAIN_GRACE_S to finish, stops the rest (NODE_FAIL, requeued if the job asked
 for it), and deregisters.
+
+At start-up, before anything runs, it decides how jobs are kept apart (containment.py: which
+user they run as, where their directories live, cgroup or subreaper) and fails with a message
+naming the setting when that cannot be done safely.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Mapping
 
 from redis.exceptions import RedisError
 
+from services.executor import containment
 from services.executor.environment import base_environment
 from services.executor.output import JobOutputShipper
 from services.executor.recovery import Auditor
@@ -83,9 +88,23 @@ class Executor:
         return self.settings.worker_ttl_s + self.settings.node_fail_grace_s
 
     async def start(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        isolation = containment.prepare(
+            job_containment=s.job_containment, job_user=s.job_user,
+            run_as_submitter=s.run_as_submitter, jobs_dir=s.jobs_dir, data_dir=s.data_dir,
+            worker_id=s.worker_id, pids_max=s.job_pids_max, euid=os.geteuid())
+        self.runner.configure(isolation)
+        log.info("%s", isolation.describe(), extra={"event": "isolation",
+                                                    "mode": str(isolation.containment.mode)})
         await self.heartbeat.register()
-        await self.auditor.audit()  # what a previous executor of this worker left running
+        # what a previous executor of this worker left running (and the cgroups of what it
+        # left that no longer runs)
+        await self.auditor.audit()
+
+    def close(self) -> None:
+        """Remove this executor's (empty) cgroup directories."""
+        self.runner.isolation.containment.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = {
@@ -111,6 +130,7 @@ class Executor:
                 t.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
             await self.heartbeat.deregister()
+            self.close()
 
     async def _intake(self, stop: asyncio.Event) -> None:
         """arq's worker loop ends on a Redis error; start it again until we are stopped."""

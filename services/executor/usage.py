@@ -8,10 +8,12 @@ Two sources, combined at the end of an attempt (the larger of each wins):
   the kernel counts in the wrapper's own peak RSS the peak of the executor it was spawned
   from, so the figure tells the job's peak only when it is above the executor's (about 50 MB);
   below, it is not used.
-* a sample every second of the job's process group, from one pass over /proc: the sum of the
-  RSS of its live processes (so a job of several big processes shows their total) and their
-  CPU seconds so far. A job adopted after an executor restart is not our child, so this is
-  all we have for it.
+* a sample every second of the job's processes: the sum of the RSS of its live processes (so a
+  job of several big processes shows their total) and their CPU seconds so far. Which are the
+  job's: those of its cgroup when it has one (containment.py); else, from one pass over /proc,
+  the descendants of its wrapper and the members of its process group. A job adopted after an
+  executor restart is not our child, so this is all we have for it. Without a memory cgroup
+  the same sample is the memory watchdog's measure.
 
 So a job that stays under about 50 MB and ends within a second may have no peak RSS (None).
 A memory cgroup per job (memory.peak) will make the figure exact for every job.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shared.db.jobs import Usage
@@ -38,50 +40,105 @@ class Sample:
     system_s: float = 0.0
 
 
-def parse_stat(text: str) -> tuple[int, int, float, float] | None:
-    """(process group, RSS in kB, user s, system s) from a /proc/PID/stat line; the user and
-    system seconds include the process's waited-for children. The command name may contain
-    spaces and parentheses, so fields are counted after its last ')'."""
+@dataclass(frozen=True, slots=True)
+class Stat:
+    ppid: int
+    pgrp: int
+    rss_kb: int
+    user_s: float
+    system_s: float
+
+
+def parse(text: str) -> Stat | None:
+    """A /proc/PID/stat line; the user and system seconds include the process's waited-for
+    children. The command name may contain spaces and parentheses, so fields are counted after
+    its last ')'."""
     end = text.rfind(")")
     if end < 0:
         return None
     fields = text[end + 2:].split()
-    # fields[0] is field 3 (state): pgrp is field 5, utime..cstime 14..17, rss 24
+    # fields[0] is field 3 (state): ppid is field 4, pgrp 5, utime..cstime 14..17, rss 24
     try:
-        pgrp = int(fields[2])
+        ppid, pgrp = int(fields[1]), int(fields[2])
         utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
         rss_pages = int(fields[21])
     except (IndexError, ValueError):
         return None
-    return (pgrp, max(rss_pages, 0) * _PAGE_KB, (utime + cutime) / _TICKS,
-            (stime + cstime) / _TICKS)
+    return Stat(ppid=ppid, pgrp=pgrp, rss_kb=max(rss_pages, 0) * _PAGE_KB,
+                user_s=(utime + cutime) / _TICKS, system_s=(stime + cstime) / _TICKS)
+
+
+def parse_stat(text: str) -> tuple[int, int, float, float] | None:
+    """(process group, RSS in kB, user s, system s) from a /proc/PID/stat line."""
+    st = parse(text)
+    return None if st is None else (st.pgrp, st.rss_kb, st.user_s, st.system_s)
+
+
+def read_stat(pid: int, proc: str = PROC) -> Stat | None:
+    try:
+        with open(f"{proc}/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return parse(f.read())
+    except OSError:
+        return None  # it ended meanwhile
+
+
+def scan(proc: str = PROC) -> dict[int, Stat]:
+    """Every live process, in one pass over /proc."""
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return {}
+    table: dict[int, Stat] = {}
+    for entry in entries:
+        if entry.isdigit():
+            st = read_stat(int(entry), proc)
+            if st is not None:
+                table[int(entry)] = st
+    return table
+
+
+def tree(table: Mapping[int, Stat], root: int, pgid: int | None = None) -> set[int]:
+    """The descendants of `root` (not itself) and the members of process group `pgid`."""
+    kids: dict[int, list[int]] = {}
+    for pid, st in table.items():
+        kids.setdefault(st.ppid, []).append(pid)
+    found: set[int] = set()
+    stack = list(kids.get(root, ()))
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found.add(pid)
+            stack.extend(kids.get(pid, ()))
+    if pgid is not None:
+        found.update(pid for pid, st in table.items() if st.pgrp == pgid and pid != root)
+    return found
+
+
+def total(stats: Iterable[Stat | None]) -> Sample:
+    s = Sample()
+    for st in stats:
+        if st is not None:
+            s.rss_kb += st.rss_kb
+            s.user_s += st.user_s
+            s.system_s += st.system_s
+    return s
 
 
 def sample_groups(pgids: Iterable[int], proc: str = PROC) -> dict[int, Sample]:
     """The live processes of each process group, summed, in one pass over /proc."""
     wanted = set(pgids)
-    out = {g: Sample() for g in wanted}
     if not wanted:
-        return out
-    try:
-        entries = os.listdir(proc)
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"{proc}/{entry}/stat", encoding="ascii", errors="replace") as f:
-                parsed = parse_stat(f.read())
-        except OSError:
-            continue  # it ended meanwhile
-        if parsed is None or parsed[0] not in wanted:
-            continue
-        s = out[parsed[0]]
-        s.rss_kb += parsed[1]
-        s.user_s += parsed[2]
-        s.system_s += parsed[3]
-    return out
+        return {}
+    table = scan(proc)
+    return {g: total(st for st in table.values() if st.pgrp == g) for g in wanted}
+
+
+def job_peak_kb(ru: resource.struct_rusage | None, spawner_peak_kb: int) -> int | None:
+    """The largest single process's peak RSS from wait4, when it tells the job's (above the
+    spawner's own: see the module docstring)."""
+    if ru is None or ru.ru_maxrss <= spawner_peak_kb:
+        return None
+    return int(ru.ru_maxrss)
 
 
 def combine(peak: Sample, ru: resource.struct_rusage | None, *, spawner_peak_kb: int = 0

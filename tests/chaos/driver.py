@@ -156,6 +156,8 @@ class Chaos:
         self.work = workdir or Path(tempfile.mkdtemp(prefix="scns-chaos-"))
         os.chmod(self.work, 0o755)  # PostgreSQL runs as another user when we are root
         self.marker = self.work / "marker"
+        self.marker.touch()
+        os.chmod(self.marker, 0o666)  # jobs run as nobody when the executor is root
         self.redis_port = free_port()
         self.redis_server: Server | None = None
         self.pg_server: Server | None = None

@@ -16,6 +16,7 @@ from services.cli.client import Client
 from services.cli.up import System
 from shared.localinfra import free_port
 from shared.settings import Settings
+from tests.helpers import open_for_jobs
 
 
 @dataclasses.dataclass
@@ -33,6 +34,13 @@ class Running:
 
 Factory = Callable[..., Running]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+
+
+@pytest.fixture(autouse=True)
+def _jobs_reach_tmp_path(tmp_path: Path) -> None:
+    """Executors run as root here, so jobs run as nobody: they must reach the test's directory
+    (their markers, output files and working directories are there)."""
+    open_for_jobs(tmp_path)
 
 
 def submit(r: Running, script: str, **fields: object) -> dict[str, Any]:

@@ -100,6 +100,7 @@ def test_output_patterns_are_files_in_the_working_directory(start_system: Factor
     r = start_system(cpus=2)
     work = tmp_path / "work"
     work.mkdir()
+    work.chmod(0o777)  # the executor is root here: jobs run as nobody
     a = submit(r, "echo out-$SCNS_ARRAY_TASK_ID\necho err >&2\n", array="0-1",
                workdir=str(work), output="res-%A_%a.out", error="res-%A_%a.err", name="pat")
     assert wait_array(r, a["id"]) == {"COMPLETED": 2}

@@ -27,9 +27,14 @@ from shared.lifecycle.store import TransitionStore
 from shared.output import read_output
 from shared.settings import Settings
 from shared.states import JobState
-from tests.helpers import open_epoch, wire
+from tests.helpers import open_epoch, open_for_jobs, wire
 
 pytestmark = pytest.mark.skipif(shutil.which("python3") is None, reason="needs python3")
+
+
+@pytest.fixture(autouse=True)
+def _jobs_reach_tmp_path(tmp_path: Path) -> None:
+    open_for_jobs(tmp_path)  # an executor running as root runs its jobs as nobody
 
 
 def job(**kw: Any) -> Job:

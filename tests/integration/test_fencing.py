@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from services.executor.service import Executor
@@ -19,7 +20,12 @@ from shared.keys import Keys
 from shared.lifecycle.store import TransitionStore
 from shared.settings import Settings
 from shared.states import JobState
-from tests.helpers import open_epoch, wire
+from tests.helpers import open_epoch, open_for_jobs, wire
+
+
+@pytest.fixture(autouse=True)
+def _jobs_reach_tmp_path(tmp_path: Path) -> None:
+    open_for_jobs(tmp_path)  # the executor is root here: its jobs run as nobody
 
 
 async def executor(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any],
