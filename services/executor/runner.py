@@ -72,6 +72,7 @@ DROPPED = Counter("scns_executor_launches_dropped_total",
 RUNNING = Gauge("scns_executor_running_jobs", "Jobs running on this worker")
 
 REQUEUE_REASON = "requeue requested"
+RUSAGE_WAIT_S = 10.0  # for the wrapper's wait4 usage (on a busy node it can take a while)
 SAMPLE_AFTER_S = 1.0  # jobs younger than this are not sampled (wait4 covers them)
 ENDED_MEMORY = 10_000  # attempts this process ended, remembered so an audit never redoes one
 
@@ -412,7 +413,10 @@ class Runner:
             ru = rj.proc.rusage.result()
         elif not rj.adopted:  # the wrapper is reaped within moments of its last report
             with contextlib.suppress(TimeoutError):
-                ru = await asyncio.wait_for(asyncio.shield(rj.proc.rusage), timeout=2.0)
+                ru = await asyncio.wait_for(asyncio.shield(rj.proc.rusage), timeout=RUSAGE_WAIT_S)
+            if ru is None:
+                log.warning("no wait4 usage for job %s's wrapper", rj.job.id,
+                            extra={"job_id": rj.job.id})
         return combine(rj.peak, ru, spawner_peak_kb=rj.proc.spawner_peak_kb)
 
     async def _record(self, job: Job, state: JobState, *, exit_code: int | None = None,

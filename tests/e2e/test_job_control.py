@@ -91,8 +91,8 @@ def test_requeue_and_accounting(start_system: Factory) -> None:
         (1, "COMPLETED", 0, r.settings.worker_id), (2, "COMPLETED", 0, r.settings.worker_id)]
     for a in items:
         assert ts(a["allocated_at"]) <= ts(a["started_at"]) <= ts(a["finished_at"])
-        assert a["peak_rss_kb"] >= 120_000, a
-        assert a["cpu_s"] is not None and a["cpu_s"] >= 0
+        assert (a["peak_rss_kb"] or 0) >= 120_000, a
+        assert a["cpu_s"] is not None and a["cpu_s"] >= 0, a
     assert ts(items[0]["finished_at"]) <= ts(items[1]["allocated_at"])
 
     # CPU efficiency of a job keeping 2 CPUs busy for 3 s, against what bash itself counted

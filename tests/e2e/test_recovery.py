@@ -108,7 +108,14 @@ async def test_a_job_that_vanished_with_its_executor_is_node_fail_then_requeued(
         submit, r, f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {marker}\nsleep 30\n', requeue=True)
     running = await asyncio.to_thread(wait_state, r, job["id"], {"RUNNING"})
     jobdir = next(r.settings.data_dir.rglob(f"jobs/{job['id']}.1"))
-    child, wrapper = (int(x) for x in (jobdir / "pid").read_text().split())
+    # RUNNING is recorded when the executor has started the wrapper; the wrapper writes the
+    # pid file a moment later (after its cgroup entry and the switch to the job's user)
+    deadline = time.monotonic() + 30
+    while len(pids := (jobdir / "pid").read_text().split() if (jobdir / "pid").exists()
+              else []) < 2:
+        assert time.monotonic() < deadline, "the wrapper never wrote its pid file"
+        await asyncio.sleep(0.05)
+    child, wrapper = (int(x) for x in pids)
     r.system.kill("executor")
     os.killpg(child, signal.SIGKILL)  # the node "lost" the job: no process, no status
     os.kill(wrapper, signal.SIGKILL)
