@@ -61,6 +61,7 @@ import psutil
 from services.executor.containment import HELPER
 from services.executor.environment import DEFAULT_PATH
 from services.executor.privilege import DROP, Account, drop_prefix
+from services.executor.usage import own_mm_peak_kb
 from shared.jobfiles import read_status
 
 # The wrapper proper, as the job's user: its working directory, its output files, the command.
@@ -248,8 +249,9 @@ class Spawned:
     # waited for) consumed, from wait4 when we reap it; None for an adopted job (not our child)
     rusage: asyncio.Future[resource.struct_rusage | None]
     # The kernel counts, in a process's own peak RSS, the peak of the memory it was exec'd
-    # from: for the wrapper, spawned from the executor, the executor's own peak. wait4's peak
-    # RSS tells the job's only when it is above this (read just after the spawn).
+    # from: for the wrapper, spawned from the executor, the peak of the executor's own memory
+    # (its VmHWM, usage.own_mm_peak_kb). wait4's peak RSS tells the job's only when it is
+    # above this (read just after the spawn).
     spawner_peak_kb: int = 0
     # what the wrapper could not set up (a SETUP_ERRORS name), when the job never started
     error: str | None = None
@@ -290,7 +292,7 @@ async def spawn(jobdir: Path, env: dict[str, str], launch: Launch = DEFAULT_LAUN
     os.set_blocking(r, False)
     sp = Spawned(wrapper_pid=pid, fd=r, child_pid=loop.create_future(),
                  status=loop.create_future(), rusage=loop.create_future(),
-                 spawner_peak_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+                 spawner_peak_kb=own_mm_peak_kb())
     loop.add_reader(r, _on_readable, sp)
     return sp
 

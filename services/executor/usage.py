@@ -133,6 +133,21 @@ def sample_groups(pgids: Iterable[int], proc: str = PROC) -> dict[int, Sample]:
     return {g: total(st for st in table.values() if st.pgrp == g) for g in wanted}
 
 
+def own_mm_peak_kb(status_path: str = "/proc/self/status") -> int:
+    """The peak RSS of this process's own memory since its exec (VmHWM): what a child it
+    spawns (vfork, then exec) starts its wait4 peak from. Not getrusage(RUSAGE_SELF), whose
+    ru_maxrss also carries the peak of whatever this process was exec'd from: an executor
+    started by a 300 MB parent would read 300 MB there and discard every job's figure below."""
+    try:
+        with open(status_path, "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def job_peak_kb(ru: resource.struct_rusage | None, spawner_peak_kb: int) -> int | None:
     """The largest single process's peak RSS from wait4, when it tells the job's (above the
     spawner's own: see the module docstring)."""

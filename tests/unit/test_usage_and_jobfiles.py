@@ -106,3 +106,26 @@ def test_combine(peak: Sample, ru: resource.struct_rusage | None, spawner: int,
                  expected: tuple[int | None, float | None, float | None]) -> None:
     u = combine(peak, ru, spawner_peak_kb=spawner)
     assert (u.peak_rss_kb, u.cpu_user_s, u.cpu_system_s) == expected
+
+
+def test_the_spawners_baseline_is_its_own_memory_not_its_parents(tmp_path: Path) -> None:
+    """A process started by a big parent (the executor under a 300 MB pytest) reads the
+    parent's peak in getrusage(RUSAGE_SELF); the baseline for its children's wait4 peak must be
+    its own memory's (VmHWM), else every smaller job's peak RSS is discarded."""
+    import subprocess
+    import sys
+
+    from services.executor.usage import own_mm_peak_kb
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nVmPeak:\t  9 kB\nVmHWM:\t   13536 kB\nVmRSS:\t 1 kB\n")
+    assert own_mm_peak_kb(str(status)) == 13536
+    big = b"x" * (200 << 20)  # this process: 200 MB more
+    out = subprocess.run(
+        [sys.executable, "-c", "import resource; from services.executor.usage import "
+         "own_mm_peak_kb; print(own_mm_peak_kb(), "
+         "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+        capture_output=True, text=True, check=True)
+    own, inherited = (int(x) for x in out.stdout.split())
+    assert inherited >= 200 << 10 > own  # the parent's peak shows in ru_maxrss only
+    del big
