@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 from redis.asyncio import Redis
 
 from shared.db.jobs import Job, JobSpec
@@ -88,3 +90,14 @@ def open_for_jobs(path: Path) -> Path:
             os.chmod(d, os.stat(d).st_mode & 0o7777 | 0o011)
     os.chmod(path, 0o777)
     return path
+
+
+def alive_with(text: str) -> list[psutil.Process]:
+    """Live processes whose command line contains `text` (a test's unique marker)."""
+    out = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and text in " ".join(
+                    p.info["cmdline"] or []):
+                out.append(p)
+    return out

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from redis.asyncio import Redis
 
 from shared.allocation import Allocator
@@ -18,18 +17,12 @@ from shared.db.jobs import JobSpec
 from shared.keys import Keys
 from shared.lifecycle.store import TransitionStore
 from tests.e2e.conftest import TERMINAL, Factory, submit, wait_state
+from tests.helpers import alive_with
 
 # the job's wrapper is its parent; its last argument is the job's directory
 JOBDIR = "d=$(tr '\\0' '\\n' < /proc/$PPID/cmdline | tail -n 1)\n"
 
 
-def alive_with(marker: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        if p.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(
-                p.info["cmdline"] or []):
-            out.append(p)
-    return out
 
 
 def test_a_tampered_status_file_ends_the_job_and_frees_its_cpu(start_system: Factory) -> None:

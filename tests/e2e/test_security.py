@@ -10,20 +10,11 @@ import urllib.request
 import uuid
 
 import orjson
-import psutil
 import pytest
 
 from services.cli.client import ApiError, Client
 from tests.e2e.conftest import TERMINAL, Factory, submit, wait_state
-
-
-def alive_with(marker: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        if p.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(
-                p.info["cmdline"] or []):
-            out.append(p)
-    return out
+from tests.helpers import alive_with
 
 
 def test_another_user_can_neither_see_nor_cancel_my_jobs(start_system: Factory) -> None:

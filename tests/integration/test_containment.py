@@ -39,7 +39,7 @@ from shared.lifecycle.store import TransitionStore
 from shared.output import read_output
 from shared.settings import Settings
 from shared.states import JobState
-from tests.helpers import open_epoch, wire
+from tests.helpers import alive_with, open_epoch, wire
 from tests.procs import ROOT, running, start_service
 
 ROOT_ONLY = os.geteuid() == 0 and sys.platform.startswith("linux")
@@ -82,14 +82,6 @@ def survivors(ex: Executor, job_id: int, *markers: str) -> list[int]:
     return sorted(found)
 
 
-def alive_with(text: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        with contextlib.suppress(psutil.Error):
-            if p.info["status"] != psutil.STATUS_ZOMBIE and text in " ".join(
-                    p.info["cmdline"] or []):
-                out.append(p)
-    return out
 
 
 def background(*markers: str) -> str:
