@@ -36,10 +36,9 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-
-
 class TokenCache:
-    """token digest -> (principal, valid until monotonic time); bounded, oldest out first."""
+    """token -> (principal, valid until monotonic time), in this process's memory only;
+    bounded, oldest out first."""
 
     def __init__(self, ttl_s: float = CACHE_S, size: int = CACHE_MAX) -> None:
         self.ttl_s = ttl_s
