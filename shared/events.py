@@ -152,10 +152,37 @@ class CancelRequested(Event):
     requeue: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleFired(Event):
+    """A schedule's fire time was acted on: it made `job_id`, or was skipped (`skipped` says
+    why: the previous run still active, missed while no scheduler ran, ...)."""
+
+    TYPE: ClassVar[str] = "schedule-fired"
+    schedule_id: int
+    name: str
+    user: str
+    fire_at: str  # ISO 8601 UTC
+    kind: str  # cron | catch-up | manual
+    job_id: int | None = None
+    skipped: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleDisabled(Event):
+    """A schedule stopped firing by itself (consecutive failed runs, an expression that no
+    longer parses); `scns schedule enable` starts it again."""
+
+    TYPE: ClassVar[str] = "schedule-disabled"
+    schedule_id: int
+    name: str
+    user: str
+    reason: str
+
+
 EVENT_TYPES: Mapping[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (WorkerJoined, WorkerLeft, JobSubmitted, JobAllocated, JobStarted, JobFinished,
-                JobRequeued, JobUpdated, CancelRequested)
+                JobRequeued, JobUpdated, CancelRequested, ScheduleFired, ScheduleDisabled)
 }
 
 E = TypeVar("E", bound=Event)

@@ -54,6 +54,10 @@ class Settings:
     reserve_after_s: float = 300.0
     dependency_sweep_s: float = 30.0
     max_array_size: int = 100_001
+    # cron schedules (services/scheduler/cron.py)
+    cron_tick_s: float = 1.0
+    cron_grace_s: float = 60.0  # a fire this late still runs as on time; later ones catch up
+    cron_max_catchup: int = 100
 
     arq_poll_s: float = 0.02
     arq_max_jobs: int = 64
@@ -119,6 +123,10 @@ class Settings:
                                           d.dependency_sweep_s),
             "max_array_size": p.value("SCNS_MAX_ARRAY_SIZE", _positive_int,
                                       d.max_array_size),
+            "cron_tick_s": p.value("SCNS_CRON_TICK_S", _positive_float, d.cron_tick_s),
+            "cron_grace_s": p.value("SCNS_CRON_GRACE_S", _non_negative_float, d.cron_grace_s),
+            "cron_max_catchup": p.value("SCNS_CRON_MAX_CATCHUP", _positive_int,
+                                        d.cron_max_catchup),
             "arq_poll_s": p.value("SCNS_ARQ_POLL_S", _positive_float, d.arq_poll_s),
             "arq_max_jobs": p.value("SCNS_ARQ_MAX_JOBS", _positive_int, d.arq_max_jobs),
             "kill_grace_s": p.value("SCNS_KILL_GRACE_S", _positive_float, d.kill_grace_s),

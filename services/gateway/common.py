@@ -107,7 +107,7 @@ def job_json(job: Job, *, full: bool = False) -> dict[str, Any]:
         "array_throttle": job.array.throttle if job.array else None,
         "dependency": job.dependency, "partition": job.partition,
         "submit_dir": job.submit_dir, "workdir": job.workdir, "output": job.stdout_path,
-        "error": job.stderr_path,
+        "error": job.stderr_path, "schedule_id": job.schedule_id,
         "submitted_at": iso(job.submitted_at), "begin_at": iso(job.begin_at),
         "allocated_at": iso(job.allocated_at), "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),

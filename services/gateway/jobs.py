@@ -131,7 +131,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     page = Page(states=states or None, user=user, name=query_text(q, "name"),
                 before_id=query_id(q, "cursor"), since=query_time(q, "since"),
                 until=query_time(q, "until"), array_job_id=query_id(q, "array_job_id"),
-                limit=limit + 1)
+                schedule_id=query_id(q, "schedule_id"), limit=limit + 1)
     jobs = await state(request).jobs.page(page)
     items = jobs[:limit]
     next_cursor = str(items[-1].id) if len(jobs) > limit else None

@@ -14,6 +14,8 @@ whose time has come (an indexed statement, shared/lifecycle) and the loop sleeps
 until the next one, so a job starts within moments of its begin time without any pass scanning
 the pending jobs for it.
 
+Cron schedules fire from their own loop in the same process (cron.py), while this replica leads.
+
 Passes run when events arrive (job-submitted, -finished, -requeued, -updated, worker-joined,
 worker-left, through a consumer group), on pub/sub wake-up hints, at the next begin time, and
 every SCNS_SCHEDULER_INTERVAL_S as a safety net.
@@ -29,6 +31,7 @@ from dataclasses import dataclass, replace
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
+from services.scheduler.cron import CronLoop
 from shared.bus import Consumer, Delivery, consumer_name
 from shared.db import UNAVAILABLE
 from shared.events import (
@@ -94,6 +97,7 @@ class Scheduler:
         # what dependencies may wait on, from events; the first pass sweeps every edge
         self.changed = Changed(sweep=True)
         self.last_sweep = time.monotonic()
+        self.cron = CronLoop(wiring)
 
     def wake(self) -> None:
         self.wakeups.set()
@@ -186,7 +190,8 @@ class Scheduler:
                             dedupe=False)  # wake-ups only: a repeat is harmless
         tasks = [asyncio.create_task(self._consume(consumer, stop, leadership),
                                      name="scheduler-events"),
-                 asyncio.create_task(self.wakeups.listen(stop), name="scheduler-wakeups")]
+                 asyncio.create_task(self.wakeups.listen(stop), name="scheduler-wakeups"),
+                 asyncio.create_task(self.cron.run(stop, leadership), name="scheduler-cron")]
         try:
             await self._loop(stop, leadership)
         finally:

@@ -52,6 +52,7 @@ class JobSpec:
     stdout_path: str | None = None
     stderr_path: str | None = None
     nice: int = 0  # already subtracted from priority; kept for the policy check
+    schedule_id: int | None = None  # the schedule that made it (shared/lifecycle/firing.py)
 
 
 def spec_digest(spec: JobSpec) -> str:
@@ -128,6 +129,7 @@ class Job:
     stdout_path: str | None = None
     stderr_path: str | None = None
     usage: Usage | None = None  # the current attempt's, where the query joined it
+    schedule_id: int | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Job:
@@ -159,6 +161,7 @@ class Job:
             requeue_requested=row["requeue_requested"], array_job_id=row["array_job_id"],
             array_task_id=row["array_task_id"], array=array, workdir=row["workdir"],
             stdout_path=row["stdout_path"], stderr_path=row["stderr_path"], usage=usage,
+            schedule_id=row["schedule_id"] if "schedule_id" in row.keys() else None,  # noqa: SIM118
         )
 
 
@@ -224,6 +227,7 @@ class Page:
     since: datetime | None = None
     until: datetime | None = None
     array_job_id: int | None = None
+    schedule_id: int | None = None
     limit: int = 100
 
 
@@ -274,7 +278,7 @@ class JobStore:
     async def page(self, p: Page) -> list[Job]:
         rows = await self.db.fetch(q("list_jobs"), list(p.states) if p.states else None,
                                    p.user, p.name, p.before_id, p.limit, p.since, p.until,
-                                   p.array_job_id)
+                                   p.array_job_id, p.schedule_id)
         return [Job.from_row(r) for r in rows]
 
     async def attempts(self, job_id: int) -> list[Attempt]:

@@ -4,7 +4,8 @@ A statement that changes a job names its lifecycle operation (`-- transition: fi
 writes its state guard as `{from:finish}` (the states the operation applies to) and, where the
 target state is a parameter, `{to:finish}` (the states it may end in). Both are filled in from
 `shared.states.TRANSITIONS` when the file is loaded, so the guards are the table; `{sticky}`
-likewise becomes the pending reasons only their own operation clears.
+likewise becomes the pending reasons only their own operation clears, and `{terminal}` the
+terminal states.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 
-from shared.states import STICKY_REASONS, TRANSITIONS, Op, sql_list
+from shared.states import STICKY_REASONS, TERMINAL, TRANSITIONS, Op, sql_list
 
 _HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
-_GUARD = re.compile(r"\{(from|to):([a-z_]+)\}|\{sticky\}")
+_GUARD = re.compile(r"\{(from|to):([a-z_]+)\}|\{sticky\}|\{terminal\}")
 
 
 def parse(text: str) -> dict[str, str]:
@@ -36,6 +37,8 @@ def expand(sql: str) -> str:
     def fill(m: re.Match[str]) -> str:
         if m[0] == "{sticky}":
             return "(" + ", ".join(f"'{r}'" for r in sorted(STICKY_REASONS)) + ")"
+        if m[0] == "{terminal}":
+            return sql_list(TERMINAL)
         t = TRANSITIONS[Op(m[2])]
         states = t.sources if m[1] == "from" else t.to
         if not states:

@@ -12,14 +12,15 @@
 -- transition: submit
 -- With an idempotency key ($14, with the request's digest $15) a second insert of the same key
 -- by the same user inserts nothing and returns no row; get_job_by_key then finds the first.
--- A job that may start only later ($16) waits with reason BeginTime.
+-- A job that may start only later ($16) waits with reason BeginTime; $22 is the schedule that
+-- made it, if one did.
 INSERT INTO jobs (name, user_name, script, cpus, memory_mb, time_limit_s, env, submit_dir,
                   partition, requeue, priority, dependency, state, reason, idempotency_key,
                   request_digest, begin_at, retries, retry_delay_s, workdir, stdout_path,
-                  stderr_path)
+                  stderr_path, schedule_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'PENDING',
         CASE WHEN $13 = 'Priority' AND $16::timestamptz > now() THEN 'BeginTime' ELSE $13 END,
-        $14, $15, $16, $17, $18, $19, $20, $21)
+        $14, $15, $16, $17, $18, $19, $20, $21, $22)
 ON CONFLICT (user_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
 
@@ -28,7 +29,8 @@ RETURNING *;
 -- An array in one statement: its record (script and environment, once) and every element, as
 -- set-based inserts; the first element's id is the array's id, the others take the identity's
 -- next values (nextval() spelled per row would cost a catalog lookup each). Parameters as
--- insert_job, plus $22 the spec, $23 the throttle, $24 the indexes (ascending), $25 the step.
+-- insert_job ($22 the schedule), plus $23 the spec, $24 the throttle, $25 the indexes
+-- (ascending), $26 the step.
 -- Elements past the throttle wait with reason JobArrayTaskLimit; the scheduler lets them in.
 -- Only the first element carries the idempotency key: a second insert of the same key fails as
 -- a whole (a unique violation), and the caller then finds the first. Returns the array's id
@@ -36,32 +38,33 @@ RETURNING *;
 WITH arr AS (
     INSERT INTO job_arrays (id, user_name, spec, throttle, task_count, task_min, task_max,
                             task_step, script, env)
-    VALUES (nextval(pg_get_serial_sequence('jobs', 'id')), $2, $22, $23,
-            cardinality($24::int[]), $24[1], $24[cardinality($24::int[])], $25, $3, $7)
+    VALUES (nextval(pg_get_serial_sequence('jobs', 'id')), $2, $23, $24,
+            cardinality($25::int[]), $25[1], $25[cardinality($25::int[])], $26, $3, $7)
     RETURNING id
 ), first AS (
     INSERT INTO jobs (id, name, user_name, script, cpus, memory_mb, time_limit_s, env,
                       submit_dir, partition, requeue, priority, dependency, state, reason,
                       idempotency_key, request_digest, begin_at, retries, retry_delay_s,
-                      workdir, stdout_path, stderr_path, array_job_id, array_task_id)
+                      workdir, stdout_path, stderr_path, array_job_id, array_task_id,
+                      schedule_id)
     SELECT arr.id, $1, $2, NULL, $4, $5, $6, '{}'::jsonb, $8, $9, $10, $11, $12, 'PENDING',
            CASE WHEN $13 <> 'Priority' THEN $13
                 WHEN $16::timestamptz > now() THEN 'BeginTime'
                 ELSE 'Priority' END,
-           $14, $15, $16, $17, $18, $19, $20, $21, arr.id, $24[1]
+           $14, $15, $16, $17, $18, $19, $20, $21, arr.id, $25[1], $22
     FROM arr
 ), rest AS (
     INSERT INTO jobs (name, user_name, script, cpus, memory_mb, time_limit_s, env,
                       submit_dir, partition, requeue, priority, dependency, state, reason,
                       begin_at, retries, retry_delay_s, workdir, stdout_path, stderr_path,
-                      array_job_id, array_task_id)
+                      array_job_id, array_task_id, schedule_id)
     SELECT $1, $2, NULL, $4, $5, $6, '{}'::jsonb, $8, $9, $10, $11, $12, 'PENDING',
            CASE WHEN $13 <> 'Priority' THEN $13
-                WHEN $23::int IS NOT NULL AND t.ord >= $23 THEN 'JobArrayTaskLimit'
+                WHEN $24::int IS NOT NULL AND t.ord >= $24 THEN 'JobArrayTaskLimit'
                 WHEN $16::timestamptz > now() THEN 'BeginTime'
                 ELSE 'Priority' END,
-           $16, $17, $18, $19, $20, $21, arr.id, t.task
-    FROM arr, unnest($24[2:]) WITH ORDINALITY AS t(task, ord)
+           $16, $17, $18, $19, $20, $21, arr.id, t.task, $22
+    FROM arr, unnest($25[2:]) WITH ORDINALITY AS t(task, ord)
 )
 SELECT id FROM arr;
 
@@ -623,6 +626,7 @@ WHERE ($1::text[] IS NULL OR j.state = ANY($1::text[]))
   AND ($6::timestamptz IS NULL OR j.finished_at IS NULL OR j.finished_at >= $6)
   AND ($7::timestamptz IS NULL OR j.submitted_at <= $7)
   AND ($8::bigint IS NULL OR j.array_job_id = $8)
+  AND ($9::bigint IS NULL OR j.schedule_id = $9)
 ORDER BY j.id DESC
 LIMIT $5;
 
@@ -747,3 +751,131 @@ UPDATE tokens SET revoked_at = coalesce(revoked_at, now())
 WHERE id = $1
 RETURNING id, user_name, role, created_at, created_by, expires_at, revoked_at,
           (expires_at IS NOT NULL AND expires_at <= now()) AS expired;
+
+-- name: schedule_insert
+-- A user's schedule names are unique (schedules_user_name): a second `nightly` is a conflict.
+INSERT INTO schedules (name, user_name, cron, timezone, job_spec, enabled, next_run_at,
+                       concurrency, catch_up, max_failures)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+RETURNING *;
+
+-- name: schedule_get
+-- $2: the owner (NULL for an admin: anyone's).
+SELECT * FROM schedules WHERE id = $1 AND ($2::text IS NULL OR user_name = $2);
+
+-- name: schedule_by_name
+SELECT * FROM schedules WHERE user_name = $1 AND name = $2;
+
+-- name: schedule_list
+-- By id; keyset pagination. NULL filters match everything.
+SELECT * FROM schedules
+WHERE ($1::text IS NULL OR user_name = $1)
+  AND ($2::text IS NULL OR name = $2)
+  AND ($3::bigint IS NULL OR id > $3)
+ORDER BY id
+LIMIT $4;
+
+-- name: schedule_update
+-- PATCH: the gateway merged and validated the whole schedule; $9 the next fire time when the
+-- expression or the zone changed (NULL keeps it).
+UPDATE schedules
+SET name = $3, cron = $4, timezone = $5, job_spec = $6, concurrency = $7, catch_up = $8,
+    next_run_at = coalesce($9, next_run_at), max_failures = $10, updated_at = now()
+WHERE id = $1 AND ($2::text IS NULL OR user_name = $2)
+RETURNING *;
+
+-- name: schedule_enable
+-- Enabling starts afresh: the failure streak is forgotten and the next fire time is the next
+-- one from now (fire times while it was disabled are not caught up).
+UPDATE schedules
+SET enabled = true, disabled_reason = NULL, consecutive_failures = 0, next_run_at = $3,
+    updated_at = now()
+WHERE id = $1 AND ($2::text IS NULL OR user_name = $2)
+RETURNING *;
+
+-- name: schedule_disable
+UPDATE schedules
+SET enabled = false, disabled_reason = $3, updated_at = now()
+WHERE id = $1 AND ($2::text IS NULL OR user_name = $2)
+RETURNING *;
+
+-- name: schedule_delete
+-- Its runs go with it; its jobs stay (their schedule_id becomes NULL).
+DELETE FROM schedules WHERE id = $1 AND ($2::text IS NULL OR user_name = $2) RETURNING id;
+
+-- name: schedule_runs
+-- History, newest first (keyset on id); a run's state is its job's final state once settled,
+-- its job's current state before.
+SELECT r.id, r.schedule_id, r.fire_at, r.kind, r.job_id, r.skipped, r.created_at,
+       coalesce(r.state, j.state) AS state
+FROM schedule_runs r LEFT JOIN jobs j ON j.id = r.job_id
+WHERE r.schedule_id = $1 AND ($2::bigint IS NULL OR r.id < $2)
+ORDER BY r.id DESC
+LIMIT $3;
+
+-- name: schedules_due
+SELECT id FROM schedules WHERE enabled AND next_run_at <= $1 ORDER BY next_run_at LIMIT $2;
+
+-- name: schedule_next_due
+SELECT min(next_run_at) FROM schedules WHERE enabled;
+
+-- name: schedule_lock_due
+-- The firing transaction's first step: the schedule, if it is still due and no other replica
+-- is firing it right now (that one commits or rolls back; either way we need not wait).
+SELECT * FROM schedules
+WHERE id = $1 AND enabled AND next_run_at <= $2
+FOR UPDATE SKIP LOCKED;
+
+-- name: schedule_lock
+SELECT * FROM schedules WHERE id = $1 AND ($2::text IS NULL OR user_name = $2) FOR UPDATE;
+
+-- name: schedule_active_runs
+-- The schedule's runs whose job (or, for an array, some element) has not ended.
+SELECT r.job_id FROM schedule_runs r
+WHERE r.schedule_id = $1 AND r.job_id IS NOT NULL AND r.state IS NULL
+  AND EXISTS (SELECT 1 FROM jobs j
+              WHERE (j.id = r.job_id OR j.array_job_id = r.job_id)
+                AND j.state NOT IN {terminal})
+ORDER BY r.fire_at, r.id;
+
+-- name: schedule_record_runs
+-- A unique violation here (another replica recorded this fire time first) rolls back the
+-- whole fire, its job included.
+INSERT INTO schedule_runs (schedule_id, fire_at, kind, job_id, skipped)
+SELECT $1, f, k, j, s
+FROM unnest($2::timestamptz[], $3::text[], $4::bigint[], $5::text[]) AS t(f, k, j, s);
+
+-- name: schedule_fired
+-- $2 NULL (a manual run) keeps the next fire time.
+UPDATE schedules
+SET next_run_at = coalesce($2, next_run_at), last_run_at = coalesce($3, last_run_at),
+    last_job_id = coalesce($4, last_job_id), run_count = run_count + $5, updated_at = now()
+WHERE id = $1;
+
+-- name: schedule_runs_ended
+-- Runs whose job has ended for good (every element, for an array), oldest first.
+SELECT r.id, r.schedule_id, r.fire_at, e.states
+FROM schedule_runs r
+CROSS JOIN LATERAL (
+    SELECT array_agg(DISTINCT j.state) AS states, bool_and(j.state IN {terminal}) AS ended
+    FROM jobs j WHERE j.id = r.job_id OR j.array_job_id = r.job_id
+) e
+WHERE r.job_id IS NOT NULL AND r.state IS NULL AND e.ended
+ORDER BY r.schedule_id, r.fire_at, r.id
+LIMIT $1;
+
+-- name: schedule_settle_runs
+-- Guarded: a run is settled once, whoever gets there first (what it returns is what counts).
+UPDATE schedule_runs r SET state = s.state, settled_at = now()
+FROM unnest($1::bigint[], $2::text[]) AS s(id, state)
+WHERE r.id = s.id AND r.state IS NULL
+RETURNING r.id, r.schedule_id, r.fire_at, r.job_id, r.state;
+
+-- name: schedule_lock_many
+SELECT * FROM schedules WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
+
+-- name: schedule_set_counts
+UPDATE schedules
+SET failure_count = $2, consecutive_failures = $3, enabled = $4, disabled_reason = $5,
+    updated_at = now()
+WHERE id = $1;

@@ -83,7 +83,7 @@ class TransitionStore:
                 spec.time_limit_s, dict(spec.env), spec.submit_dir, spec.partition,
                 spec.requeue, spec.priority, spec.dependency, str(reason), idempotency_key,
                 digest, spec.begin_at, spec.retries, spec.retry_delay_s, spec.workdir,
-                spec.stdout_path, spec.stderr_path]
+                spec.stdout_path, spec.stderr_path, spec.schedule_id]
 
     async def insert(self, spec: JobSpec, *, idempotency_key: str | None) -> Job | None:
         """None when the user already sent this idempotency key."""
