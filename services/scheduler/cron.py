@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 FIRED = Counter("scns_schedule_fires_total", "Schedule fire times acted on", ["outcome"])
 DUE_BATCH = 100
+_TRANSIENT: tuple[type[BaseException], ...] = (RedisError, *UNAVAILABLE)
 
 
 class Clock(Protocol):
@@ -73,8 +74,14 @@ class CronLoop:
         while True:
             due = await self.firing.due(now, DUE_BATCH)
             for schedule_id in due:
-                fires += await self.firing.fire(schedule_id, now)
-            if len(due) < DUE_BATCH:
+                try:
+                    fires += await self.firing.fire(schedule_id, now)
+                except _TRANSIENT:
+                    raise
+                except Exception:  # one broken schedule must not stop the others
+                    log.exception("schedule %d could not fire", schedule_id,
+                                  extra={"event": "schedule-error", "schedule_id": schedule_id})
+            if len(due) < DUE_BATCH or not fires:
                 break
         for f in fires:
             FIRED.labels("skipped" if f.job_id is None else "job").inc()
@@ -104,6 +111,8 @@ class CronLoop:
                     log.warning("cron tick: Redis unavailable: %s", e)
                 except UNAVAILABLE as e:
                     log.warning("cron paused, PostgreSQL unavailable: %s", e)
+                except Exception:
+                    log.exception("cron tick failed; trying again", extra={"event": "cron-error"})
                 if time.monotonic() - started > 1.0:
                     log.info("cron tick took %.1f s", time.monotonic() - started)
             with contextlib.suppress(TimeoutError):

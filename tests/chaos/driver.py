@@ -31,6 +31,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class ChaosConfig:
     array_every: int = 50  # every Nth submission is also an array of 4-8 elements, %2
     chain_every: int = 40  # every Nth also starts a chain A -> B -> C (afterok)
     settle_timeout_s: float = 240.0
+    schedules: int = 3  # `* * * * *` schedules firing through the faults
     seed: int = 1
 
 
@@ -99,6 +101,11 @@ class ChaosResult:
     chains_cancelled: int = 0
     dependency_violations: int = 0
     control_conflicts: int = 0
+    schedule_fires: int = 0  # fire times owed between creation and the last check
+    schedule_fires_during_faults: int = 0
+    schedule_fires_lost: int = 0  # owed, but no job (or no run) for it
+    schedule_fires_doubled: int = 0  # two jobs for one fire time
+    schedule_fires_run_twice: int = 0  # from the jobs' own marks
     drift_after_faults: int = 0
     final_allocated_cpus: int = 0
     final_unreleased_rows: int = 0
@@ -115,6 +122,8 @@ class ChaosResult:
                 and self.retry_jobs_completed_on_attempt_1 == 0
                 and self.array_elements_missing == 0 and self.array_throttle_exceeded == 0
                 and self.dependency_violations == 0
+                and self.schedule_fires_lost == 0 and self.schedule_fires_doubled == 0
+                and self.schedule_fires_run_twice == 0
                 and self.drift_after_faults == 0 and self.final_allocated_cpus == 0
                 and self.final_unreleased_rows == 0 and self.leftover_processes == 0
                 and not self.services_died and set(self.states) <= set(TERMINAL))
@@ -140,6 +149,10 @@ class ChaosResult:
             f"{self.array_elements_missing}, throttle exceeded {self.array_throttle_exceeded}); "
             f"chains: {self.chains} ({self.chains_cancelled} cancelled after a failed head), "
             f"dependency violations {self.dependency_violations}",
+            f"  schedules: {self.schedule_fires} fire times owed "
+            f"({self.schedule_fires_during_faults} while faults were injected), lost "
+            f"{self.schedule_fires_lost}, made twice {self.schedule_fires_doubled}, run twice "
+            f"{self.schedule_fires_run_twice}",
             f"  drift after the last fault {self.drift_after_faults}; final allocated CPUs "
             f"{self.final_allocated_cpus}, unreleased rows {self.final_unreleased_rows}; "
             f"job processes left {self.leftover_processes}",
@@ -156,8 +169,10 @@ class Chaos:
         self.work = workdir or Path(tempfile.mkdtemp(prefix="scns-chaos-"))
         os.chmod(self.work, 0o755)  # PostgreSQL runs as another user when we are root
         self.marker = self.work / "marker"
-        self.marker.touch()
-        os.chmod(self.marker, 0o666)  # jobs run as nobody when the executor is root
+        self.sched_marker = self.work / "schedule-marker"
+        for m in (self.marker, self.sched_marker):
+            m.touch()
+            os.chmod(m, 0o666)  # jobs run as nobody when the executor is root
         self.redis_port = free_port()
         self.redis_server: Server | None = None
         self.pg_server: Server | None = None
@@ -173,6 +188,9 @@ class Chaos:
         self.requeued: dict[int, int] = {}  # job -> the attempt that was requeued
         self.arrays: dict[int, int] = {}  # array id -> its size (throttle 2)
         self.chains: list[tuple[int, int, int, bool]] = []  # A, B, C, A fails
+        self.schedules: dict[int, datetime] = {}  # schedule -> its first fire time
+        self.schedules_until: dict[int, datetime] = {}  # -> the first fire it did not make
+        self.faults_ended_at = datetime.max.replace(tzinfo=UTC)
 
     # --- servers -------------------------------------------------------------------------
     def _start_redis(self, wipe: bool) -> None:
@@ -336,6 +354,90 @@ class Chaos:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    # --- schedules firing through the faults -------------------------------------------
+    async def _send(self, s: aiohttp.ClientSession, method: str, path: str,
+                    body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """One call with a JSON body, repeated until it gets an answer other than 503."""
+        delay = 0.2
+        while True:
+            try:
+                async with s.request(method, path, json=body) as r:
+                    if r.status != 503:
+                        return r.status, await r.json()
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def add_schedules(self, url: str) -> None:
+        """Schedules that fire every minute, each fire owed (catch_up=all, concurrency=allow):
+        exactly one job per fire time whatever the faults do."""
+        script = (f'echo "$SCNS_SCHEDULE_ID $SCNS_SCHEDULE_FIRE_TIME $SCNS_JOB_ID" '
+                  f">> {self.sched_marker}\nsleep 0.2\n")
+        async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=15),
+                                         headers=self._auth()) as s:
+            for i in range(self.cfg.schedules):
+                name = f"chaos-{i}"
+                status, body = await self._send(s, "POST", "/api/v1/schedules", {
+                    "name": name, "cron": "* * * * *", "concurrency": "allow",
+                    "catch_up": "all", "max_failures": 0,
+                    "job": {"script": script, "name": f"chaos-cron-{i}"}})
+                if status == 409:  # a lost answer: the first try made it
+                    _, page = await self._send(s, "GET", f"/api/v1/schedules?name={name}")
+                    body = page["items"][0]
+                elif status != 201:
+                    raise RuntimeError(f"schedule refused: {status} {body}")
+                self.schedules[body["id"]] = datetime.fromisoformat(body["next_run_at"])
+
+    async def stop_schedules(self, url: str) -> None:
+        """Once every fire time up to now was made, disable them (their jobs can then end
+        before the final checks); remember the first fire time each did not make."""
+        async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=15),
+                                         headers=self._auth()) as s:
+            deadline = time.monotonic() + 120
+            for sid in self.schedules:
+                while time.monotonic() < deadline:
+                    _, body = await self._send(s, "GET", f"/api/v1/schedules/{sid}")
+                    if datetime.fromisoformat(body["next_run_at"]) > datetime.now(UTC):
+                        break
+                    await asyncio.sleep(0.5)
+            for sid in self.schedules:
+                await self._send(s, "POST", f"/api/v1/schedules/{sid}/disable")
+                _, body = await self._send(s, "GET", f"/api/v1/schedules/{sid}")
+                self.schedules_until[sid] = datetime.fromisoformat(body["next_run_at"])
+
+    async def _check_schedules(self, conn: asyncpg.Connection[Any]) -> None:
+        """Every minute from a schedule's first fire time to the first it did not make has
+        exactly one run with exactly one job (from the jobs' own fire-time variable), and no
+        fire time's job ran twice (from the jobs' own marks)."""
+        r = self.result
+        marks = collections.Counter(
+            tuple(line.split()[:2]) for line in self.sched_marker.read_text().splitlines()
+            if line.strip())
+        r.schedule_fires_run_twice = sum(1 for n in marks.values() if n > 1)
+        for sid, first in self.schedules.items():
+            owed, at = [], first
+            while at < self.schedules_until[sid]:
+                owed.append(at)
+                at += timedelta(minutes=1)
+            r.schedule_fires += len(owed)
+            r.schedule_fires_during_faults += sum(1 for t in owed if t <= self.faults_ended_at)
+            made = collections.Counter(x["t"] for x in await conn.fetch(
+                "SELECT env->>'SCNS_SCHEDULE_FIRE_TIME' AS t FROM jobs WHERE schedule_id = $1",
+                sid))
+            runs = {x["fire_at"] for x in await conn.fetch(
+                "SELECT fire_at FROM schedule_runs WHERE schedule_id = $1 AND job_id IS NOT "
+                "NULL", sid)}
+            for t in owed:
+                key = t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+                r.schedule_fires_lost += made[key] == 0 or t not in runs
+                r.schedule_fires_doubled += made[key] > 1
+            extra = set(made) - {t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+                                 for t in owed}
+            if extra:  # a job for a fire time it should not have made
+                r.schedule_fires_doubled += len(extra)
+                r.notes.append(f"schedule {sid}: jobs for unexpected fire times {extra}")
+
     # --- job control mixed into the load ------------------------------------------------
     async def _call(self, s: aiohttp.ClientSession, method: str, path: str
                     ) -> tuple[int, dict[str, Any]] | None:
@@ -425,8 +527,11 @@ class Chaos:
         started = time.monotonic()
         url = await asyncio.to_thread(self.start)
         try:
+            await self.add_schedules(url)
             await asyncio.gather(self.submit_all(url), self.faults(), self.control(url))
             last_fault = time.monotonic()
+            self.faults_ended_at = datetime.now(UTC)
+            await self.stop_schedules(url)
             await self._settle()
             await self._check(last_fault)
             assert self.system is not None
@@ -456,8 +561,8 @@ class Chaos:
             deadline = time.monotonic() + self.cfg.settle_timeout_s
             while True:
                 left = await conn.fetchval(
-                    "SELECT count(*) FROM jobs WHERE (id = ANY($1) OR array_job_id = ANY($3))"
-                    " AND NOT (state = ANY($2))",
+                    "SELECT count(*) FROM jobs WHERE (id = ANY($1) OR array_job_id = ANY($3)"
+                    " OR schedule_id IS NOT NULL) AND NOT (state = ANY($2))",
                     self._all_ids(), list(TERMINAL), list(self.arrays))
                 if left == 0:
                     return
@@ -525,8 +630,10 @@ class Chaos:
             r.rows = len(rows)
             r.lost = len(set(self._all_ids()) - {x["id"] for x in rows})
             await self._check_groups(conn)
+            await self._check_schedules(conn)
             r.states = dict(collections.Counter(x["state"] for x in rows))
-            r.uncertain_created = await conn.fetchval("SELECT count(*) FROM jobs") - r.rows
+            r.uncertain_created = await conn.fetchval(
+                "SELECT count(*) FROM jobs WHERE schedule_id IS NULL") - r.rows
             attempts = {x["id"]: x["attempt"] for x in rows}
             lines = self.marker.read_text().split() if self.marker.exists() else []
             r.runs = len(lines)

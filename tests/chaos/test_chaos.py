@@ -1,5 +1,5 @@
 """Acceptance: a CI-sized chaos run (1,000 jobs, 30+ faults of every kind, with hold, release,
-requeue and retry traffic mixed in) keeps every promise."""
+requeue and retry traffic and cron schedules mixed in) keeps every promise."""
 
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ def test_chaos_ci_sized() -> None:
     assert result.retry_jobs_completed_on_attempt_1 == 0
     assert result.unexplained_runs == 0
     assert set(result.states) <= {"COMPLETED", "FAILED", "NODE_FAIL", "CANCELLED", "TIMEOUT"}
+    # schedules fired through the faults: every minute's fire made one job, run once
+    assert result.schedule_fires_during_faults > 0
+    assert result.schedule_fires_lost == 0 and result.schedule_fires_doubled == 0
+    assert result.schedule_fires_run_twice == 0
     assert result.drift_after_faults == 0
     assert result.final_allocated_cpus == 0 and result.final_unreleased_rows == 0
     assert result.leftover_processes == 0
