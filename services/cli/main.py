@@ -49,6 +49,7 @@ from services.cli.common import (
     warn,
 )
 from services.cli.directives import DirectiveError, parse_directives
+from services.cli.schedules import schedule
 from services.cli.tokens import token
 from shared.arrays import SpecError, parse_array
 from shared.errors import ConductorError
@@ -76,6 +77,7 @@ def cli() -> None:
 for _command in jobs.COMMANDS:  # hold, release, requeue, update, history, eff
     cli.add_command(_command)
 cli.add_command(token)
+cli.add_command(schedule)
 
 
 # --- jobs ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
-from services.gateway import auth, cluster, control, jobs, openapi, tokens
+from services.gateway import auth, cluster, control, jobs, openapi, schedules, tokens
 from services.gateway.common import GATEWAY, MAX_BODY, Gateway, error, json
 from services.gateway.validation import RequestError
 from shared.db import UNAVAILABLE
@@ -107,11 +107,13 @@ def create_app(wiring: Wiring) -> web.Application:
                           client_max_size=MAX_BODY)
     app[GATEWAY] = Gateway(wiring=wiring)
     app[auth.TOKEN_CACHE] = cache
+    app[schedules.FIRING] = schedules.firing(wiring)
     app.add_routes(jobs.routes)
     app.add_routes(tokens.routes)
     app.add_routes(openapi.routes)
     app.add_routes(control.routes)
     app.add_routes(cluster.routes)
+    app.add_routes(schedules.routes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -20,6 +20,7 @@ from aiohttp import web
 from services.gateway import validation as v
 from services.gateway.common import MAX_BODY
 from services.gateway.jobs import MAX_KEY, MAX_PAGE
+from shared.db.schedules import CATCH_UP, CONCURRENCY
 from shared.db.tokens import MAX_LIFETIME_S, ROLES, USER_NAME
 from shared.lifecycle.policy import MAX_RETRIES, USER_PRIORITY
 from shared.states import JobState, PendingReason, WorkerState
@@ -42,6 +43,9 @@ PRINTABLE = "^[^\\u0000-\\u001f\\u007f]*$"  # query_text also refuses other non-
 ISO_TIME = ("^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}"  # years validation.parse_time takes
             "([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$")
 JOB_REF = "^[1-9][0-9]{0,17}(_[0-9]{1,9})?$"  # shared.arrays.parse_ref: 12, or element 12_3
+SCHEDULE_REF = f"^{v.SCHEDULE_ID.pattern}$"
+SCHEDULE_NAME = f"^{v.SCHEDULE_NAME.pattern}$"
+ZONE_NAME = "^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"  # shared.cron.zone's syntax check
 PUBLIC = ("/healthz", "/readyz", "/api/v1/openapi.json")
 ERRORS = {
     400: "The request is not valid: the message says which field and why.",
@@ -168,8 +172,9 @@ def job_schema() -> Schema:
         "retries_used": {"type": "integer"}, "array_job_id": maybe_int,
         "array_task_id": maybe_int, "array_throttle": maybe_int, "dependency": maybe_str,
         "partition": maybe_str, "submit_dir": maybe_str, "workdir": maybe_str,
-        "output": maybe_str, "error": maybe_str, "submitted_at": when, "begin_at": when,
-        "allocated_at": when, "started_at": when, "finished_at": when,
+        "output": maybe_str, "error": maybe_str, "schedule_id": maybe_int,
+        "submitted_at": when, "begin_at": when, "allocated_at": when, "started_at": when,
+        "finished_at": when,
     }
     extra: dict[str, Schema] = {
         "peak_rss_kb": maybe_int, "cpu_s": {"type": ["number", "null"]},
@@ -189,6 +194,84 @@ def token_schema() -> Schema:
                 "created_at": {"type": "string", "format": "date-time"},
                 "created_by": {"type": ["string", "null"]}, "expires_at": when,
                 "revoked_at": when, "active": {"type": "boolean"}})
+
+
+def schedule_properties() -> dict[str, Schema]:
+    """POST /schedules: validation.parse_schedule, field by field (validation.SCHEDULE_FIELDS)."""
+    return {
+        "name": {"type": "string", "pattern": SCHEDULE_NAME, "minLength": 1, "maxLength": 64,
+                 "description": "Unique among the owner's schedules (409 when taken)."},
+        "cron": {"type": "string", "minLength": 1, "maxLength": v.MAX_CRON,
+                 "allOf": [{"pattern": NOT_BLANK}, {"pattern": NO_CONTROL}],
+                 "examples": ["*/5 * * * *", "30 2 * * 1-5", "@hourly"],
+                 "description": "5 fields (minute hour day-of-month month day-of-week) or a "
+                                "macro: @yearly, @monthly, @weekly, @daily, @hourly. A bad "
+                                "expression is a 400 invalid_cron that says which field."},
+        "timezone": {"type": "string", "minLength": 1, "maxLength": v.MAX_TIMEZONE,
+                     "pattern": ZONE_NAME, "default": "UTC", "examples": ["Europe/Berlin"],
+                     "description": "IANA time zone the expression is read in (wall clock; "
+                                    "DST as ISC cron). Unknown: 400 invalid_timezone."},
+        "job": ref("ScheduleJob"),
+        "concurrency": {"type": "string", "enum": list(CONCURRENCY), "default": "forbid",
+                        "description": "While a run is active: forbid skips the fire, allow "
+                                       "runs both, replace cancels the active run."},
+        "catch_up": {"type": "string", "enum": list(CATCH_UP), "default": "once",
+                     "description": "Fire times missed while no scheduler ran: none, the "
+                                    "latest, or all of them."},
+        "max_failures": integer(0, v.MAX_FAILURES, default=v.DEFAULT_MAX_FAILURES,
+                                description="Failed runs in a row that disable the "
+                                            "schedule; 0: never."),
+        "enabled": {"type": "boolean", "default": True},
+        "user": {"type": "string", "pattern": USER_NAME.pattern, "minLength": 1,
+                 "maxLength": 64, "description": "The owner (admins only; default: the "
+                                                 "caller). Its jobs are the owner's."},
+    }
+
+
+def schedule_schema() -> Schema:
+    """services.gateway.schedules.schedule_json."""
+    when = {"type": ["string", "null"], "format": "date-time"}
+    maybe_int = {"type": ["integer", "null"]}
+    props = schedule_properties()
+    return obj({
+        "id": {"type": "integer"}, "name": {"type": "string"}, "user": {"type": "string"},
+        "cron": {"type": "string"}, "timezone": {"type": "string"},
+        "job": ref("ScheduleJobSpec"), "concurrency": props["concurrency"],
+        "catch_up": props["catch_up"], "max_failures": {"type": "integer"},
+        "enabled": {"type": "boolean"}, "disabled_reason": {"type": ["string", "null"]},
+        "next_run_at": {**when, "description": "Null while disabled."},
+        "last_run_at": when, "last_job_id": maybe_int, "run_count": {"type": "integer"},
+        "failure_count": {"type": "integer"}, "consecutive_failures": {"type": "integer"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"}})
+
+
+def schedule_job_spec_schema() -> Schema:
+    """services.gateway.schedules.schedule_job_json: the stored job, as POST /jobs names it."""
+    maybe_int, maybe_str = {"type": ["integer", "null"]}, {"type": ["string", "null"]}
+    return obj({
+        "script": {"type": "string"}, "cpus": {"type": "integer"}, "name": {"type": "string"},
+        "memory_mb": maybe_int, "time_limit": maybe_int, "submit_dir": maybe_str,
+        "requeue": {"type": "boolean"}, "priority": {"type": "integer"},
+        "hold": {"type": "boolean"}, "retries": {"type": "integer"},
+        "retry_delay_s": {"type": "integer"}, "workdir": maybe_str, "output": maybe_str,
+        "error": maybe_str, "nice": {"type": "integer"},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "array": maybe_str}, required=("cpus", "name", "priority"),
+        description="Listings leave out script and env.")
+
+
+def run_schema() -> Schema:
+    """services.gateway.schedules.run_json."""
+    return obj({
+        "id": {"type": "integer"}, "schedule_id": {"type": "integer"},
+        "fire_at": {"type": "string", "format": "date-time"},
+        "kind": {"type": "string", "enum": ["cron", "catch-up", "manual"]},
+        "job_id": {"type": ["integer", "null"]},
+        "state": {"type": ["string", "null"], "description": "The job's state (final once it "
+                                                             "has ended)."},
+        "skipped": {"type": ["string", "null"], "description": "Why no job was made."},
+        "created_at": {"type": "string", "format": "date-time"}})
 
 
 def components() -> Schema:
@@ -244,6 +327,24 @@ def components() -> Schema:
             "type": "string", "description": "Shown here only; keep it secret."}})]},
         "TokenRevoked": ref("Token"),
         "TokenList": obj({"items": {"type": "array", "items": ref("Token")}, **listing}),
+        "ScheduleJob": obj({k: p for k, p in submission_properties().items()
+                            if k not in v.SCHEDULE_JOB_REFUSED}, required=("script",),
+                           closed=True, description="A POST /jobs body without begin_at or "
+                                                    "dependency (a 400: a fire time is the "
+                                                    "job's begin time)."),
+        "ScheduleRequest": obj(schedule_properties(), required=("name", "cron", "job"),
+                               closed=True),
+        "ScheduleChanges": obj({k: p for k, p in schedule_properties().items()
+                                if k in v.SCHEDULE_PATCHABLE}, required=(), closed=True,
+                               minProperties=1, description="Merged onto the schedule and "
+                               "validated whole; `job` replaces the job."),
+        "Schedule": schedule_schema(),
+        "ScheduleJobSpec": schedule_job_spec_schema(),
+        "ScheduleList": obj({"items": {"type": "array", "items": ref("Schedule")}, **listing}),
+        "Run": run_schema(),
+        "RunList": obj({"items": {"type": "array", "items": ref("Run")}, **listing}),
+        "Triggered": obj({"run": ref("Run"),
+                          "job": {"anyOf": [ref("Job"), {"type": "null"}]}}),
         "Readiness": obj({"ready": {"type": "boolean"}, "checks": obj({
             "redis": {"type": "boolean"}, "postgresql": {"type": "boolean"}})}),
     }
@@ -299,7 +400,7 @@ def job_paths() -> dict[str, Schema]:
         *(param(k, "query", {"type": "string", "maxLength": MAX_QUERY_TEXT, "pattern": PRINTABLE})
           for k in ("user", "name")),
         *(param(k, "query", {"type": "string", "pattern": f"^[0-9]{{1,{len(str(v.MAX_ID))}}}$"})
-          for k in ("cursor", "array_job_id")),
+          for k in ("cursor", "array_job_id", "schedule_id")),
         *(param(k, "query", time()) for k in ("since", "until")),
         param("limit", "query", integer(1, MAX_PAGE, default=100)),
     ]
@@ -394,6 +495,64 @@ def cluster_paths() -> dict[str, Schema]:
     }
 
 
+SCHEDULE_ID = param("schedule_id", "path", {"type": "string", "pattern": SCHEDULE_REF},
+                    "A schedule id; another user's schedule is not found.")
+
+
+def schedule_paths() -> dict[str, Schema]:
+    one = {200: answer("The schedule.", ref("Schedule"))}
+    digits = {"type": "string", "pattern": f"^[0-9]{{1,{len(str(v.MAX_ID))}}}$"}
+    name = {"type": "string", "pattern": SCHEDULE_NAME, "maxLength": 64}
+    paths: dict[str, Schema] = {
+        "/api/v1/schedules": {
+            "post": op("createSchedule", "schedules", "Make a cron schedule of jobs.", {
+                201: answer("Created.", ref("Schedule"))}, (400, 409, 413, 415, 422),
+                requestBody=body(ref("ScheduleRequest"))),
+            "get": op("listSchedules", "schedules", "Schedules by id (a user: theirs; an "
+                      "admin: everyone's, or ?user=).",
+                      {200: answer("A page.", ref("ScheduleList"))}, (400,), parameters=[
+                          param("user", "query", name, "Admins: one user's (a user: 403 for "
+                                                       "another's)."),
+                          param("name", "query", name),
+                          param("cursor", "query", digits),
+                          param("limit", "query", integer(1, MAX_PAGE, default=100))]),
+        },
+        "/api/v1/schedules/{schedule_id}": {
+            "parameters": [SCHEDULE_ID],
+            "get": op("getSchedule", "schedules", "One schedule, with its job's script.", one,
+                      (400, 404)),
+            "patch": op("updateSchedule", "schedules", "Change a schedule (jobs already made "
+                        "stay as they are).", one, (400, 404, 409, 413, 415, 422),
+                        requestBody=body(ref("ScheduleChanges"))),
+            "delete": op("deleteSchedule", "schedules", "Delete a schedule and its history; "
+                         "the jobs it made carry on.", {204: {"description": "Deleted."}},
+                         (400, 404, 415)),
+        },
+        "/api/v1/schedules/{schedule_id}/trigger": {
+            "parameters": [SCHEDULE_ID],
+            "post": op("triggerSchedule", "schedules", "One run now, under the schedule's "
+                       "concurrency (forbid with a run active: 409).", {
+                           201: answer("The run and its job.", ref("Triggered"))},
+                       (400, 404, 409, 415)),
+        },
+        "/api/v1/schedules/{schedule_id}/runs": {
+            "parameters": [SCHEDULE_ID],
+            "get": op("scheduleRuns", "schedules", "Runs, newest first: fire time, job, state.",
+                      {200: answer("A page.", ref("RunList"))}, (400, 404), parameters=[
+                          param("cursor", "query", digits),
+                          param("limit", "query", integer(1, MAX_PAGE, default=100))]),
+        },
+    }
+    for verb, summary in (("enable", "Fire again, from the next fire time after now (the "
+                                     "failure streak is cleared)."),
+                          ("disable", "Stop firing (its jobs carry on).")):
+        paths[f"/api/v1/schedules/{{schedule_id}}/{verb}"] = {
+            "parameters": [SCHEDULE_ID],
+            "post": op(f"{verb}Schedule", "schedules", summary, one, (400, 404, 409, 415)
+                       if verb == "enable" else (400, 404, 415))}
+    return paths
+
+
 def service_paths() -> dict[str, Schema]:
     public: dict[str, Any] = {"security": []}
     return {
@@ -425,7 +584,7 @@ def spec() -> dict[str, Any]:
                  "description": "Batch jobs on a CPU cluster. Errors are "
                                 "{\"error\": {\"code\", \"message\"}}."},
         "security": [{"bearer": []}],
-        "paths": {**job_paths(), **cluster_paths(), **service_paths()},
+        "paths": {**job_paths(), **schedule_paths(), **cluster_paths(), **service_paths()},
         "components": components(),
     }
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.arrays import DEFAULT_MAX_ARRAY_SIZE, ArraySpec, SpecError, parse_array
+from shared.cron import MAX_LENGTH as CRON_MAX_LENGTH
+from shared.cron import CronError, parse_cron, zone
 from shared.db.jobs import JobSpec
+from shared.db.schedules import CATCH_UP, CONCURRENCY
 from shared.dependencies import Dependency, parse_dependency
 from shared.lifecycle import Changes
 from shared.lifecycle.policy import MAX_RETRIES
@@ -285,3 +289,155 @@ def query_time(query: Mapping[str, str], key: str) -> datetime | None:
         return parse_time(value, key)
     except RequestError as e:
         raise _bad("invalid_query", e.message) from e
+
+
+# --- schedules (POST and PATCH /schedules) ----------------------------------------------------
+SCHEDULE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the schedules_name CHECK, fully matched
+SCHEDULE_ID = re.compile(r"[1-9][0-9]{0,17}")  # a bigint id, no sign, no leading zero
+SCHEDULE_FIELDS = frozenset({"name", "cron", "timezone", "job", "concurrency", "catch_up",
+                             "max_failures", "enabled", "user"})
+SCHEDULE_PATCHABLE = frozenset({"name", "cron", "timezone", "job", "concurrency", "catch_up",
+                                "max_failures"})
+SCHEDULE_JOB_REFUSED = {
+    "begin_at": "a schedule's job cannot have 'begin_at': its fire time is its begin time",
+    "dependency": "a schedule's job cannot have 'dependency': each fire makes a new job; "
+                  "'concurrency' says what a run does while the previous one is active",
+}
+MAX_CRON = CRON_MAX_LENGTH
+MAX_TIMEZONE = 64
+MAX_FAILURES = 1000
+DEFAULT_MAX_FAILURES = 3
+NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-'"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleBody:
+    """A validated POST /schedules body (PATCH: the current schedule with the changes merged
+    in). `job` is None when a PATCH leaves the job as it is; `user` is the owner asked for
+    (None: the caller)."""
+
+    name: str
+    cron: str
+    timezone: str
+    job: JobSpec | None
+    concurrency: str
+    catch_up: str
+    max_failures: int
+    enabled: bool = True
+    user: str | None = None
+
+
+def _choice(body: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = body.get(key, default)
+    if value not in choices:
+        raise _bad("invalid_field", f"'{key}' must be {', '.join(choices[:-1])} or "
+                                    f"{choices[-1]}, got {str(value)[:40]!r}")
+    return str(value)
+
+
+def _schedule_name(value: Any, key: str = "name") -> str:
+    if not isinstance(value, str) or not SCHEDULE_NAME.fullmatch(value):
+        shown = f", got {value[:70]!r}" if isinstance(value, str) else ""
+        raise _bad("invalid_field", f"'{key}' must be {NAME_RULE}{shown}")
+    return value
+
+
+def parse_cron_field(value: Any) -> str:
+    """A cron expression as it is stored (stripped), or a 400 `invalid_cron` saying why."""
+    if not isinstance(value, str):
+        raise _bad("invalid_cron", "'cron' must be a string such as \"30 2 * * *\" or "
+                                   "\"@hourly\"")
+    try:
+        return parse_cron(_text({"cron": value}, "cron", max_len=MAX_CRON) or "").source
+    except RequestError as e:  # too long, or a control character
+        raise _bad("invalid_cron", e.message) from e
+    except CronError as e:
+        raise _bad("invalid_cron", f"'cron': {e}") from e
+
+
+def parse_timezone_field(value: Any) -> str:
+    """An IANA time zone name, or a 400 `invalid_timezone` (with a suggestion when one is
+    close)."""
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise _bad("invalid_timezone", "'timezone' must be an IANA time zone name such as "
+                                       "Europe/Berlin or UTC")
+    try:
+        return zone(value).key
+    except CronError as e:
+        raise _bad("invalid_timezone", f"'timezone': {e}") from e
+
+
+def parse_schedule_job(body: Any, *, user: str, largest_cpus: int | None,
+                       largest_memory_mb: int | None, max_array_size: int,
+                       default_name: str) -> JobSpec:
+    """A schedule's `job`: a POST /jobs body, validated as one (its messages prefixed
+    "job: "), without a begin time or a dependency; a job without a name is named after its
+    schedule."""
+    if not isinstance(body, dict):
+        raise _bad("invalid_field", "'job' must be an object: a POST /jobs body such as "
+                                    "{\"script\": \"#!/bin/sh\\necho hi\\n\"}")
+    for key, why in SCHEDULE_JOB_REFUSED.items():
+        if key in body:  # even null or "": what a schedule's jobs wait for is not theirs to say
+            raise _bad("invalid_field", f"job: {why}")
+    try:
+        spec = parse_submission(body, user=user, largest_cpus=largest_cpus,
+                                largest_memory_mb=largest_memory_mb,
+                                max_array_size=max_array_size)
+    except RequestError as e:
+        raise RequestError(e.status, e.code, f"job: {e.message}") from e
+    low, high = PRIORITY_RANGE
+    if not low <= spec.priority <= high:  # made at fire time, where nobody sees a 400
+        raise _bad("invalid_field", f"job: 'priority' less 'nice' must be from {low} to {high}, "
+                                    f"got {spec.priority}")
+    if not body.get("name"):
+        spec = replace(spec, name=default_name)
+    return spec
+
+
+def parse_schedule(body: Any, *, user: str, largest_cpus: int | None,
+                   largest_memory_mb: int | None, max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
+                   current: Mapping[str, Any] | None = None) -> ScheduleBody:
+    """Validate a POST /schedules body, or with `current` (the schedule's name, cron,
+    timezone, concurrency, catch_up and max_failures) a PATCH body merged onto it. `user` owns
+    the job. Pure: cron expressions and zones are checked by shared.cron."""
+    patch = current is not None
+    if not isinstance(body, dict) or (patch and not body):
+        raise _bad("invalid_body", "send a JSON object" + (
+            f" with the fields to change: {', '.join(sorted(SCHEDULE_PATCHABLE))}" if patch
+            else ""))
+    allowed = SCHEDULE_PATCHABLE if patch else SCHEDULE_FIELDS
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        hint = (" (enable and disable have routes of their own: POST /schedules/{id}/enable "
+                "and /disable)" if "enabled" in unknown and patch else "")
+        raise _bad("unknown_field", f"unknown field(s): {', '.join(unknown)[:200]}; allowed: "
+                                    f"{', '.join(sorted(allowed))}{hint}")
+    if not patch:
+        for key in ("name", "cron", "job"):
+            if key not in body:
+                raise _bad("missing_field", f"'{key}' is required")
+    for key in body:
+        if body[key] is None:
+            raise _bad("invalid_field", f"'{key}' must not be null")
+    merged: dict[str, Any] = {**(current or {}), **body}
+    name = _schedule_name(merged["name"])
+    cron = parse_cron_field(merged["cron"])
+    tz = parse_timezone_field(merged.get("timezone", "UTC"))
+    concurrency = _choice(merged, "concurrency", CONCURRENCY, "forbid")
+    catch_up = _choice(merged, "catch_up", CATCH_UP, "once")
+    max_failures = _int(merged, "max_failures", minimum=0, maximum=MAX_FAILURES)
+    enabled = merged.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise _bad("invalid_field", "'enabled' must be true or false")
+    owner = merged.get("user")
+    if owner is not None:
+        owner = _schedule_name(owner, "user")
+    job = None
+    if "job" in body:
+        job = parse_schedule_job(body["job"], user=owner or user, largest_cpus=largest_cpus,
+                                 largest_memory_mb=largest_memory_mb,
+                                 max_array_size=max_array_size, default_name=name)
+    return ScheduleBody(name=name, cron=cron, timezone=tz, job=job, concurrency=concurrency,
+                        catch_up=catch_up, enabled=enabled, user=owner,
+                        max_failures=DEFAULT_MAX_FAILURES if max_failures is None
+                        else max_failures)

@@ -59,9 +59,11 @@ def fuzz_config() -> schemathesis.Config:
             # where the gateway checks what JSON Schema cannot say, valid syntax may still be a
             # 400: JSON Schema's integer admits 2.0, which the validators refuse; a dependency
             # must name jobs that exist; an array is requeued or updated one element at a time;
-            # query text must be printable (str.isprintable, beyond a regular expression)
+            # query text must be printable (str.isprintable, beyond a regular expression); a
+            # schedule's cron must fire some day and its zone exist
             {"include-operation-id": ["submitJob", "updateJob", "createToken", "requeueJob",
-                                      "listJobs", "listTokens"],
+                                      "listJobs", "listTokens", "createSchedule",
+                                      "updateSchedule"],
              "checks": {"positive_data_acceptance": {
                  "expected-statuses": ["2xx", "400", "401", "403", "404", "409"]}}},
             # no reconciler runs here: the route's documented "none is running" is a 503
