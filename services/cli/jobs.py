@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -282,6 +283,18 @@ class Export:
 def wrap_script(command: str) -> str:
     """`--wrap CMD`: the script sbatch makes of it."""
     return f"#!/bin/sh\n{command}\n"
+
+
+def script_text(script: str | None, wrap: str | None) -> str:
+    """The script a verb was given: a file, `-` (standard input), or `--wrap 'CMD'`."""
+    if (script is None) == (wrap is None):
+        raise click.UsageError("give a SCRIPT (a file, or - for standard input) or "
+                               "--wrap 'COMMAND', not both" if script else
+                               "missing SCRIPT (a file, or - for standard input) or "
+                               "--wrap 'COMMAND'")
+    if wrap is not None:
+        return wrap_script(wrap)
+    return sys.stdin.read() if script == "-" else Path(str(script)).read_text()
 
 
 def parse_export(value: str) -> Export:

@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import click
@@ -125,15 +124,7 @@ def submit(*, script: str | None, wrap: str | None, test_only: bool, wait: bool,
            as_json: bool, time_limit: str | None, **options: Any) -> None:
     """Submit SCRIPT (like sbatch; reads #SCNS and #SBATCH directives; - reads the script
     from standard input)."""
-    if (script is None) == (wrap is None):
-        raise click.UsageError("give a SCRIPT (a file, or - for standard input) or "
-                               "--wrap 'COMMAND', not both" if script else
-                               "missing SCRIPT (a file, or - for standard input) or "
-                               "--wrap 'COMMAND'")
-    if wrap is not None:
-        text = jobs.wrap_script(wrap)
-    else:
-        text = sys.stdin.read() if script == "-" else Path(str(script)).read_text()
+    text = jobs.script_text(script, wrap)
     try:
         d = parse_directives(text)
     except DirectiveError as e:

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, tzinfo
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -300,13 +299,7 @@ def add(*, name: str, script: str | None, cron: str, timezone: str | None,
         as_json: bool, **options: Any) -> None:
     """Make schedule NAME: run SCRIPT (like sbatch; - reads it from standard input) at every
     fire time of --cron."""
-    if (script is None) == (wrap is None):
-        raise click.UsageError("give a SCRIPT (a file, or - for standard input) or "
-                               "--wrap 'COMMAND', not both" if script else
-                               "missing SCRIPT (a file, or - for standard input) or "
-                               "--wrap 'COMMAND'")
-    text = jobs.wrap_script(wrap) if wrap is not None else (
-        sys.stdin.read() if script == "-" else Path(str(script)).read_text())
+    text = jobs.script_text(script, wrap)
     try:
         d = parse_directives(text)
     except DirectiveError as e:

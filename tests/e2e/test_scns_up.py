@@ -1,4 +1,5 @@
-"""Acceptance: `scns up` as a user runs it, then the CLI against it."""
+"""Acceptance: `scns up` as a user runs it, then the CLI against it (a cron schedule
+included: its first job within 65 s)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import orjson
 import psutil
 import pytest
 
@@ -23,6 +27,19 @@ SCNS = [sys.executable, "-m", "services.cli"]
 def scns(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SCNS, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
+
+
+def _first_scheduled_job(env: dict[str, str], *, deadline: float) -> dict[str, Any]:
+    """The first job schedule 1 made, once it has ended (polled with the CLI)."""
+    while True:
+        runs = orjson.loads(scns("schedule", "runs", "every-minute", "--json", env=env).stdout)
+        made = [r for r in runs["items"] if r["job_id"] is not None]
+        if made:
+            job = orjson.loads(scns("show", str(made[-1]["job_id"]), "--json", env=env).stdout)
+            if job["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+                return {**job, "run": made[-1]}
+        assert time.monotonic() < deadline, f"no job of the schedule ended in time: {runs}"
+        time.sleep(1)
 
 
 @pytest.mark.slow
@@ -52,6 +69,16 @@ def test_scns_up_then_submit_wait_queue_show_workers(tmp_path: Path) -> None:
         assert "SLURM_JOB_ID=1 SLURM_CPUS_PER_TASK=1" in done.stdout
         assert "COMPLETED" in done.stderr
 
+        # a schedule firing every minute: its first job within 65 s (checked at the end)
+        cron_script = tmp_path / "cron.sh"
+        cron_script.write_text("#!/bin/bash\n#SBATCH -J cron-hello\n#SBATCH -c 1\n"
+                               'echo "fired for $SCNS_SCHEDULE_FIRE_TIME"\n')
+        added_at, added_wall = time.monotonic(), datetime.now(UTC)
+        made = scns("schedule", "add", "every-minute", "--cron", "* * * * *", str(cron_script),
+                    env=client_env)
+        assert made.returncode == 0 and "Created schedule 1 (every-minute)" in made.stdout, \
+            made.stderr
+
         q = scns("queue", "--all", env=client_env)
         assert q.returncode == 0 and "hello" in q.stdout and "COMPLETED" in q.stdout
         s = scns("show", "1", env=client_env)
@@ -78,6 +105,14 @@ def test_scns_up_then_submit_wait_queue_show_workers(tmp_path: Path) -> None:
         assert "admin" in scns("drain", "laptop", env=bob).stderr
         listed = scns("token", "list", env=client_env)
         assert listed.returncode == 0 and "bob" in listed.stdout and "active" in listed.stdout
+        fired = _first_scheduled_job(client_env, deadline=added_at + 95)
+        assert fired["name"] == "cron-hello" and fired["state"] == "COMPLETED", fired
+        made_after = datetime.fromisoformat(fired["submitted_at"]) - added_wall
+        assert made_after.total_seconds() <= 65, made_after
+        logs = scns("logs", str(fired["id"]), env=client_env)
+        assert f"fired for {fired['run']['fire_at']}" in logs.stdout, logs
+        listed = scns("schedule", "list", env=client_env)
+        assert listed.returncode == 0 and "every-minute" in listed.stdout
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 6  # redis, postgres, registry, scheduler, executor, gateway
     finally:

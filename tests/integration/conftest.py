@@ -17,6 +17,7 @@ from shared.db.tokens import TokenStore
 from shared.keys import Keys
 from shared.membership import Membership
 from shared.settings import Settings
+from shared.wiring import Wiring
 from tests.helpers import add_worker, wire
 
 
@@ -39,3 +40,13 @@ async def http(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any], keys: 
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def wiring(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any],
+                 http: TestClient[Any, Any]) -> Wiring:
+    """A process's parts beside the gateway (worker "big" live), with the allocation records
+    open, as after a reconcile: for tests that drive the lifecycle themselves."""
+    w = wire(settings, redis, pool)
+    await w.allocator.restore([], epoch="test")
+    return w

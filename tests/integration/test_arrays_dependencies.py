@@ -14,20 +14,10 @@ from redis.asyncio import Redis
 from services.scheduler.service import Scheduler
 from shared.dependencies import EdgeState, Kind, decide_job
 from shared.lifecycle import Changed
-from shared.settings import Settings
 from shared.states import TERMINAL, JobState
 from shared.wiring import Wiring
-from tests.helpers import wire
 
 Http = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def wiring(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any], http: Http
-                 ) -> Wiring:
-    w = wire(settings, redis, pool)
-    await w.allocator.restore([], epoch="test")  # the records are open, as after a reconcile
-    return w
 
 
 async def post(http: Http, **fields: Any) -> tuple[int, dict[str, Any]]:

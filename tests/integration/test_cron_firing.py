@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from services.scheduler.cron import CronLoop
@@ -28,7 +27,6 @@ from shared.states import JobState
 from shared.wiring import Wiring
 from tests.helpers import wire
 
-Http = TestClient[Any, Any]
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday, on a minute boundary
 MINUTE = timedelta(minutes=1)
 
@@ -39,14 +37,6 @@ class Clock:
 
     def now(self) -> datetime:
         return self.at
-
-
-@pytest.fixture
-async def wiring(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any], http: Http
-                 ) -> Wiring:
-    w = wire(settings, redis, pool)
-    await w.allocator.restore([], epoch="test")  # the records are open, as after a reconcile
-    return w
 
 
 async def schedule(pool: asyncpg.Pool[Any], *, cron: str = "* * * * *", first: datetime = T0,
