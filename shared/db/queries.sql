@@ -831,7 +831,8 @@ SELECT * FROM schedules WHERE id = $1 AND ($2::text IS NULL OR user_name = $2) F
 
 -- name: schedule_active_runs
 -- The schedule's runs whose job (or, for an array, some element) has not ended.
-SELECT r.job_id FROM schedule_runs r
+SELECT r.job_id, EXISTS (SELECT 1 FROM job_arrays a WHERE a.id = r.job_id) AS is_array
+FROM schedule_runs r
 WHERE r.schedule_id = $1 AND r.job_id IS NOT NULL AND r.state IS NULL
   AND EXISTS (SELECT 1 FROM jobs j
               WHERE (j.id = r.job_id OR j.array_job_id = r.job_id)
@@ -879,3 +880,15 @@ UPDATE schedules
 SET failure_count = $2, consecutive_failures = $3, enabled = $4, disabled_reason = $5,
     updated_at = now()
 WHERE id = $1;
+
+-- name: schedule_unreplaced
+-- Runs of `replace` schedules that a newer run replaced but that still go on with no stop
+-- asked for (the cancel after the fire's commit was lost to a crash): cancelled again.
+SELECT r.job_id, EXISTS (SELECT 1 FROM job_arrays a WHERE a.id = r.job_id) AS is_array
+FROM schedule_runs r JOIN schedules s ON s.id = r.schedule_id
+WHERE s.concurrency = 'replace' AND r.job_id IS NOT NULL AND r.state IS NULL
+  AND r.job_id < s.last_job_id
+  AND EXISTS (SELECT 1 FROM jobs j
+              WHERE (j.id = r.job_id OR j.array_job_id = r.job_id)
+                AND j.state NOT IN {terminal} AND NOT j.cancel_requested)
+LIMIT 100;

@@ -66,7 +66,7 @@ class Fire:
 class _Outcome:
     fires: list[Fire] = field(default_factory=list)
     jobs: list[tuple[Job, JobSpec]] = field(default_factory=list)
-    cancel: list[int] = field(default_factory=list)
+    cancel: list[tuple[int, bool]] = field(default_factory=list)  # (job, is an array)
     events: list[Event] = field(default_factory=list)
 
 
@@ -162,8 +162,9 @@ class Firing:
         """A job per fire time, as the concurrency policy allows."""
         if not fires:
             return
-        active: list[int] = [r["job_id"] for r in await conn.fetch(q("schedule_active_runs"),
-                                                                    s.id)]
+        rows = await conn.fetch(q("schedule_active_runs"), s.id)
+        active: list[int] = [r["job_id"] for r in rows]
+        arrays = {r["job_id"] for r in rows if r["is_array"]}
         store = TransitionStore(conn)
         for at, kind in fires:
             # forbid skips an on-time fire while a run is active; fires being caught up are
@@ -182,7 +183,9 @@ class Firing:
             wait_for = active if s.concurrency == "replace" or chain else []
             job = await self._insert(store, spec, after=wait_for)
             if s.concurrency == "replace":
-                out.cancel += active
+                out.cancel += [(j, j in arrays) for j in active]
+            if spec.array is not None:
+                arrays.add(job.id)
             out.jobs.append((job, spec))
             out.fires.append(Fire(schedule_id=s.id, fire_at=at, kind=kind, job_id=job.id))
             active = [job.id] if s.concurrency != "allow" else [*active, job.id]
@@ -229,17 +232,25 @@ class Firing:
                          dependency=spec.dependency_edges is not None) for j, spec in out.jobs]
         await self.core._emit([*submitted, *out.events],
                               wake="schedule" if out.jobs else None)
-        for job_id in out.cancel:
-            await self._cancel(job_id)
+        for job_id, is_array in out.cancel:
+            await self._cancel(job_id, is_array=is_array)
 
-    async def _cancel(self, job_id: int) -> None:
+    async def _cancel(self, job_id: int, *, is_array: bool) -> None:
+        reason = "replaced by the schedule's next run"
         with contextlib.suppress(InvalidTransition, NotFound):  # it ended meanwhile
-            await self.core.cancel(job_id, reason="replaced by the schedule's next run")
+            if is_array:
+                await self.core.cancel_array(job_id, reason=reason)
+            else:
+                await self.core.cancel(job_id, reason=reason)
 
     # --- settling --------------------------------------------------------------------------
     async def settle(self) -> int:
         """Record the end of runs whose job has ended; count failures, disable a schedule on
-        its max_failures-th failure in a row. Returns the runs settled."""
+        its max_failures-th failure in a row. Returns the runs settled. (First, runs that a
+        `replace` fire replaced but whose cancel was lost with a crash are cancelled again.)"""
+        for r in await self.pool.fetch(q("schedule_unreplaced")):
+            log.info("replaced run (job %d) still going: cancelling it again", r["job_id"])
+            await self._cancel(r["job_id"], is_array=r["is_array"])
         ended = await self.pool.fetch(q("schedule_runs_ended"), SETTLE_BATCH)
         if not ended:
             return 0

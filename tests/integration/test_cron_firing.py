@@ -19,6 +19,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.scheduler.cron import CronLoop
+from shared.arrays import parse_array
 from shared.db.jobs import JobSpec
 from shared.db.pool import create_pool
 from shared.db.schedules import NewSchedule, Schedule, ScheduleStore
@@ -204,6 +205,51 @@ async def test_replace_cancels_the_active_run_and_starts_after_it(
     (third,) = (await loop.tick()).jobs
     jobs = {j["id"]: j for j in await jobs_of(pool, s.id)}
     assert jobs[second]["state"] == "CANCELLED" and jobs[third]["state"] == "PENDING"
+
+
+async def test_replace_of_an_array_cancels_every_element(
+        pool: asyncpg.Pool[Any], wiring: Wiring) -> None:
+    store = ScheduleStore(pool)
+    spec = NewSchedule(name="sweep", user="ann", cron="* * * * *", timezone="UTC",
+                       concurrency="replace",
+                       job=JobSpec(script="true", name="sweep", user="ann",
+                                   array=parse_array("0-3%2")))
+    s = await store.create(spec, next_run_at=T0)
+    assert s is not None
+    clock = Clock(T0)
+    loop = CronLoop(wiring, clock)
+    (first,) = (await loop.tick()).jobs
+    clock.at = T0 + MINUTE
+    (second,) = (await loop.tick()).jobs
+    states = await pool.fetch("SELECT array_job_id, state FROM jobs WHERE schedule_id = $1",
+                              s.id)
+    assert {r["state"] for r in states if r["array_job_id"] == first} == {"CANCELLED"}
+    assert {r["state"] for r in states if r["array_job_id"] == second} == {"PENDING"}
+    assert len(states) == 8
+
+
+async def test_a_lost_replace_cancel_is_sent_again(
+        pool: asyncpg.Pool[Any], wiring: Wiring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fire committed, then the process died before cancelling the run it replaced: the
+    next tick cancels it."""
+    s = await schedule(pool, concurrency="replace")
+    clock = Clock(T0)
+    loop = CronLoop(wiring, clock)
+    (first,) = (await loop.tick()).jobs
+    await start(wiring, first)
+
+    async def lost(*_: Any, **__: Any) -> None:
+        return None
+
+    monkeypatch.setattr(loop.firing, "_cancel", lost)
+    clock.at = T0 + MINUTE
+    (second,) = (await loop.tick()).jobs
+    jobs = {j["id"]: j for j in await jobs_of(pool, s.id)}
+    assert jobs[first]["state"] == "RUNNING" and not jobs[first]["cancel_requested"]
+    monkeypatch.undo()
+    await CronLoop(wiring, clock).tick()  # a new process: nothing due, the sweep cancels
+    jobs = {j["id"]: j for j in await jobs_of(pool, s.id)}
+    assert jobs[first]["cancel_requested"] and jobs[second]["state"] == "PENDING"
 
 
 @pytest.mark.parametrize(("catch_up", "concurrency", "made"),
