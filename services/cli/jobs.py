@@ -4,6 +4,7 @@ a script's directives and the command line (pure)."""
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import sys
@@ -36,6 +37,7 @@ from services.cli.directives import (
     DirectiveError,
     Directives,
     local_zone,
+    parse_directives,
     parse_memory,
     parse_time,
     to_utc_iso,
@@ -283,6 +285,25 @@ class Export:
 def wrap_script(command: str) -> str:
     """`--wrap CMD`: the script sbatch makes of it."""
     return f"#!/bin/sh\n{command}\n"
+
+
+def read_submission(script: str | None, wrap: str | None,
+                    options: Callable[[Directives], SubmitOptions], *, nothing: str
+                    ) -> tuple[dict[str, Any], list[str]]:
+    """The POST /jobs body (and warnings) of SCRIPT or --wrap: its directives, then the
+    command line (`options`, given the directives). A bad directive exits 1, a bad option 2,
+    saying `nothing` ("nothing submitted") was done."""
+    text = script_text(script, wrap)
+    try:
+        d = parse_directives(text)
+    except DirectiveError as e:
+        fail(f"{e} ({nothing})")
+        sys.exit(1)
+    try:
+        return build_submission(text, d, options(d), cwd=os.getcwd(), environ=os.environ)
+    except OptionError as e:
+        fail(str(e))
+        sys.exit(2)
 
 
 def script_text(script: str | None, wrap: str | None) -> str:

@@ -47,7 +47,6 @@ from services.cli.common import (
     out,
     warn,
 )
-from services.cli.directives import DirectiveError, parse_directives
 from services.cli.schedules import schedule
 from services.cli.tokens import token
 from shared.arrays import SpecError, parse_array
@@ -124,19 +123,9 @@ def submit(*, script: str | None, wrap: str | None, test_only: bool, wait: bool,
            as_json: bool, time_limit: str | None, **options: Any) -> None:
     """Submit SCRIPT (like sbatch; reads #SCNS and #SBATCH directives; - reads the script
     from standard input)."""
-    text = jobs.script_text(script, wrap)
-    try:
-        d = parse_directives(text)
-    except DirectiveError as e:
-        fail(f"{e} (nothing submitted)")
-        sys.exit(1)
-    try:
-        body, warnings = jobs.build_submission(
-            text, d, jobs.SubmitOptions(script=script, time=time_limit, **options),
-            cwd=os.getcwd(), environ=os.environ)
-    except jobs.OptionError as e:
-        fail(str(e))
-        sys.exit(2)
+    body, warnings = jobs.read_submission(
+        script, wrap, lambda _: jobs.SubmitOptions(script=script, time=time_limit, **options),
+        nothing="nothing submitted")
     for warning in warnings:
         warn(warning)
     c = client()

@@ -7,7 +7,6 @@ a begin time and a dependency. A schedule is named by its id or by its name.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,7 +23,6 @@ from services.cli import jobs
 from services.cli.arrays import array_note, array_of, fmt_limit
 from services.cli.client import ApiError, Client
 from services.cli.common import STATE_STYLE, client, emit_json, err, fail, out, warn
-from services.cli.directives import DirectiveError, parse_directives
 
 # as shared.db.schedules.CONCURRENCY and CATCH_UP (not imported: that module needs asyncpg)
 CONCURRENCY = ("forbid", "allow", "replace")
@@ -299,20 +297,10 @@ def add(*, name: str, script: str | None, cron: str, timezone: str | None,
         as_json: bool, **options: Any) -> None:
     """Make schedule NAME: run SCRIPT (like sbatch; - reads it from standard input) at every
     fire time of --cron."""
-    text = jobs.script_text(script, wrap)
-    try:
-        d = parse_directives(text)
-    except DirectiveError as e:
-        fail(f"{e} (nothing created)")
-        sys.exit(1)
-    try:
-        job, warnings = jobs.build_submission(
-            text, d, jobs.SubmitOptions(script=script, time=time_limit,
-                                        name=job_name or d.name or name, **options),
-            cwd=os.getcwd(), environ=os.environ)
-    except jobs.OptionError as e:
-        fail(str(e))
-        sys.exit(2)
+    job, warnings = jobs.read_submission(
+        script, wrap, lambda d: jobs.SubmitOptions(script=script, time=time_limit,
+                                                   name=job_name or d.name or name, **options),
+        nothing="nothing created")
     why = refused(job)
     if why is not None:
         fail(f"the script's {why}; remove that directive (nothing created)")

@@ -4,7 +4,7 @@ the click commands against a fake client."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +41,7 @@ from services.cli.jobs import (
     parse_export,
     wrap_script,
 )
+from tests.fakes import FakeClient
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
@@ -375,38 +376,6 @@ def test_wrap_script_is_what_sbatch_makes() -> None:
 
 
 # --- the commands, on a fake gateway ----------------------------------------------------------
-class FakeClient:
-    def __init__(self, answers: dict[tuple[str, str], Any] | None = None) -> None:
-        self.answers = answers or {}
-        self.calls: list[tuple[str, str, Any, Any]] = []
-        self.submitted: list[tuple[dict[str, Any], bool]] = []
-        self.submit_answer: Any = None
-        self.submit_error: ApiError | None = None
-
-    def submit(self, body: dict[str, Any], *, test_only: bool = False) -> Any:
-        self.submitted.append((body, test_only))
-        if self.submit_error:
-            raise self.submit_error
-        return self.submit_answer
-
-    def call(self, method: str, path: str, body: Any = None,
-             query: Mapping[str, Any] | None = None, headers: Any = None) -> Any:
-        self.calls.append((method, path, body, query))
-        answer = self.answers[(method, path)]
-        if isinstance(answer, list):
-            answer = answer.pop(0) if len(answer) > 1 else answer[0]
-        if isinstance(answer, ApiError):
-            raise answer
-        return answer
-
-    def pages(self, path: str, query: Mapping[str, Any]
-              ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
-        page = self.call("GET", path, query=query)
-        states = (query.get("state") or "").split(",")
-        yield [j for j in page["items"] if not states[0] or j["state"] in states], \
-            page["next_cursor"]
-
-
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     c = FakeClient()

@@ -3,7 +3,7 @@ fake client (the bodies they send, what they print, how they fail)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from services.cli import main as cli_main
 from services.cli import schedules
 from services.cli.client import ApiError
 from shared.db.schedules import CATCH_UP, CONCURRENCY
+from tests.fakes import FakeClient
 
 S3: dict[str, Any] = {
     "id": 3, "name": "nightly-etl", "user": "alice", "cron": "30 2 * * *",
@@ -39,29 +40,6 @@ RUNS = {"items": [
      "job_id": None, "state": None, "created_at": "2026-11-22T01:30:00Z",
      "skipped": "the previous run (job 4000) is still active (concurrency=forbid)"},
 ], "next_cursor": None}
-
-
-class FakeClient:
-    """Answers by (method, path); records every call."""
-
-    def __init__(self, answers: dict[tuple[str, str], Any]) -> None:
-        self.answers = answers
-        self.calls: list[tuple[str, str, Any, Any]] = []
-
-    def call(self, method: str, path: str, body: Any = None,
-             query: Mapping[str, Any] | None = None, headers: Any = None) -> Any:
-        self.calls.append((method, path, body, query))
-        answer = self.answers[(method, path)]
-        if callable(answer):
-            answer = answer(query)
-        if isinstance(answer, ApiError):
-            raise answer
-        return answer
-
-    def pages(self, path: str, query: Mapping[str, Any]
-              ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
-        page = self.call("GET", path, query=query)
-        yield page["items"], page["next_cursor"]
 
 
 def by_name(query: Mapping[str, Any] | None) -> dict[str, Any]:
