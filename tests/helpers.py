@@ -101,3 +101,15 @@ def alive_with(text: str) -> list[psutil.Process]:
                     p.info["cmdline"] or []):
                 out.append(p)
     return out
+
+
+async def allocated_cpus_released(redis: Redis, keys: Keys, *, timeout: float = 10.0) -> int:
+    """The cluster's allocated CPUs in Redis, once they are back to 0 (or as they are after
+    `timeout`). A job's end is recorded in PostgreSQL first and its capacity released in Redis
+    just after (ARCHITECTURE's order), so a test that has just seen it end waits a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        cpus = int(await redis.get(keys.allocated_cpus) or 0)
+        if cpus == 0 or time.monotonic() > deadline:
+            return cpus
+        await asyncio.sleep(0.05)

@@ -62,6 +62,17 @@ def wait_state(r: Running, job_id: int, states: set[str], timeout: float = 30, *
         time.sleep(0.05)
 
 
+def allocated_cpus(r: Running, timeout: float = 10) -> int:
+    """GET /resources' allocated CPUs once back to 0 (or as they are after `timeout`): a job's
+    capacity is released in Redis just after its end is recorded in PostgreSQL."""
+    deadline = time.monotonic() + timeout
+    while True:
+        cpus: int = r.client.call("GET", "/api/v1/resources")["allocated_cpus"]
+        if cpus == 0 or time.monotonic() > deadline:
+            return cpus
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def start_system(settings: Settings, tmp_path: Path) -> Iterator[Factory]:
     started: list[System] = []

@@ -15,7 +15,15 @@ from redis.asyncio import Redis
 
 from shared.events import decode
 from shared.keys import Keys
-from tests.e2e.conftest import TERMINAL, Factory, Running, submit, wait_state
+from tests.e2e.conftest import (
+    TERMINAL,
+    Factory,
+    Running,
+    allocated_cpus,
+    submit,
+    wait_state,
+)
+from tests.helpers import allocated_cpus_released
 from tests.procs import ROOT
 
 
@@ -89,8 +97,7 @@ def test_cancel_running_and_pending(start_system: Factory) -> None:
     assert done["state"] == "CANCELLED"
     assert group_processes(pgid) == []
     assert r.client.call("GET", f"/api/v1/jobs/{pending['id']}")["started_at"] is None
-    res = r.client.call("GET", "/api/v1/resources")
-    assert res["allocated_cpus"] == 0
+    assert allocated_cpus(r) == 0
 
 
 def test_exit_3_is_failed_and_output_is_retrievable(start_system: Factory) -> None:
@@ -181,7 +188,7 @@ async def test_500_mixed_jobs_on_two_16_cpu_workers(
     print(f"500 jobs completed in {time.monotonic() - started:.1f}s; {samples} samples, "
           f"peak allocation {worst}/16 CPUs")
     assert samples > 100
-    assert int(await redis.get(keys.allocated_cpus) or 0) == 0
+    assert await allocated_cpus_released(redis, keys) == 0
     for w in workers:
         assert int(await redis.hget(keys.worker_alloc(w), "cpus") or 0) == 0
     assert await redis.hlen(keys.allocations) == 0

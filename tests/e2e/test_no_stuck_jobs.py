@@ -16,8 +16,8 @@ from shared.allocation import Allocator
 from shared.db.jobs import JobSpec
 from shared.keys import Keys
 from shared.lifecycle.store import TransitionStore
-from tests.e2e.conftest import TERMINAL, Factory, submit, wait_state
-from tests.helpers import alive_with
+from tests.e2e.conftest import TERMINAL, Factory, allocated_cpus, submit, wait_state
+from tests.helpers import alive_with, allocated_cpus_released
 
 # the job's wrapper is its parent; its last argument is the job's directory
 JOBDIR = "d=$(tr '\\0' '\\n' < /proc/$PPID/cmdline | tail -n 1)\n"
@@ -33,7 +33,7 @@ def test_a_tampered_status_file_ends_the_job_and_frees_its_cpu(start_system: Fac
     done = wait_state(r, job["id"], TERMINAL, timeout=r.settings.audit_s + 10)
     print(f"ended {done['state']} ({done['reason']}) {time.monotonic() - started:.1f}s later")
     assert done["state"] in ("FAILED", "NODE_FAIL") and "status file" in done["reason"]
-    assert r.client.call("GET", "/api/v1/resources")["allocated_cpus"] == 0
+    assert allocated_cpus(r) == 0
     deadline = time.monotonic() + 5
     while alive_with("sleep 4242"):
         assert time.monotonic() < deadline, "the job's process survived"
@@ -88,7 +88,7 @@ async def test_a_running_row_nobody_supervises_is_recovered_by_the_audit(
     print(f"audit recovered it in {time.monotonic() - started:.1f}s")
     assert done["state"] == "NODE_FAIL" and "vanished" in done["reason"]
     assert time.monotonic() - started <= r.settings.audit_s + 5
-    assert int(await redis.get(keys.allocated_cpus) or 0) == 0
+    assert await allocated_cpus_released(redis, keys) == 0
 
 
 async def test_a_start_whose_answer_was_lost_still_runs_once(

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from shared.keys import Keys
 from tests.e2e.conftest import TERMINAL, Factory, submit, wait_state
+from tests.helpers import allocated_cpus_released
 
 FAST = {"reconcile_s": 1.0, "repair_grace_s": 1.0, "node_fail_grace_s": 2.0}
 
@@ -227,7 +228,7 @@ async def test_postgresql_stopped_mid_run(
                 await asyncio.sleep(0.2)
         finally:
             await conn.close()
-        assert int(await redis.get(keys.allocated_cpus) or 0) == 0
+        assert await allocated_cpus_released(redis, keys) == 0
     finally:
         await asyncio.to_thread(pg.stop)
         shutil.rmtree(base, ignore_errors=True)
