@@ -38,6 +38,12 @@ class FakeClient:
             raise answer
         return answer
 
+    def stream(self, path: str, query: Mapping[str, Any]) -> Iterator[bytes]:
+        """The chunks of a streamed answer: answers[("STREAM", path)] is bytes or a tuple of
+        chunks (or, as any answer, a list of those, one per call)."""
+        chunks = self.call("STREAM", path, query=query)
+        yield from (chunks,) if isinstance(chunks, bytes) else chunks
+
     def pages(self, path: str, query: Mapping[str, Any]
               ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
         """One page, filtered by `state` as the gateway would."""

@@ -12,19 +12,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from services.cli import jobs
+from services.cli import jobs, watch
 from services.cli.arrays import (
     QUEUE_COLUMNS,
     SHORT_STATE,
     UNSUCCESSFUL,
     QueueRow,
+    array_control_line,
     array_note,
     array_of,
     cut_arrays,
     element_refs,
+    is_array_answer,
     merge_rows,
     progress_of,
     queue_cells,
@@ -330,10 +334,23 @@ def _pending_indexes(c: Client, summary: _Summaries, arrays: list[int]
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True,
               help="lines at most (with --json: jobs)")
 @click.option("--json", "as_json", is_flag=True, help="the jobs as JSON, unfolded")
+@click.option("-w", "--watch", "watching", is_flag=True,
+              help="show the list again every --interval seconds, until Ctrl-C (with a line "
+                   "of counts: jobs by state, pending ones by reason, workers)")
+@click.option("--interval", type=click.FloatRange(min=0.5), metavar="SECONDS",
+              help="seconds between two refreshes of --watch [2]")
+@click.option("--count", "refreshes", type=click.IntRange(min=1), hidden=True,
+              help="stop --watch after N refreshes (tests)")
 def queue(*, states: str | None, user: str | None, name: str | None, show_all: bool,
-          unfold: bool, long: bool, limit: int, as_json: bool) -> None:
+          unfold: bool, long: bool, limit: int, as_json: bool, watching: bool,
+          interval: float | None, refreshes: int | None) -> None:
     """List jobs, newest first (like squeue: active jobs unless --all or --state). Pending
     elements of an array fold into one line, e.g. 4012_[37-999%8] (at most 8 at once)."""
+    if watching and as_json:
+        raise click.UsageError("--watch shows a table; it does not combine with --json (for "
+                               "JSON, run `scns queue --json` in a loop)")
+    if not watching and (interval is not None or refreshes is not None):
+        raise click.UsageError("--interval only applies with --watch (-w)")
     if not states and not show_all:
         states = "PENDING,ALLOCATED,RUNNING"
     query = {"state": jobs.states_query(states), "user": user, "name": name}
@@ -341,28 +358,83 @@ def queue(*, states: str | None, user: str | None, name: str | None, show_all: b
     if as_json:
         emit_json(c.call("GET", "/api/v1/jobs", query={**query, "limit": min(limit, MAX_PAGE)}))
         return
+    wide = long or show_all
+    if watching:
+        watch.run(lambda: _queue_view(c, query, limit, unfold=unfold, long=wide),
+                  console=out, interval=interval or QUEUE_WATCH_S, count=refreshes)
+        return
+    listing = _list_queue(c, query, limit, unfold=unfold)
+    if not listing.rows:
+        err.print("no jobs")
+        return
+    out.print(_queue_table(listing.rows[:limit], long=wide))
+    if note := listing.note(limit):
+        err.print(note)
+
+
+QUEUE_WATCH_S = 2.0  # queue --watch: seconds between refreshes unless --interval
+
+
+class _Listing:
+    """The lines of `scns queue` (all that were read, newest first; `limit` are shown) and
+    the states the gateway holds more jobs of than were read."""
+
+    def __init__(self, rows: list[QueueRow], partial: set[str], *, more: bool) -> None:
+        self.rows = rows
+        self.partial = partial
+        self.more = more  # the gateway holds jobs that were not read
+
+    def note(self, limit: int) -> str | None:
+        """What the listing left out, if anything (for stderr, below the table)."""
+        rows, cut = self.rows, self.more
+        if len(rows) > limit or (cut and len(rows) == limit):
+            return f"(first {limit} lines; --limit shows more)"
+        if cut:
+            return ("(the newest jobs only; -u, -n or -t narrow the list"
+                    + (", and `scns queue --array` lists every element)"
+                       if not all(r.complete for r in rows) else ")"))
+        return None
+
+
+def _list_queue(c: Client, query: dict[str, Any], limit: int, *, unfold: bool) -> _Listing:
     wanted = (query["state"] or ",".join(SHORT_STATE)).split(",")
     # Pending jobs apart from the rest: a huge array's pending elements fold into one line and
     # must not push running jobs out of the listing.
     apart = not unfold and "PENDING" in wanted and len(wanted) > 1
     others: list[QueueRow] = []
     more = False
+    partial: set[str] = set()  # states with more jobs than were read: their counts are `N+`
     if apart:
-        others, more = _listed(c, {**query, "state": ",".join(s for s in wanted
-                                                              if s != "PENDING")}, limit)
-        query["state"] = "PENDING"
+        rest = [s for s in wanted if s != "PENDING"]
+        others, more = _listed(c, {**query, "state": ",".join(rest)}, limit)
+        partial.update(rest if more else ())
+        query = {**query, "state": "PENDING"}
     pending, pending_more = _listed(c, query, limit, unfold=unfold)
-    rows = merge_rows(others, pending)
-    if not rows:
-        err.print("no jobs")
-        return
-    out.print(_queue_table(rows[:limit], long=long or show_all))
-    if len(rows) > limit or ((more or pending_more) and len(rows) == limit):
-        err.print(f"(first {limit} lines; --limit shows more)")
-    elif more or pending_more:
-        err.print("(the newest jobs only; -u, -n or -t narrow the list"
-                  + (", and `scns queue --array` lists every element)"
-                     if not all(r.complete for r in rows) else ")"))
+    if pending_more:
+        partial.update(["PENDING"] if apart else wanted)
+    return _Listing(merge_rows(others, pending), partial, more=more or pending_more)
+
+
+def _queue_view(c: Client, query: dict[str, Any], limit: int, *, unfold: bool, long: bool
+                ) -> watch.View:
+    """One refresh of `queue --watch`: the counts line, the table `scns queue` prints and its
+    note."""
+    listing = _list_queue(c, query, limit, unfold=unfold)
+    try:
+        workers: dict[str, int] | None = watch.worker_states(
+            c.call("GET", "/api/v1/workers")["items"])
+    except ApiError as e:
+        if watch.gateway_down(e):
+            raise
+        workers = None  # not allowed to see them: the line goes without
+    states, reasons = watch.row_counts(listing.rows)
+    header = watch.counts_line(states, reasons, partial=listing.partial, workers=workers)
+    parts: list[RenderableType] = [
+        _queue_table(listing.rows[:limit], long=long) if listing.rows
+        else Text("no jobs", style="dim")]
+    if note := listing.note(limit):
+        parts.append(Text(note, style="dim"))
+    return watch.View(header, Group(*parts))
 
 
 def _listed(c: Client, query: dict[str, Any], limit: int, *, unfold: bool = False
@@ -426,10 +498,26 @@ def show(job_id: str, as_json: bool) -> None:
 def cancel(job_ids: tuple[str, ...]) -> None:
     """Cancel jobs (pending ones at once; running ones are signalled). An array's id cancels
     every element."""
-    def describe(ref: str, job: dict[str, Any]) -> str:
-        return f"job {ref} {'cancelled' if job['state'] == 'CANCELLED' else 'cancelling'}"
-
-    jobs.control_each(job_ids, "DELETE", "cancel", describe)
+    # jobs.control_each's loop, with a spinner (one job) or a bar (several) on a terminal's
+    # stderr while the requests go out: an array's cancel can take a while
+    c = client()
+    failed = False
+    what = f"cancelling {job_ids[0]}" if len(job_ids) == 1 else "cancelling"
+    with watch.steps(len(job_ids), what, console=err, redirect_stdout=out.is_terminal) as step:
+        for ref in job_ids:
+            try:
+                answer = c.call("DELETE", f"/api/v1/jobs/{ref}")
+            except ApiError as e:
+                failed = True
+                fail(e.message)
+                continue
+            finally:
+                step()
+            click.echo(array_control_line("cancel", answer) if is_array_answer(answer) else
+                       f"job {ref} "
+                       f"{'cancelled' if answer['state'] == 'CANCELLED' else 'cancelling'}")
+    if failed:
+        sys.exit(1)
 
 
 @cli.command(epilog="JOB_ID: a job (12) or one array element (12_3).")
@@ -437,11 +525,15 @@ def cancel(job_ids: tuple[str, ...]) -> None:
 @click.option("-e", "--stderr", "use_stderr", is_flag=True, help="show stderr instead of stdout")
 @click.option("-f", "--follow", is_flag=True, help="keep printing until the job ends")
 def logs(job_id: str, use_stderr: bool, follow: bool) -> None:
-    """Print a job's output."""
+    """Print a job's output (with -f, a pending job's state and reason show on a terminal's
+    stderr until it starts)."""
     stream = "stderr" if use_stderr else "stdout"
     if follow:
-        for chunk in client().stream(f"/api/v1/jobs/{job_id}/log",
-                                     {"stream": stream, "follow": "1"}):
+        c = client()
+        if err.is_terminal:
+            watch.wait_to_start(c, job_id, console=err)
+        for chunk in c.stream(f"/api/v1/jobs/{job_id}/log",
+                              {"stream": stream, "follow": "1"}):
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
         return
