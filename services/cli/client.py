@@ -65,8 +65,8 @@ class Client:
                  headers: Mapping[str, str] | None = None) -> urllib.request.Request:
         url = self.url + path
         if query:
-            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items()
-                                                 if v is not None})
+            url += "?" + urllib.parse.urlencode(
+                {k: v for k, v in query.items() if v is not None}, doseq=True)
         data = orjson.dumps(body) if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
         if self.token:
@@ -126,8 +126,9 @@ class Client:
             raise Unreachable(f"cannot reach the gateway at {self.url}: {reason}; is "
                               "`scns up` running, or SCNS_URL set?") from None
 
-    def stream(self, path: str, query: Mapping[str, Any]) -> Iterator[bytes]:
-        req = self._request("GET", path, query=query)
+    def stream(self, path: str, query: Mapping[str, Any],
+               headers: Mapping[str, str] | None = None) -> Iterator[bytes]:
+        req = self._request("GET", path, query=query, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=None) as resp:
                 while chunk := resp.read1(65536):

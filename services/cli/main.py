@@ -52,6 +52,7 @@ from services.cli.common import (
     warn,
 )
 from services.cli.schedules import schedule
+from services.cli.tail import tail
 from services.cli.tokens import token
 from shared.arrays import SpecError, parse_array
 from shared.errors import ConductorError
@@ -80,6 +81,7 @@ for _command in jobs.COMMANDS:  # hold, release, requeue, update, history, eff
     cli.add_command(_command)
 cli.add_command(token)
 cli.add_command(schedule)
+cli.add_command(tail)
 
 
 # --- jobs ---------------------------------------------------------------------------------

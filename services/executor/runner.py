@@ -31,9 +31,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.executor.containment import Isolation, Mode, over_limit
 from services.executor.environment import (
@@ -70,11 +71,43 @@ FINISHED = Counter("scns_executor_jobs_finished_total", "Jobs finished", ["state
 DROPPED = Counter("scns_executor_launches_dropped_total",
                   "Launches dropped because the guarded start did not match")
 RUNNING = Gauge("scns_executor_running_jobs", "Jobs running on this worker")
+# batch jobs: from a fraction of a second to a day (and +Inf beyond)
+JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200,
+               14400, 28800, 43200, 86400)
+QUEUE_WAIT = Histogram("scns_job_queue_wait_seconds",
+                       "From a job's submission to the start of an attempt (a retried or "
+                       "requeued attempt's too), observed by the executor that starts it",
+                       buckets=JOB_BUCKETS)
+RUN_TIME = Histogram("scns_job_run_seconds", "From an attempt's start to its end, by the "
+                     "attempt's terminal state", ["state"], buckets=JOB_BUCKETS)
 
 REQUEUE_REASON = "requeue requested"
 RUSAGE_WAIT_S = 10.0  # for the wrapper's wait4 usage (on a busy node it can take a while)
 SAMPLE_AFTER_S = 1.0  # jobs younger than this are not sampled (wait4 covers them)
 ENDED_MEMORY = 10_000  # attempts this process ended, remembered so an audit never redoes one
+
+
+def queued_since(job: Job) -> datetime:
+    """When the attempt joined the queue. The jobs row keeps no time at which a later attempt
+    (a retry, a requeue) became pending, so every attempt counts from the submission."""
+    return job.submitted_at
+
+
+def observe_queue_wait(job: Job) -> None:
+    """Once per attempt, by the executor that won its start: both times are PostgreSQL's."""
+    if job.started_at is not None:
+        QUEUE_WAIT.observe(max((job.started_at - queued_since(job)).total_seconds(), 0.0))
+
+
+def observe_run_time(job: Job, state: JobState, ended: Ended | None) -> None:
+    """Once per attempt, when its end is recorded: from PostgreSQL's start to PostgreSQL's end
+    where the row kept it (the job ended), else to now (a new attempt follows, or the attempt
+    was no longer ours to end). Labelled with the attempt's end as recorded, when it was."""
+    if job.started_at is None:
+        return
+    end = ended.job.finished_at if ended is not None and not ended.again else None
+    elapsed = ((end or datetime.now(UTC)) - job.started_at).total_seconds()
+    RUN_TIME.labels(str(ended.state if ended is not None else state)).observe(max(elapsed, 0.0))
 
 
 @dataclass(slots=True)
@@ -208,6 +241,9 @@ class Runner:
         return job
 
     async def _run(self, job: Job) -> None:
+        """Run an attempt this process won the start of (once per attempt: the start is
+        guarded in PostgreSQL, a duplicate delivery never gets here)."""
+        observe_queue_wait(job)
         jobdir = self.jobdir(job)
         try:
             launch = self.plan(job, jobdir)
@@ -438,6 +474,7 @@ class Runner:
             log.warning("the attempt is no longer ours; its end is not recorded",
                         extra={"job_id": job.id, "attempt": job.attempt})
         FINISHED.labels(str(state)).inc()
+        observe_run_time(job, state, ended)
         return ended
 
     def _remember_end(self, job: Job) -> None:

@@ -12,8 +12,9 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
-from services.gateway import auth, cluster, control, jobs, openapi, schedules, tokens
+from services.gateway import auth, cluster, control, events, jobs, openapi, schedules, tokens
 from services.gateway.common import GATEWAY, MAX_BODY, Gateway, error, json
+from services.gateway.dashboard import routes as dashboard_routes
 from services.gateway.validation import RequestError
 from shared.db import UNAVAILABLE
 from shared.health import metrics_response
@@ -96,8 +97,12 @@ async def readyz(request: web.Request) -> web.Response:
     return json({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
 
-async def metrics(_: web.Request) -> web.Response:
-    """Any valid token (a scraper gets a user token of its own): never anonymous here."""
+async def metrics(request: web.Request) -> web.Response:
+    """Any valid token (a scraper gets a user token of its own): never anonymous here. The
+    cluster gauges are brought up to date first (services/gateway/metrics.py)."""
+    from services.gateway.metrics import refresh
+
+    await refresh(request.app[GATEWAY].wiring)
     return metrics_response()
 
 
@@ -114,6 +119,8 @@ def create_app(wiring: Wiring) -> web.Application:
     app.add_routes(control.routes)
     app.add_routes(cluster.routes)
     app.add_routes(schedules.routes)
+    app.add_routes(dashboard_routes)
+    events.install(app, wiring)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

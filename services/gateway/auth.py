@@ -1,7 +1,8 @@
 """Who is calling, and may they: bearer tokens, roles, and the browser-facing guards.
 
-Every route but `/healthz`, `/readyz` and `/api/v1/openapi.json` needs `Authorization: Bearer
-<token>` (401 otherwise, with `WWW-Authenticate`). A valid token names a user and a role; a
+Every route but `/healthz`, `/readyz`, `/api/v1/openapi.json` and the dashboard's page and files
+(`/`, `/ui/{name}`: the page asks for a token itself) needs `Authorization: Bearer <token>` (401
+otherwise, with `WWW-Authenticate`). A valid token names a user and a role; a
 user sees and acts on their own jobs only (the handlers pass the owner down to SQL, so another
 user's job reads as not found), and the admin routes answer 403 to users.
 
@@ -31,6 +32,9 @@ from shared.lifecycle import Role
 CACHE_S = 2.0
 CACHE_MAX = 10_000
 PUBLIC = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json"})
+# the dashboard's page and files (services/gateway/dashboard.py), by route, not by path prefix:
+# the page asks for a token and sends it with every API call it makes
+PUBLIC_ROUTES = frozenset({"/", "/ui/{name}"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,6 +119,11 @@ async def authenticate(request: web.Request, cache: TokenCache) -> Principal | w
     return p
 
 
+def _public_route(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in PUBLIC_ROUTES
+
+
 def middleware(cache: TokenCache) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -126,7 +135,7 @@ def middleware(cache: TokenCache) -> Any:
             return error(415, "unsupported_media_type",
                          "send JSON with 'Content-Type: application/json' "
                          f"(got {request.content_type or 'none'})")
-        if request.path in PUBLIC:
+        if request.path in PUBLIC or _public_route(request):
             return await handler(request)
         who = await authenticate(request, cache)
         if isinstance(who, web.Response):

@@ -24,6 +24,7 @@ from shared.db.schedules import CATCH_UP, CONCURRENCY
 from shared.db.tokens import MAX_LIFETIME_S, ROLES, USER_NAME
 from shared.lifecycle.policy import MAX_RETRIES, USER_PRIORITY
 from shared.states import JobState, PendingReason, WorkerState
+from shared.tail import TYPES
 
 Schema = dict[str, Any]
 
@@ -46,7 +47,7 @@ JOB_REF = "^[1-9][0-9]{0,17}(_[0-9]{1,9})?$"  # shared.arrays.parse_ref: 12, or 
 SCHEDULE_REF = f"^{v.SCHEDULE_ID.pattern}$"
 SCHEDULE_NAME = f"^{v.SCHEDULE_NAME.pattern}$"
 ZONE_NAME = "^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"  # shared.cron.zone's syntax check
-PUBLIC = ("/healthz", "/readyz", "/api/v1/openapi.json")
+PUBLIC = ("/healthz", "/readyz", "/api/v1/openapi.json", "/", "/ui/{name}")
 ERRORS = {
     400: "The request is not valid: the message says which field and why.",
     401: "No valid bearer token.",
@@ -553,6 +554,76 @@ def schedule_paths() -> dict[str, Schema]:
     return paths
 
 
+# shared/tail.py's Start.parse and Position.parse: what `from` and Last-Event-ID take
+EVENT_ID = f"[0-9]{{1,19}}-[0-9]{{1,19}}(:({'|'.join(TYPES)}))?"
+START = (f"^(now|\\$|0|0-0|begin|-([1-9][0-9]{{0,4}}|100000)|{EVENT_ID}|"
+         f"{ISO_TIME.removeprefix('^').removesuffix('$')})$")
+
+
+def stream_paths() -> dict[str, Schema]:
+    """GET /events (services/gateway/events.py; its filters are shared/tail.py's)."""
+    group = obj({"stream": {"type": "string"}, "name": {"type": "string"},
+                 "group": {"type": "string"}, "consumers": integer(0),
+                 "pending": integer(0), "lag": nullable(integer(0)),
+                 "oldest_pending_s": {"type": ["number", "null"], "minimum": 0},
+                 "last_delivered_id": {"type": "string"}})
+    sse = {**obj({"id": {"type": "string", "pattern": f"^{EVENT_ID}$"},
+                  "event": {"enum": list(TYPES)},
+                  "data": {"type": "string", "contentMediaType": "application/json"}}),
+           "description": (
+        "`retry:` once, then per event `id: <stream id>:<type>`, `event: <type>` and `data:` "
+        "the event's JSON (as published, plus `stream_id`, and for job events `job`: {ref, "
+        "user, name}); `: keep-alive` comments every 15 s. Send the last id back as "
+        "`Last-Event-ID` to resume right after it.")}
+    return {
+        "/api/v1/events": {"get": op(
+            "events", "streams", "Server-Sent Events: the event streams, merged in order "
+            "(an admin sees every event, a user their own jobs' and schedules').",
+            {200: answer("An event stream (with follow=0 it ends after what is there).",
+                         sse, media="text/event-stream")}, (400, 404), parameters=[
+                param("types", "query", {"type": "string", "pattern": f"^(({'|'.join(TYPES)})"
+                                         f"(,({'|'.join(TYPES)}))*)?$"},
+                      "Event types, comma-separated (default: all)."),
+                param("from", "query", {"type": "string", "pattern": START, "examples": [
+                    "1764680531204-0", "1764680531204-0:job-finished", "-50",
+                    "2026-12-02T13:00:00Z", "now", "0"]},
+                    "After a stream id or event id, from an ISO 8601 time (UTC without a "
+                    "zone), the last N (-N), now (the default) or the beginning (0)."),
+                param("job", "query", {"type": "string", "pattern": JOB_REF},
+                      "One job's events; an array's id: every element's."),
+                param("worker", "query", text(MAX_QUERY_TEXT, pattern=PRINTABLE),
+                      "One worker's events."),
+                param("where", "query", {"type": "string", "pattern": "^[^=]+=.*$"},
+                      "FIELD=VALUE (e.g. state=FAILED, job.user=ann); repeatable."),
+                param("follow", "query", {"type": "string", "examples": ["0"]},
+                      "0, false or no: end after the events already there."),
+                param("Last-Event-ID", "header", {"type": "string", "pattern": f"^({EVENT_ID})?$"},
+                      "Resume right after this event (wins over `from`; empty: none).")])},
+        "/api/v1/streams": {"get": op(
+            "streams", "streams", "Each consumer group's pending entries and lag (admin): "
+            "why is nothing moving?", {200: answer("The groups.", obj({
+                "types": {"type": "array", "items": {"enum": list(TYPES)}},
+                "items": {"type": "array", "items": group}}))}, ())},
+    }
+
+
+def dashboard_paths() -> dict[str, Schema]:
+    """The dashboard (services/gateway/dashboard.py): public; the page asks for a token."""
+    public: dict[str, Any] = {"security": []}
+    page = {"description": "The file.", "content": {"text/html": {"schema": {"type": "string"}}}}
+    not_modified = {"description": "Unchanged since the ETag sent in If-None-Match."}
+    return {
+        "/": {"get": op("dashboard", "dashboard", "The dashboard (HTML).",
+                        {200: page, 304: not_modified}, (), **public)},
+        "/ui/{name}": {"get": op(
+            "dashboardFile", "dashboard", "One of the dashboard's static files.",
+            {200: {"description": "The file (JavaScript, CSS, SVG or HTML).",
+                   "content": {"*/*": {"schema": {"type": "string"}}}}, 304: not_modified},
+            (404,), **public, parameters=[param("name", "path", {
+                "type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[a-z]+$"})])},
+    }
+
+
 def service_paths() -> dict[str, Schema]:
     public: dict[str, Any] = {"security": []}
     return {
@@ -584,7 +655,8 @@ def spec() -> dict[str, Any]:
                  "description": "Batch jobs on a CPU cluster. Errors are "
                                 "{\"error\": {\"code\", \"message\"}}."},
         "security": [{"bearer": []}],
-        "paths": {**job_paths(), **schedule_paths(), **cluster_paths(), **service_paths()},
+        "paths": {**job_paths(), **schedule_paths(), **cluster_paths(), **stream_paths(),
+                  **service_paths(), **dashboard_paths()},
         "components": components(),
     }
 

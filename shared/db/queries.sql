@@ -892,3 +892,25 @@ WHERE s.concurrency = 'replace' AND r.job_id IS NOT NULL AND r.state IS NULL
               WHERE (j.id = r.job_id OR j.array_job_id = r.job_id)
                 AND j.state NOT IN {terminal} AND NOT j.cancel_requested)
 LIMIT 100;
+
+-- ================================= event tails: who a job event is about =======================
+
+-- name: job_directory
+-- Owner, name and array place of the jobs a batch of events names (shared/tail.JobDirectory).
+SELECT id, user_name, name, array_job_id, array_task_id FROM jobs WHERE id = ANY($1::bigint[]);
+
+-- ======================================= gateway metrics ======================================
+
+-- name: cluster_gauges
+-- The gateway's /metrics gauges in one round trip (services/gateway/metrics.py): the jobs that
+-- have not ended, counted with their CPUs per state and, for PENDING, per reason (a pending job
+-- without one waits on Priority); then every worker's recorded state, one row each (merged there
+-- with Redis's membership records, as GET /workers does).
+SELECT 'jobs' AS kind, state,
+       CASE WHEN state = 'PENDING' THEN coalesce(reason, 'Priority') ELSE '' END AS label,
+       count(*) AS n, coalesce(sum(cpus), 0) AS cpus
+FROM jobs
+WHERE state IN ('PENDING', 'ALLOCATED', 'RUNNING')
+GROUP BY 2, 3
+UNION ALL
+SELECT 'worker', state, id, 1, cpus FROM workers;

@@ -1,6 +1,7 @@
 """Fixtures of the gateway tests: the aiohttp application in-process, on this test's Redis
 prefix and database, with one live 8-CPU worker ("big") so that submissions are checked
-against a real cluster size, called with user ann's token."""
+against a real cluster size, called with user ann's token. Every answer a test gets through
+`http` is checked against the OpenAPI document when the test ends (tests/openapi_check.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from shared.membership import Membership
 from shared.settings import Settings
 from shared.wiring import Wiring
 from tests.helpers import add_worker, wire
+from tests.openapi_check import Recorder
 
 
 async def bearer(pool: asyncpg.Pool[Any], user: str, role: str = "user") -> dict[str, str]:
@@ -33,13 +35,17 @@ async def http(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any], keys: 
     """A client of the gateway that sends user ann's token (every request; a test passes
     `headers=await bearer(pool, ...)` to call as someone else)."""
     await add_worker(Membership(redis, keys), "big", cpus=8, memory_mb=4096)
-    client: TestClient[Any, Any] = TestClient(
-        TestServer(create_app(wire(settings, redis, pool))), headers=await bearer(pool, "ann"))
+    app = create_app(wire(settings, redis, pool))
+    recorder = Recorder()
+    app.middlewares.insert(0, recorder.middleware)  # outermost: sees what the client gets
+    client: TestClient[Any, Any] = TestClient(TestServer(app), headers=await bearer(pool, "ann"))
     await client.start_server()
     try:
         yield client
     finally:
         await client.close()
+    # every answer this test saw is one the OpenAPI document promises (tests/openapi_check.py)
+    assert recorder.problems() == []
 
 
 @pytest.fixture
