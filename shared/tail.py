@@ -421,7 +421,11 @@ def parse_where(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
 
 
 def enriched(e: Entry, job: JobInfo | None) -> dict[str, Any]:
+    """The entry as a reader shows it, with whose job it is about (`job`: ref, user, name);
+    an array's submission names the array (`12`), not its first element (`12_0`)."""
     out = e.json()
     if job is not None:
         out["job"] = job.json()
+        if e.type == "job-submitted" and e.body.get("array_size") is not None:
+            out["job"]["ref"] = str(job.array_job_id or job.id)
     return out

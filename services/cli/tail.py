@@ -261,7 +261,7 @@ async def _redis_events(env: Mapping[str, str], req: Request
     from shared.keys import Keys
     from shared.redis import connect
     from shared.settings import Settings
-    from shared.tail import Filter, JobDirectory, StreamReader, parse_where
+    from shared.tail import Filter, JobDirectory, StreamReader, enriched, parse_where
 
     settings = Settings.from_env(env)
     redis = connect(settings.redis_url, name="scns-tail", max_connections=4)
@@ -280,10 +280,7 @@ async def _redis_events(env: Mapping[str, str], req: Request
             jobs = await directory.enrich([e]) if directory is not None else {}
             job = jobs.get(e.job_id) if e.job_id is not None else None
             if flt.matches(e, job):
-                body = e.json()
-                if job is not None:
-                    body["job"] = job.json()
-                yield body
+                yield enriched(e, job)
     finally:
         await redis.aclose()
         if pool is not None:
