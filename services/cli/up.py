@@ -120,8 +120,12 @@ async def _ensure_database(admin_url: str, name: str) -> str:
 
 class System:
     def __init__(self, settings: Settings, env: Mapping[str, str], *, workers: int,
-                 cpus: int | None, echo: bool = True) -> None:
+                 cpus: int | None, echo: bool = True,
+                 health_ports: Mapping[str, int] | None = None) -> None:
         self.settings = settings
+        # each child's own /healthz and /metrics port: given, or SCNS_HEALTH_PORT, +1, +2, ...
+        # in start order (one port cannot serve several processes); none when both are unset
+        self.health_ports = dict(health_ports or {})
         self.env = dict(env)
         self.token_path = settings.data_dir / ADMIN_TOKEN_FILE
         self.admin_token = ""
@@ -178,9 +182,22 @@ class System:
         self._spawn("gateway", "services.gateway", base)
         url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
         self._wait_ready(url)
+        ports = {n: p for n, p in self.health_ports.items() if p}
+        if ports:
+            self.say("  metrics     " + ", ".join(f"{n} :{p}" for n, p in ports.items())
+                     + f", gateway {url}/metrics")
         return url
 
+    def _health_port(self, name: str) -> int:
+        if name in self.health_ports or not self.settings.health_port:
+            return self.health_ports.get(name, 0)
+        port = self.settings.health_port + len(self.children)
+        self.health_ports[name] = port
+        return port
+
     def _spawn(self, name: str, module: str, env: Mapping[str, str]) -> Child:
+        if name != "gateway":  # the gateway serves its health and metrics on its API port
+            env = {**env, "SCNS_HEALTH_PORT": str(self._health_port(name))}
         log = self.logs / f"{name}.log"
         out = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env},

@@ -4,7 +4,6 @@ gauges settle to an idle cluster once the jobs are done."""
 
 from __future__ import annotations
 
-import signal
 import time
 import urllib.request
 from collections.abc import Callable
@@ -59,20 +58,10 @@ def poll(read: Callable[[], T], done: Callable[[T], bool], *, timeout: float, wh
         time.sleep(0.1)
 
 
-def with_health_port(r: Running, name: str) -> int:
-    """Restart one service with a metrics port of its own (`scns up` gives its children one
-    SCNS_HEALTH_PORT, 0 by default: several processes cannot share a port)."""
-    port = free_port()
-    r.system.kill(name, signal.SIGTERM)
-    r.system.restart(name, SCNS_HEALTH_PORT=str(port))
-    poll(lambda: health_metrics(port), lambda _: True, timeout=60, what=f"{name}'s /metrics")
-    return port
-
-
 def test_histograms_count_the_jobs_run_and_the_gauges_settle(start_system: Factory) -> None:
-    r = start_system(cpus=2)
-    executor = with_health_port(r, "executor")
-    scheduler = with_health_port(r, "scheduler")
+    executor, scheduler = free_port(), free_port()
+    r = start_system(cpus=2, health_ports={"executor": executor, "scheduler": scheduler})
+    poll(lambda: health_metrics(executor), lambda _: True, timeout=60, what="executor /metrics")
 
     jobs = [submit(r, "echo done\n") for _ in range(3)] + [submit(r, "exit 3\n")]
     ended = [wait_state(r, j["id"], TERMINAL, 60) for j in jobs]
