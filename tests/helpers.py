@@ -113,3 +113,13 @@ async def allocated_cpus_released(redis: Redis, keys: Keys, *, timeout: float = 
         if cpus == 0 or time.monotonic() > deadline:
             return cpus
         await asyncio.sleep(0.05)
+
+
+class Clock:
+    """A clock moved by hand (`clock.now += 5`): what happens when is decided, not timed."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

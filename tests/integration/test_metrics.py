@@ -41,7 +41,7 @@ from shared.redis import connect
 from shared.settings import Settings
 from shared.states import JobState, PendingReason
 from shared.wiring import Wiring
-from tests.helpers import add_worker, open_for_jobs, wire
+from tests.helpers import Clock, add_worker, open_for_jobs, wire
 
 Http = TestClient[Any, Any]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -73,16 +73,6 @@ async def scrape(client: Http) -> Samples:
     resp = await client.get("/metrics")
     assert resp.status == 200, await resp.text()
     return parse(await resp.text())
-
-
-class Clock:
-    """The throttle's clock, moved by hand: which scrape refreshes is then decided, not timed."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

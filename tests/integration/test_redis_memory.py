@@ -13,16 +13,9 @@ from shared.bus import Consumer, Delivery, StreamBus
 from shared.events import FIELD, Event, JobSubmitted
 from shared.keys import Keys
 from shared.output import ENTRY_COST, OutputShipper, Tail, read_output
+from tests.helpers import Clock
 
 TTL = 600
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
