@@ -23,7 +23,7 @@ import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -42,7 +42,9 @@ BEFORE_ALL = ""  # a type name below every type: (id, BEFORE_ALL) is just before
 AFTER_ALL = "~"  # above every type (type names are lower case and '-')
 BATCH = 500
 MAX_BACK = 100_000  # the most `-N` may ask for
-_ID = re.compile(r"^(\d{1,19})-(\d{1,19})(?::([a-z][a-z0-9-]{0,63}))?$")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ID = re.compile(r"^(\d{1,20})-(\d{1,20})(?::([a-z][a-z0-9-]{0,63}))?$")
+MAX_PART = 2**64 - 1
 _FIELD = FIELD.decode()
 
 
@@ -66,7 +68,7 @@ class Position:
         if m is None:
             raise PositionError(f"{text.strip()[:60]!r} is not a stream id (e.g. 1764680531204-0)")
         ms, seq = int(m[1]), int(m[2])
-        if ms >= 2**64 or seq >= 2**64:
+        if ms > MAX_PART or seq > MAX_PART:
             raise PositionError(f"{text.strip()[:60]!r}: a stream id's parts are below 2^64")
         kind = m[3]
         if kind is not None and kind not in TYPES:
@@ -82,6 +84,16 @@ class Position:
     def stream_id(self) -> str:
         return f"{self.ms}-{self.seq}"
 
+    def token(self) -> str:
+        """This position as an id `parse` reads back (what a client resumes after)."""
+        if self.type == AFTER_ALL:
+            return self.stream_id
+        if self.type != BEFORE_ALL:
+            return f"{self.stream_id}:{self.type}"
+        if self.seq > 0:
+            return f"{self.ms}-{self.seq - 1}"
+        return f"{self.ms - 1}-{MAX_PART}" if self.ms > 0 else "0-0"
+
     def start(self, kind: str) -> str:
         """XRANGE's start for stream `kind`: the first entry after this position."""
         return f"({self.stream_id}" if kind <= self.type else self.stream_id
@@ -92,7 +104,7 @@ class Position:
             return self.stream_id
         if self.seq > 0:
             return f"{self.ms}-{self.seq - 1}"
-        return f"{self.ms - 1}-{2**64 - 1}" if self.ms > 0 else "0-0"
+        return f"{self.ms - 1}-{MAX_PART}" if self.ms > 0 else "0-0"
 
 
 def split_id(stream_id: str) -> tuple[int, int]:
@@ -294,9 +306,18 @@ def parse_time_ms(text: str) -> int:
             "(2026-12-02T13:00:00Z), -N (the last N events) or now") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    if not 1970 <= when.year <= 9999:
-        raise PositionError(f"from={text[:60]!r}: the year is out of range")
-    return int(when.timestamp() * 1000)
+    return time_ms(when, text)
+
+
+def time_ms(when: datetime, text: str) -> int:
+    """Milliseconds since the epoch, exactly (no float rounding); years 1970 to 9999."""
+    try:
+        year = when.astimezone(UTC).year
+    except OverflowError:  # 0001-01-01T00:00+05:00 is before the year 1
+        year = 0
+    if not 1970 <= year <= 9999:
+        raise PositionError(f"from={text[:60]!r}: the year is out of range (1970 to 9999)")
+    return (when - EPOCH) // timedelta(milliseconds=1)
 
 
 # ----------------------------------------------------------------- who a job event is about

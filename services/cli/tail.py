@@ -32,7 +32,7 @@ from services.cli.client import ApiError, Client
 from services.cli.common import JOB, STATE_STYLE, client, out, warn
 from services.cli.directives import local_zone
 from shared.errors import ConductorError
-from shared.tail import AFTER_ALL, BEFORE_ALL, TYPES, PositionError, Start
+from shared.tail import TYPES, PositionError, Start, time_ms
 
 DEFAULT_LAST = 10  # like tail(1): the last 10 events, then (with -f) what comes
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -55,12 +55,16 @@ def parse_from(text: str | None, now: datetime) -> Start:
         back = timedelta(seconds=float(m[1]) * _UNITS[m[2]])
         return Start(at_ms=int((now - back).timestamp() * 1000))
     if _CLOCK.match(text):
-        clock = datetime.strptime(text + (":00" if text.count(":") == 1 else ""),
-                                  "%H:%M:%S.%f" if "." in text else "%H:%M:%S")
+        try:
+            clock = datetime.strptime(text + (":00" if text.count(":") == 1 else ""),
+                                      "%H:%M:%S.%f" if "." in text else "%H:%M:%S")
+        except ValueError:
+            raise PositionError(f"--from {text!r}: not a time of day (HH:MM[:SS[.fff]])"
+                                ) from None
         when = now.astimezone(local_zone()).replace(
             hour=clock.hour, minute=clock.minute, second=clock.second,
             microsecond=clock.microsecond)
-        return Start(at_ms=int(when.timestamp() * 1000))
+        return Start(at_ms=time_ms(when, text))
     if re.match(r"^\d{4}-\d{2}-\d{2}", text):
         try:
             when = datetime.fromisoformat(text.replace("z", "Z"))
@@ -68,19 +72,14 @@ def parse_from(text: str | None, now: datetime) -> Start:
             raise PositionError(f"--from {text!r}: not an ISO 8601 time") from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=local_zone())
-        return Start(at_ms=int(when.timestamp() * 1000))
+        return Start(at_ms=time_ms(when, text))
     return Start.parse(text)
 
 
 def start_query(start: Start) -> str:
     """The gateway's `from` for a start (it takes ids, -N, UTC ISO times and now)."""
-    p = start.position
-    if p is not None:
-        if p.type == AFTER_ALL:
-            return p.stream_id
-        if p.type == BEFORE_ALL:  # only `0` (the beginning) says "from" rather than "after"
-            return "0"
-        return f"{p.stream_id}:{p.type}"
+    if start.position is not None:
+        return start.position.token()
     if start.at_ms is not None:
         when = datetime.fromtimestamp(start.at_ms / 1000, UTC)
         return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -146,6 +145,8 @@ _NOT_SHOWN = frozenset({"type", "v", "id", "at", "stream_id", "job"})
 
 def summary(e: Mapping[str, Any]) -> list[str]:
     """The words after the time and the type, per event type; the other fields as k=v."""
+    if "undecodable" in e:  # shown as it is in the stream
+        return ["undecodable:", str(e["undecodable"])[:200]]
     fn = SUMMARIES.get(str(e.get("type", "")))
     if fn is not None:
         return fn(e, _job_ref(e))
@@ -191,8 +192,10 @@ class Request:
     where: tuple[str, ...]
 
 
-def sse_events(chunks: Iterable[bytes]) -> Iterator[tuple[str | None, dict[str, Any]]]:
-    """(id, data) of each event in a Server-Sent Events byte stream."""
+def sse_events(chunks: Iterable[bytes]
+               ) -> Iterator[tuple[str | None, dict[str, Any] | None]]:
+    """(id, data) of each message in a Server-Sent Events byte stream (data None: an id
+    alone)."""
     buf = b""
     event_id: str | None = None
     data: list[bytes] = []
@@ -202,8 +205,8 @@ def sse_events(chunks: Iterable[bytes]) -> Iterator[tuple[str | None, dict[str, 
         for raw in lines:
             line = raw.rstrip(b"\r")
             if not line:
-                if data:
-                    yield event_id, orjson.loads(b"\n".join(data))
+                if data or event_id is not None:  # an id alone moves the resume point
+                    yield event_id, orjson.loads(b"\n".join(data)) if data else None
                 event_id, data = None, []
             elif line.startswith(b"data:"):
                 data.append(line[5:].removeprefix(b" "))
@@ -228,7 +231,8 @@ def from_gateway(c: Client, req: Request, *, sleep: Callable[[float], None] = ti
                                                       headers=headers)):
                 last = event_id or last
                 delay = 0.5
-                yield data
+                if data is not None:
+                    yield data
             if not req.follow:
                 return
         except ApiError as e:

@@ -232,7 +232,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     sub = hub.subscribe() if follow else None
     try:
-        await resp.write(f"retry: {RETRY_MS}\n: from {after.stream_id}\n\n".encode())
+        # the start as an id: a client that drops before any event resumes from here
+        await resp.write(f"retry: {RETRY_MS}\nid: {after.token()}\n\n".encode())
         after = await _history(resp, reader, directory=hub.directory, flt=flt, after=after,
                                until=until)
         if sub is not None:

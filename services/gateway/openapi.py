@@ -555,7 +555,7 @@ def schedule_paths() -> dict[str, Schema]:
 
 
 # shared/tail.py's Start.parse and Position.parse: what `from` and Last-Event-ID take
-EVENT_ID = f"[0-9]{{1,19}}-[0-9]{{1,19}}(:({'|'.join(TYPES)}))?"
+EVENT_ID = f"[0-9]{{1,20}}-[0-9]{{1,20}}(:({'|'.join(TYPES)}))?"  # each part below 2^64
 START = (f"^(now|\\$|0|0-0|begin|-([1-9][0-9]{{0,4}}|100000)|{EVENT_ID}|"
          f"{ISO_TIME.removeprefix('^').removesuffix('$')})$")
 
@@ -569,9 +569,11 @@ def stream_paths() -> dict[str, Schema]:
                  "last_delivered_id": {"type": "string"}})
     sse = {**obj({"id": {"type": "string", "pattern": f"^{EVENT_ID}$"},
                   "event": {"enum": list(TYPES)},
-                  "data": {"type": "string", "contentMediaType": "application/json"}}),
+                  "data": {"type": "string", "contentMediaType": "application/json"}},
+                 required=()),  # the first message is an id alone: where the stream starts
            "description": (
-        "`retry:` once, then per event `id: <stream id>:<type>`, `event: <type>` and `data:` "
+        "`retry:` and `id:` (where the stream starts) once, then per event `id: <stream "
+        "id>:<type>`, `event: <type>` and `data:` "
         "the event's JSON (as published, plus `stream_id`, and for job events `job`: {ref, "
         "user, name}); `: keep-alive` comments every 15 s. Send the last id back as "
         "`Last-Event-ID` to resume right after it.")}

@@ -213,7 +213,8 @@ def _check_the_sse_parser(b: Browser) -> None:
             const p = new SSEParser((e) => events.push(e), (c) => comments.push(c));
             p.push(sample.slice(0, cut));
             p.push(sample.slice(cut));
-            runs.push({events, comments, last: p.lastEventId, retry: p.retry});
+            runs.push({events, comments, last: p.lastEventId, dispatched: p.dispatchedId,
+                       retry: p.retry});
           }
           done(runs);
         }, (e) => done(String(e)));
@@ -223,6 +224,7 @@ def _check_the_sse_parser(b: Browser) -> None:
         assert run["events"] == SSE_EXPECTED
         assert run["comments"] == ["from 0-0", "keep-alive"]
         assert (run["last"], run["retry"]) == ("3-0:x", 2000)
+        assert run["dispatched"] == "3-0:x"  # an id alone, dispatched: the resume point
 
 
 def _until_refused(client: Client, timeout: float = 10) -> None:

@@ -260,3 +260,17 @@ def test_the_filter_keeps_worker_events_from_users() -> None:
     e = Entry("worker-left", "5-0", {"worker_id": "w"})
     assert Filter(types=frozenset(TYPES)).matches(e, None)
     assert not Filter(types=frozenset(TYPES), owner="ann").matches(e, None)
+
+
+async def test_a_client_that_drops_before_any_event_resumes_from_where_it_started(
+        http: TestClient[Any, Any], redis: Redis, keys: Keys) -> None:
+    job = await submit(http)
+    resp = await http.get("/api/v1/events", params={"from": "now", "types": "job-finished"})
+    first = await anext(messages(resp.content))
+    assert first.id and not first.data  # where the stream starts, as an id alone
+    resp.close()
+    await publish_burst(redis, keys, [finished(job), finished(job, "FAILED")])  # while away
+    again = await http.get("/api/v1/events", params={"follow": "0", "types": "job-finished"},
+                           headers={"Last-Event-ID": first.id})
+    got = [m.json()["state"] async for m in messages(again.content) if m.data]
+    assert got == ["COMPLETED", "FAILED"]

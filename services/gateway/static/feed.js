@@ -14,7 +14,8 @@ export class SSEParser {
     this.buffer = "";
     this.data = [];
     this.type = "";
-    this.lastEventId = "";
+    this.lastEventId = "";  // the id field last read (the spec's "last event ID buffer")
+    this.dispatchedId = "";  // as of the last dispatch: where a reconnect resumes
     this.retry = null;
   }
 
@@ -51,6 +52,9 @@ export class SSEParser {
     const type = this.type || "message";
     this.data = [];
     this.type = "";
+    // the resume point moves at every dispatch, an `id:` alone included (the gateway sends
+    // where a stream starts that way, so a drop before the first event loses nothing)
+    this.dispatchedId = this.lastEventId;
     if (data.length === 0) return;
     this.onEvent({id: this.lastEventId, type, data: data.join("\n")});
   }
@@ -145,6 +149,7 @@ export class Feed {
         clearTimeout(stall);
         stall = setTimeout(() => controller.abort(), STALL_MS);
         parser.push(value);
+        if (parser.dispatchedId) this.lastEventId = parser.dispatchedId;
       }
     } finally {
       clearTimeout(stall);
