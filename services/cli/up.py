@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,18 +230,33 @@ class System:
         import orjson
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_children()
-            req = urllib.request.Request(url + "/api/v1/workers",
-                                         headers={"Authorization": f"Bearer {self.admin_token}"})
-            with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(req, timeout=2) as r:
-                    items = orjson.loads(r.read())["items"]
-                if sum(1 for w in items if w["state"] == WorkerState.READY) >= self.workers:
-                    return
-            time.sleep(0.2)
+        with self._waiting() as status:
+            while time.monotonic() < deadline:
+                self.check_children()
+                req = urllib.request.Request(url + "/api/v1/workers", headers={
+                    "Authorization": f"Bearer {self.admin_token}"})
+                ready = 0
+                with contextlib.suppress(OSError, ValueError):
+                    with urllib.request.urlopen(req, timeout=2) as r:
+                        items = orjson.loads(r.read())["items"]
+                    ready = sum(1 for w in items if w["state"] == WorkerState.READY)
+                    if ready >= self.workers:
+                        return
+                status(f"waiting for the services: {ready} of {self.workers} worker(s) ready")
+                time.sleep(0.2)
         raise InfraError(f"the system did not become ready within {timeout:g}s; "
                          f"see the logs in {self.logs}")
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[Callable[[str], None]]:
+        """A spinner on a terminal's stderr while the services come up (nothing when piped)."""
+        if not (self.echo and sys.stderr.isatty()):
+            yield lambda _: None
+            return
+        from rich.console import Console
+
+        with Console(stderr=True).status("waiting for the services") as spinner:
+            yield spinner.update
 
     def check_children(self) -> None:
         for c in self.children:
@@ -298,6 +313,7 @@ def run_up(workers: int, cpus: int | None) -> int:
         url = system.start()
         started = True
         click.echo(f"\nSCNS Conductor is up: {url}\n"
+                   f"  dashboard {url}/  (sign in with the admin token)\n"
                    f"  logs in {system.logs}\n\n"
                    f"  admin token in {system.token_path}\n\n"
                    "In another shell, try:\n"
