@@ -220,11 +220,14 @@ class StreamReader:
         streams: dict[Any, Any] = {self.keys.stream(k): after.after(k) for k in self.types}
         await self.redis.xread(streams, count=1, block=block_ms)
 
-    async def follow(self, after: Position, *, until: Position | None = None
-                     ) -> AsyncIterator[Entry]:
+    async def follow(self, after: Position, *, until: Position | None = None,
+                     stop: asyncio.Event | None = None) -> AsyncIterator[Entry]:
         """Every entry after `after`, in order, then (without `until`) each new one as it is
-        written; with `until`, stop at the first entry past it."""
-        while True:
+        written; with `until`, stop at the first entry past it; with `stop`, once it is set
+        (within a second: the blocking read is short, and nothing is cancelled mid-command; a
+        cancel that meets redis-py's read timeout can come out as a retried TimeoutError)."""
+        block_ms = MAX_BLOCK_MS if stop is None else 1000
+        while stop is None or not stop.is_set():
             got = await self.read(after)
             for e in got.entries:
                 if until is not None and e.position > until:
@@ -238,7 +241,7 @@ class StreamReader:
                 continue
             if until is not None:
                 return
-            await self.wait(after)
+            await self.wait(after, block_ms)
 
     async def last(self, n: int) -> Position:
         """The position just before the last `n` entries (of all the streams together)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -252,13 +253,19 @@ def from_redis(env: Mapping[str, str], req: Request, emit: Callable[[dict[str, A
     """Events read straight from the streams, each handed to `emit` as it comes."""
 
     async def run() -> None:
-        async for e in _redis_events(env, req):
+        # Ctrl-C (or SIGTERM) sets `stop` and the reader ends within a second: the blocking
+        # read is never cancelled, so no Redis call is left half done
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async for e in _redis_events(env, req, stop):
             emit(e)
 
     asyncio.run(run())
 
 
-async def _redis_events(env: Mapping[str, str], req: Request
+async def _redis_events(env: Mapping[str, str], req: Request, stop: asyncio.Event
                         ) -> AsyncIterator[dict[str, Any]]:
     from shared.arrays import parse_ref
     from shared.db.pool import create_pool
@@ -280,7 +287,7 @@ async def _redis_events(env: Mapping[str, str], req: Request
         reader = StreamReader(redis, Keys(settings.key_prefix), sorted(flt.types))
         after = await reader.resolve(req.start)
         until = None if req.follow else await reader.end()
-        async for e in reader.follow(after, until=until):
+        async for e in reader.follow(after, until=until, stop=stop):
             jobs = await directory.enrich([e]) if directory is not None else {}
             job = jobs.get(e.job_id) if e.job_id is not None else None
             if flt.matches(e, job):

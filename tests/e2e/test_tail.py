@@ -151,7 +151,12 @@ def test_tail_follows_new_events(start_system: Factory, direct: bool) -> None:
             assert proc.poll() is None, "-f keeps going"
         finally:
             proc.send_signal(signal.SIGINT)
-            proc.wait(20)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("scns tail -f did not stop on Ctrl-C") from None
     assert proc.returncode == 0  # Ctrl-C is how -f ends: not an error
 
 
