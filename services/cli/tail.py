@@ -258,7 +258,8 @@ def from_redis(env: Mapping[str, str], req: Request, emit: Callable[[dict[str, A
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # a background job ignores ^C
+                loop.add_signal_handler(sig, stop.set)
         async for e in _redis_events(env, req, stop):
             emit(e)
 
@@ -397,6 +398,7 @@ def tail(*, types: tuple[str, ...], follow: bool, start: str | None, job: str | 
     req = Request(types=tuple(types), start=begin, follow=follow, job=job, worker=worker,
                   where=where)
     color = fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in env
+    signal.signal(signal.SIGTERM, _interrupted)  # like Ctrl-C: stop cleanly, exit 0
 
     def emit(event: dict[str, Any]) -> None:
         click.echo(json_line(event) if fmt == "json" else text_line(event, color=color, ids=ids))
@@ -413,6 +415,10 @@ def tail(*, types: tuple[str, ...], follow: bool, start: str | None, job: str | 
     except BrokenPipeError:  # `scns tail ... | head`
         sys.stderr.close()
         return
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _show_lag(env: Mapping[str, str], *, as_json: bool) -> None:

@@ -130,6 +130,13 @@ def test_tail_reads_from_an_id_a_time_the_last_n_with_each_filter(
     assert "job-finished" in line and "exit=3" in line and f"{jobs['bad']}" in line
 
 
+# `scns` as a terminal's foreground job runs it: with Ctrl-C (SIGINT) at its default. A
+# background job, as CI runs the suite, inherits SIGINT ignored; exec keeps a default one.
+AS_IN_A_TERMINAL = [sys.executable, "-c", (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'services.cli', *sys.argv[1:]])")]
+
+
 def read_lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
     lines: queue.Queue[str] = queue.Queue()
 
@@ -146,10 +153,9 @@ def read_lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
 def test_tail_follows_new_events(start_system: Factory, direct: bool) -> None:
     r = start_system()
     since = datetime.now(UTC).isoformat()  # not `now`: the process may start after the first
-    with subprocess.Popen([sys.executable, "-m", "services.cli", "tail", "-f", "-o", "json",
-                           "--from", since, "job-finished"], cwd=ROOT,
-                          env=env_of(r, direct=direct), stdout=subprocess.PIPE, text=True
-                          ) as proc:
+    with subprocess.Popen([*AS_IN_A_TERMINAL, "tail", "-f", "-o", "json", "--from", since,
+                           "job-finished"], cwd=ROOT, env=env_of(r, direct=direct),
+                          stdout=subprocess.PIPE, text=True) as proc:
         try:
             lines = read_lines(proc)
             for i in range(3):  # the 2nd and 3rd end while tail is running: they are live
