@@ -14,6 +14,7 @@ moving?".
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import signal
@@ -300,21 +301,19 @@ async def _redis_events(env: Mapping[str, str], req: Request, stop: asyncio.Even
 
 
 async def _job_filter(flt: Any, ref: Any, pool: Any) -> Any:
-    import dataclasses
+    from shared.db.jobs import JobStore
 
     if pool is None:
         if ref.index is not None:
             raise ConductorError(f"--job {ref}: naming an array element needs "
                                  "SCNS_DATABASE_URL (or tail through the gateway)")
         return dataclasses.replace(flt, job_ids=frozenset({ref.id}))
-    row = await pool.fetchrow(
-        "SELECT id, array_job_id FROM jobs WHERE id = $1" if ref.index is None else
-        "SELECT id, array_job_id FROM jobs WHERE array_job_id = $1 AND array_task_id = $2",
-        *([ref.id] if ref.index is None else [ref.id, ref.index]))
-    if row is None:
+    jobs = JobStore(pool)
+    job = await (jobs.get(ref.id) if ref.index is None else jobs.element(ref.id, ref.index))
+    if job is None:
         raise ConductorError(f"job {ref} does not exist")
-    array_id = row["id"] if ref.index is None and row["array_job_id"] == row["id"] else None
-    return dataclasses.replace(flt, job_ids=frozenset({row["id"]}), array_id=array_id)
+    array_id = job.id if ref.index is None and job.array_job_id == job.id else None
+    return dataclasses.replace(flt, job_ids=frozenset({job.id}), array_id=array_id)
 
 
 # ------------------------------------------------------------------------------------- lag
@@ -333,10 +332,7 @@ def lag_rows_redis(env: Mapping[str, str]) -> list[dict[str, Any]]:
             groups = await stream_groups(redis, Keys(settings.key_prefix))
         finally:
             await redis.aclose()
-        return [{"stream": g.stream, "name": g.name, "group": g.group,
-                 "consumers": g.consumers, "pending": g.pending, "lag": g.lag,
-                 "oldest_pending_s": g.oldest_pending_s,
-                 "last_delivered_id": g.last_delivered_id} for g in groups]
+        return [dataclasses.asdict(g) for g in groups]
 
     return asyncio.run(read())
 

@@ -20,8 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
 import orjson
 from aiohttp import web
@@ -309,10 +308,4 @@ async def streams(request: web.Request) -> web.Response:
     require_admin(request)
     g = state(request)
     groups = await stream_groups(g.redis, g.keys)
-    return json({"types": list(TYPES), "items": [_group_json(x) for x in groups]})
-
-
-def _group_json(x: Any) -> dict[str, Any]:
-    return {"stream": x.stream, "name": x.name, "group": x.group, "consumers": x.consumers,
-            "pending": x.pending, "lag": x.lag, "oldest_pending_s": x.oldest_pending_s,
-            "last_delivered_id": x.last_delivered_id}
+    return json({"types": list(TYPES), "items": [asdict(x) for x in groups]})
