@@ -9,11 +9,15 @@ Backfill alone can starve a wide job forever behind a stream of narrow ones, so 
 blocked job has waited `reserve_after_s`, the worker that can hold it and has the most free CPUs
 is reserved for it: no later job is placed there until it starts. Jobs held back only by that
 reservation get reason `Priority`, as in Slurm.
+
+A request may be confined to some workers (those of its eligible partitions) and may draw on its
+user's CPU budget (a per-user running-CPU limit): beyond it, the request waits with reason
+`QOSMaxCpuPerUserLimit` and the user's smaller requests behind it may still be placed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shared.states import PendingReason
@@ -43,6 +47,8 @@ class Request:
     cpus: int
     memory_mb: int = 0
     waited_s: float = 0.0
+    workers: frozenset[str] | None = None  # the workers of its eligible partitions (None: any)
+    user: str | None = None  # whose CPU budget it draws on, if that user has one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,19 +69,30 @@ class Plan:
 
 def fits_somewhere(req: Request, nodes: Sequence[Node]) -> bool:
     """Could this request ever run on one of these workers, were they empty?"""
-    return any(req.cpus <= n.cpus and req.memory_mb <= n.memory_mb for n in nodes)
+    return any(req.cpus <= n.cpus and req.memory_mb <= n.memory_mb
+               and (req.workers is None or n.id in req.workers) for n in nodes)
 
 
 def plan(
-    requests: Sequence[Request], nodes: Sequence[Node], *, reserve_after_s: float | None = None
+    requests: Sequence[Request], nodes: Sequence[Node], *, reserve_after_s: float | None = None,
+    budgets: Mapping[str, int] | None = None,
 ) -> Plan:
+    """`budgets`: the CPUs each limited user may still take; a request beyond its user's budget
+    is not placed (reason QOSMaxCpuPerUserLimit) and later smaller ones of that user may be."""
     free: dict[str, list[int]] = {n.id: [n.cpus_free, n.memory_free_mb] for n in nodes}
     capacity = {n.id: (n.cpus, n.memory_mb) for n in nodes}
+    budget = dict(budgets or {})
     out = Plan()
     for req in requests:
+        if req.user is not None and req.user in budget and req.cpus > budget[req.user]:
+            out.blocked[req.job_id] = PendingReason.QOS_MAX_CPU_PER_USER
+            continue
+        allowed = req.workers
         best: tuple[int, int, str] | None = None
         for wid, (fc, fm) in free.items():
             if wid in out.reserved or req.cpus > fc or req.memory_mb > fm:
+                continue
+            if allowed is not None and wid not in allowed:
                 continue
             key = (fc - req.cpus, fm - req.memory_mb, wid)
             if best is None or key < best:
@@ -84,18 +101,22 @@ def plan(
             wid = best[2]
             free[wid][0] -= req.cpus
             free[wid][1] -= req.memory_mb
+            if req.user is not None and req.user in budget:
+                budget[req.user] -= req.cpus
             out.placements.append(Placement(job_id=req.job_id, attempt=req.attempt,
                                             worker_id=wid, cpus=req.cpus,
                                             memory_mb=req.memory_mb))
             continue
         blocked_by_reservation = out.reserved and any(
-            req.cpus <= free[w][0] and req.memory_mb <= free[w][1] for w in out.reserved)
+            req.cpus <= free[w][0] and req.memory_mb <= free[w][1]
+            and (allowed is None or w in allowed) for w in out.reserved)
         out.blocked[req.job_id] = (PendingReason.PRIORITY if blocked_by_reservation
                                    else PendingReason.RESOURCES)
         if (reserve_after_s is not None and not out.reserved
                 and req.waited_s >= reserve_after_s):
             holders = [w for w, (c, m) in capacity.items()
-                       if req.cpus <= c and req.memory_mb <= m]
+                       if req.cpus <= c and req.memory_mb <= m
+                       and (allowed is None or w in allowed)]
             if holders:
                 target = max(holders, key=lambda w: (free[w][0], free[w][1], w))
                 out.reserved[target] = req.job_id

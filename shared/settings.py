@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from shared.errors import ConfigError
+from shared.priority import Weights
 
 T = TypeVar("T")
 
@@ -54,6 +55,14 @@ class Settings:
     reserve_after_s: float = 300.0
     dependency_sweep_s: float = 30.0
     max_array_size: int = 100_001
+    # the multifactor priority and fair share (shared/priority.py; README "Fair share")
+    priority_weight_age: float = 1000.0
+    priority_weight_fairshare: float = 10000.0
+    priority_weight_job: float = 10.0
+    priority_weight_tier: float = 100000.0
+    priority_max_age_s: float = 7 * 86_400.0
+    fairshare_half_life_s: float = 7 * 86_400.0
+    fairshare_refresh_s: float = 5.0
     # cron schedules (services/scheduler/cron.py)
     cron_tick_s: float = 1.0
     cron_grace_s: float = 60.0  # a fire this late still runs as on time; later ones catch up
@@ -123,6 +132,21 @@ class Settings:
                                           d.dependency_sweep_s),
             "max_array_size": p.value("SCNS_MAX_ARRAY_SIZE", _positive_int,
                                       d.max_array_size),
+            "priority_weight_age": p.value("SCNS_PRIORITY_WEIGHT_AGE", _non_negative_float,
+                                           d.priority_weight_age),
+            "priority_weight_fairshare": p.value("SCNS_PRIORITY_WEIGHT_FAIRSHARE",
+                                                 _non_negative_float,
+                                                 d.priority_weight_fairshare),
+            "priority_weight_job": p.value("SCNS_PRIORITY_WEIGHT_JOB", _non_negative_float,
+                                           d.priority_weight_job),
+            "priority_weight_tier": p.value("SCNS_PRIORITY_WEIGHT_TIER", _non_negative_float,
+                                            d.priority_weight_tier),
+            "priority_max_age_s": p.value("SCNS_PRIORITY_MAX_AGE_S", _positive_float,
+                                          d.priority_max_age_s),
+            "fairshare_half_life_s": p.value("SCNS_FAIRSHARE_HALF_LIFE_S", _positive_float,
+                                             d.fairshare_half_life_s),
+            "fairshare_refresh_s": p.value("SCNS_FAIRSHARE_REFRESH_S", _positive_float,
+                                           d.fairshare_refresh_s),
             "cron_tick_s": p.value("SCNS_CRON_TICK_S", _positive_float, d.cron_tick_s),
             "cron_grace_s": p.value("SCNS_CRON_GRACE_S", _non_negative_float, d.cron_grace_s),
             "cron_max_catchup": p.value("SCNS_CRON_MAX_CATCHUP", _positive_int,
@@ -161,6 +185,13 @@ class Settings:
         if p.errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(p.errors))
         return settings
+
+    @property
+    def weights(self) -> Weights:
+        """The multifactor priority's weights (shared/priority.py)."""
+        return Weights(age=self.priority_weight_age, fairshare=self.priority_weight_fairshare,
+                       job=self.priority_weight_job, tier=self.priority_weight_tier,
+                       max_age_s=self.priority_max_age_s)
 
     def problems(self) -> list[str]:
         """Cross-field and format rules; empty when the settings are usable."""

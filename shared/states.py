@@ -45,6 +45,10 @@ class PendingReason(StrEnum):
     HELD = "Held"
     BEGIN_TIME = "BeginTime"
     JOB_ARRAY_TASK_LIMIT = "JobArrayTaskLimit"
+    # partitions and per-user limits (shared/partitions.py, the scheduler's pass)
+    PARTITION_TIME_LIMIT = "PartitionTimeLimit"  # above every named partition's maximum
+    PARTITION_CONFIG = "PartitionConfig"  # no named partition exists/admits its user or CPUs
+    QOS_MAX_CPU_PER_USER = "QOSMaxCpuPerUserLimit"  # its user holds their max running CPUs
 
 
 # Reasons the scheduler's pass never overwrites: a person or a condition set them, and only the

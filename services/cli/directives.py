@@ -11,9 +11,12 @@ What sbatch does, and so what this does (sbatch(1), DESCRIPTION; src/sbatch/opt.
 - a directive's words are split like a shell's (quotes group, a backslash escapes) and an
   unquoted `#` starts a comment that runs to the end of the line.
 - an option sbatch does not recognise, or a stray word, is an error, as in sbatch; so is an
-  option this cluster cannot honour (GPUs, several nodes, another partition). Administrative
+  option this cluster cannot honour (GPUs, several nodes). Administrative
   options with no meaning here (account, QOS, mail) are accepted with one warning each.
 - for an option given twice the last one wins. Command-line options win over directives.
+- `-p/--partition` takes a comma-separated list of partition names (any of them may run the
+  job); only its syntax is checked here: which partitions exist, and whether they admit the job,
+  is the gateway's to say at submit.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ UNLIMITED = ("UNLIMITED", "INFINITE", "-1")
 TIME_FORMS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
 MEMORY_FORMS = ("megabytes, or a size with a K, M, G or T suffix, optionally followed by B "
                 "(e.g. 512, 512M, 4G, 4GB)")
-PARTITION = "default"  # the only partition there is
+PARTITION = "default"  # the partition a job goes to when it names none (the gateway's default)
+PARTITION_FORMS = ("partition names (1 to 64 letters, digits, '.', '_' or '-'), comma-separated "
+                   "(e.g. big or big,small)")
 NICE_DEFAULT = 100  # sbatch: "With no adjustment value the scheduling priority is decreased by 100"
 NICE_MAX = 2**31 - 3  # sbatch: |adjustment| <= NICE_OFFSET - 3
 
@@ -46,6 +51,7 @@ _COUNT = re.compile(r"^[0-9]{1,9}$")
 _INT = re.compile(r"^[+-]?[0-9]{1,10}$")
 _NODES = re.compile(r"^([0-9]{1,9})(?:-([0-9]{1,9}))?$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PARTITION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class DirectiveError(ValueError):
@@ -66,7 +72,7 @@ class Directives:
     name: str | None = None  # -J/--job-name
     requeue: bool | None = None  # --requeue / --no-requeue
     hold: bool | None = None  # -H/--hold
-    partition: str | None = None  # -p/--partition (only "default" exists)
+    partition: str | None = None  # -p/--partition: names, comma-separated (any of them)
     begin_at: datetime | None = None  # -b/--begin, aware (UTC)
     priority: int | None = None  # --priority
     env: dict[str, str] = field(default_factory=dict)  # --export NAME=value items
@@ -126,6 +132,26 @@ def _time(text: str) -> int | None:
         h, mi, s = int(a), int(b), int(c)
     seconds = int(days or 0) * 86400 + h * 3600 + mi * 60 + s
     return seconds or None  # "A time limit of zero requests that no time limit be imposed"
+
+
+def parse_partitions(text: str) -> str:
+    """sbatch --partition: one partition name or several, comma-separated ("a,b": any of them)
+    -> the list as the API takes it (items stripped, each once, in order). Only the syntax is
+    checked; the gateway says whether the partitions exist and admit the job."""
+    try:
+        return _partitions(text)
+    except _Bad as e:
+        raise DirectiveError(f"--partition={text}: {e}") from None
+
+
+def _partitions(text: str) -> str:
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if not name:
+            raise _Bad(f"an empty partition name; expected {PARTITION_FORMS}")
+        if not _PARTITION.match(name):
+            raise _Bad(f"{name!r} is not a partition name; expected {PARTITION_FORMS}")
+    return ",".join(dict.fromkeys(names))
 
 
 def parse_memory(text: str) -> int:
@@ -316,11 +342,9 @@ def _set_name(c: _Ctx, opt: str, value: str | None) -> None:
 
 
 def _set_partition(c: _Ctx, opt: str, value: str | None) -> None:
-    for part in _text(value).split(","):
-        if part != PARTITION:
-            raise DirectiveError(f"{_shown(opt, value)}: unknown partition {part!r}; this "
-                                 f"cluster has only {PARTITION!r}")
-    c.d.partition = PARTITION
+    # "-p, --partition=<partition_names>": "may be specified as a comma separated list of
+    # partitions"; the gateway knows which exist, so only the syntax is checked here
+    c.d.partition = _partitions(_text(value))
 
 
 def _set_begin(c: _Ctx, opt: str, value: str | None) -> None:

@@ -51,6 +51,8 @@ from services.cli.common import (
     out,
     warn,
 )
+from services.cli.limits import explain_lines, limits, share
+from services.cli.partitions import PARTITIONS, nodes_table, partition, sinfo_table, unpartitioned
 from services.cli.schedules import schedule
 from services.cli.tail import tail
 from services.cli.tokens import token
@@ -81,6 +83,9 @@ for _command in jobs.COMMANDS:  # hold, release, requeue, update, history, eff
     cli.add_command(_command)
 cli.add_command(token)
 cli.add_command(schedule)
+cli.add_command(partition)
+cli.add_command(limits)
+cli.add_command(share)
 cli.add_command(tail)
 
 
@@ -94,7 +99,8 @@ cli.add_command(tail)
               help="time limit: minutes, HH:MM:SS, D-HH:MM:SS or UNLIMITED")
 @click.option("--mem", help="memory, e.g. 512M or 4G")
 @click.option("-J", "--name", help="job name [the script's file name]")
-@click.option("-p", "--partition", help="partition(s), comma-separated: any of them")
+@click.option("-p", "--partition", type=PARTITIONS,
+              help="partition(s), comma-separated: any of them [the default partition]")
 @click.option("-a", "--array", metavar="INDEXES",
               help="a job array: 0-99, 1,3,5-7 or 0-99:2, with %N to run at most N at once")
 @click.option("-d", "--dependency", metavar="DEP",
@@ -480,10 +486,13 @@ def _show_value(key: str, value: Any) -> str:
 @click.argument("job_id", type=JOB)
 @click.option("--json", "as_json", is_flag=True)
 def show(job_id: str, as_json: bool) -> None:
-    """Show one job in full."""
-    job = client().call("GET", f"/api/v1/jobs/{job_id}")
+    """Show one job in full; a pending one with why it waits, its priority, the partitions it
+    may run in and an estimated start."""
+    c = client()
+    job = c.call("GET", f"/api/v1/jobs/{job_id}")
+    explain = _explain(c, job_id) if job.get("state") == "PENDING" else None
     if as_json:
-        emit_json(job)
+        emit_json({**job, "explain": explain} if explain is not None else job)
         return
     t = Table(box=None, show_header=False)
     t.add_column(style="bold")
@@ -493,6 +502,21 @@ def show(job_id: str, as_json: bool) -> None:
             continue
         t.add_row(key, escape(_show_value(key, value)))
     out.print(t)
+    if explain is not None:
+        for line in explain_lines(explain):
+            click.echo(line)
+
+
+def _explain(c: Client, job_id: str) -> dict[str, Any] | None:
+    """GET /jobs/{id}/explain; None from a gateway that has no explainer (404)."""
+    try:
+        answer: dict[str, Any] = c.call("GET", f"/api/v1/jobs/{job_id}/explain")
+    except ApiError as e:
+        if e.status == 404:
+            return None
+        warn(f"cannot say why job {job_id} waits: {e.message}")
+        return None
+    return answer
 
 
 @cli.command(epilog=jobs.REFS)
@@ -545,22 +569,29 @@ def logs(job_id: str, use_stderr: bool, follow: bool) -> None:
 
 # --- cluster ------------------------------------------------------------------------------
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
-def workers(as_json: bool) -> None:
-    """List workers (like sinfo)."""
-    page = client().call("GET", "/api/v1/workers")
+@click.option("-N", "--node", "per_node", is_flag=True,
+              help="one line per worker (with the partitions it is in), as sinfo -N")
+@click.option("--json", "as_json", is_flag=True, help="the workers as JSON")
+def workers(per_node: bool, as_json: bool) -> None:
+    """List workers (like sinfo): one line per partition and worker state; -N: per worker."""
+    c = client()
+    page = c.call("GET", "/api/v1/workers")
     if as_json:
         emit_json(page)
         return
-    t = Table(box=None, header_style="bold")
-    for col in ("WORKER", "STATE", "CPUS(A/T)", "MEMORY(A/T MB)", "ARCH", "LAST HEARTBEAT"):
-        t.add_column(col)
-    for w in page["items"]:
-        t.add_row(w["id"], w["state"], f"{w['allocated_cpus']}/{w['cpus']}",
-                  f"{w['allocated_memory_mb']}/{w['memory_mb']}", w["labels"].get("arch", ""),
-                  w["last_heartbeat"] or "")
-    out.print(t)
-    res = client().call("GET", "/api/v1/resources")
+    try:
+        partitions: list[dict[str, Any]] | None = c.call("GET", "/api/v1/partitions")["items"]
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        partitions = None  # a gateway without partitions: the per-worker table
+    if per_node or partitions is None:
+        out.print(nodes_table(page["items"], partitions))
+    else:
+        out.print(sinfo_table(partitions, page["items"]))
+        if lost := unpartitioned(partitions, page["items"]):
+            err.print(f"in no partition (no job runs there): {escape(', '.join(lost))}")
+    res = c.call("GET", "/api/v1/resources")
     err.print(f"cluster: {res['allocated_cpus']}/{res['total_cpus']} CPUs allocated "
               f"({res['utilization']:.0%})")
 

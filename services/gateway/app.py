@@ -12,7 +12,18 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
-from services.gateway import auth, cluster, control, events, jobs, openapi, schedules, tokens
+from services.gateway import (
+    auth,
+    cluster,
+    control,
+    events,
+    explain,
+    jobs,
+    openapi,
+    partitions,
+    schedules,
+    tokens,
+)
 from services.gateway.common import GATEWAY, MAX_BODY, Gateway, error, json
 from services.gateway.dashboard import routes as dashboard_routes
 from services.gateway.validation import RequestError
@@ -119,6 +130,8 @@ def create_app(wiring: Wiring) -> web.Application:
     app.add_routes(control.routes)
     app.add_routes(cluster.routes)
     app.add_routes(schedules.routes)
+    app.add_routes(partitions.routes)
+    app.add_routes(explain.routes)
     app.add_routes(dashboard_routes)
     events.install(app, wiring)
     app.router.add_get("/healthz", healthz)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from shared.db.jobs import Attempt, Job, JobStore
 from shared.keys import Keys
 from shared.lifecycle import Lifecycle, Role
 from shared.membership import Membership
+from shared.partitions import Partition
 from shared.wiring import Wiring
 
 MAX_BODY = 2 * 1024 * 1024  # a 1 MiB script plus JSON escaping and the other fields
@@ -27,6 +28,8 @@ MAX_BODY = 2 * 1024 * 1024  # a 1 MiB script plus JSON escaping and the other fi
 class Gateway:
     wiring: Wiring
     largest: tuple[float, int | None, int | None] = (0.0, None, None)
+    partitions: dict[str, Partition] = field(default_factory=dict)  # cached a second
+    partitions_at: float = 0.0
 
     @property
     def redis(self) -> Redis:

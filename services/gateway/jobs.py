@@ -20,6 +20,7 @@ from services.gateway.common import (
     target,
     user_of,
 )
+from services.gateway.partitions import admit
 from services.gateway.validation import (
     RequestError,
     parse_submission,
@@ -62,6 +63,7 @@ async def submit(request: web.Request) -> web.Response:
     spec = parse_submission(body, user=user_of(request), largest_cpus=cpus,
                             largest_memory_mb=mem,
                             max_array_size=g.wiring.settings.max_array_size)
+    spec = await admit(request, spec)
     try:
         check_priority(spec.priority + spec.nice, role_of(request))
         check_nice(spec.nice, role_of(request))

@@ -5,6 +5,7 @@ jobs are."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from services.gateway.common import iso, job_json, json, principal, read_json, role_of, state
 from services.gateway.jobs import MAX_PAGE, largest_worker
+from services.gateway.partitions import admit
 from services.gateway.validation import (
     NAME_RULE,
     SCHEDULE_ID,
@@ -155,6 +157,7 @@ async def create(request: web.Request) -> web.Response:
                                              f"{who.user}); leave 'user' out")
     _check_role(request, parsed)
     assert parsed.job is not None  # POST requires it
+    await admit(request, replace(parsed.job, user=owner), pending_limit=False)
     next_run = _next_run(parsed.cron, parsed.timezone, datetime.now(UTC)) if parsed.enabled \
         else None
     made = await _store(request).create(NewSchedule(
@@ -219,6 +222,8 @@ async def update(request: web.Request) -> web.Response:
     parsed = parse_schedule(body, user=s.user, largest_cpus=cpus, largest_memory_mb=mem,
                             max_array_size=g.wiring.settings.max_array_size, current=current)
     _check_role(request, parsed)
+    if parsed.job is not None:
+        await admit(request, replace(parsed.job, user=s.user), pending_limit=False)
     moved = (parsed.cron, parsed.timezone) != (s.cron, s.timezone)
     next_run = _next_run(parsed.cron, parsed.timezone, datetime.now(UTC)) \
         if moved and s.enabled else None

@@ -17,6 +17,8 @@ from shared.db.schedules import CATCH_UP, CONCURRENCY
 from shared.dependencies import Dependency, parse_dependency
 from shared.lifecycle import Changes
 from shared.lifecycle.policy import MAX_RETRIES
+from shared.partitions import NAME as PARTITION_NAME
+from shared.partitions import parse_names
 
 MAX_SCRIPT_BYTES = 1024 * 1024
 MAX_ENV_VARS = 256
@@ -34,6 +36,7 @@ FIELDS = frozenset({"script", "cpus", "memory_mb", "time_limit", "name", "env", 
                     "begin_at", "retries", "retry_delay_s", "output", "error", "workdir",
                     "nice"})
 MAX_PATH = 4096
+MAX_PARTITION_LIST = 16 * 65
 NICE_RANGE = (-10_000, 10_000)
 PATCHABLE = {"priority": "priority", "time_limit": "time_limit_s", "cpus": "cpus",
              "memory_mb": "memory_mb", "name": "name", "begin_at": "begin_at"}
@@ -159,10 +162,7 @@ def parse_submission(body: Any, *, user: str, largest_cpus: int | None,
     time_limit = _int(body, "time_limit", minimum=1, maximum=MAX_TIME_LIMIT_S)
     check_fits(cpus=cpus, memory_mb=memory_mb, largest_cpus=largest_cpus,
                largest_memory_mb=largest_memory_mb)
-    partition = _text(body, "partition", max_len=64)
-    if partition not in (None, "", "default"):
-        raise _bad("not_supported", f"partition {partition!r} does not exist (only 'default')",
-                   422)
+    partition = _partition_names(_text(body, "partition", max_len=MAX_PARTITION_LIST))
     name = _text(body, "name", max_len=MAX_NAME) or "job"
     submit_dir = _text(body, "submit_dir", max_len=4096)
     priority = _int(body, "priority", minimum=PRIORITY_RANGE[0], maximum=PRIORITY_RANGE[1])
@@ -176,7 +176,7 @@ def parse_submission(body: Any, *, user: str, largest_cpus: int | None,
         raise _bad("invalid_field", f"'workdir' must be an absolute path, got {workdir!r}")
     return JobSpec(script=script, cpus=cpus, name=name, user=user, memory_mb=memory_mb,
                    time_limit_s=time_limit, env=_env(body.get("env")), submit_dir=submit_dir,
-                   partition=None, requeue=_bool(body, "requeue"), hold=_bool(body, "hold"),
+                   partition=partition, requeue=_bool(body, "requeue"), hold=_bool(body, "hold"),
                    priority=(priority or 0) - nice, nice=nice, begin_at=begin_at,
                    array=array, dependency=dep.expr if dep else None, dependency_edges=dep,
                    workdir=workdir, stdout_path=_text(body, "output", max_len=MAX_PATH) or None,
@@ -184,6 +184,95 @@ def parse_submission(body: Any, *, user: str, largest_cpus: int | None,
                    retries=_int(body, "retries", minimum=0, maximum=MAX_RETRIES) or 0,
                    retry_delay_s=_int(body, "retry_delay_s", minimum=0,
                                       maximum=MAX_RETRY_DELAY_S) or 0)
+
+
+def _partition_names(text: str | None) -> str | None:
+    """A comma list of partition names (any of them), or None: the default partition. Whether
+    they exist and admit the job is the gateway's check (partitions.admit)."""
+    try:
+        names = parse_names(text)
+    except ValueError as e:
+        raise _bad("invalid_field", f"'partition': {e}") from e
+    return ",".join(names) if names else None
+
+
+PARTITION_FIELDS = ("name", "selector", "default_time_limit", "max_time_limit",
+                    "max_cpus_per_job", "tier", "allowed_users", "default")
+MAX_SELECTOR = 32
+
+
+def _selector(sel: Any) -> dict[str, str]:
+    if not isinstance(sel, dict) or len(sel) > MAX_SELECTOR or not all(
+            isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 63 and len(v) <= 63
+            for k, v in sel.items()):
+        raise _bad("invalid_field", "'selector' must be an object of label: value strings "
+                                    "(a worker belongs when all match; {} = every worker)")
+    return dict(sel)
+
+
+def _partition_limits(body: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, high in (("default_time_limit", MAX_TIME_LIMIT_S),
+                      ("max_time_limit", MAX_TIME_LIMIT_S), ("max_cpus_per_job", 100_000)):
+        if key in body:
+            value = body[key]
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 1 <= value <= high):
+                raise _bad("invalid_field", f"'{key}' must be an integer from 1 to {high}, or "
+                                            "null")
+            out[key] = value
+    if "tier" in body:
+        tier = body["tier"]
+        if not isinstance(tier, int) or isinstance(tier, bool) or not -1000 <= tier <= 1000:
+            raise _bad("invalid_field", "'tier' must be an integer from -1000 to 1000 (higher "
+                                        "is scheduled first)")
+        out["tier"] = tier
+    return out
+
+
+def _partition_access(body: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "allowed_users" in body:
+        users = body["allowed_users"]
+        if users is not None and (not isinstance(users, list) or len(users) > 10_000 or not all(
+                isinstance(u, str) and 1 <= len(u) <= 200 for u in users)):
+            raise _bad("invalid_field", "'allowed_users' must be a list of user names, or null "
+                                        "(everyone)")
+        out["allowed_users"] = tuple(sorted(set(users))) if users is not None else None
+    if "default" in body:
+        if not isinstance(body["default"], bool):
+            raise _bad("invalid_field", "'default' must be true or false")
+        out["default"] = body["default"]
+    return out
+
+
+def parse_partition(body: Any, *, creating: bool) -> dict[str, Any]:
+    """A POST /partitions body (every field; `name` required) or a PATCH (the fields to change,
+    never `name`): Partition field -> value."""
+    if not isinstance(body, dict) or (not creating and not body):
+        raise _bad("invalid_body", "send a JSON object with any of "
+                                   f"{', '.join(PARTITION_FIELDS[1:])}")
+    allowed = PARTITION_FIELDS if creating else PARTITION_FIELDS[1:]
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise _bad("unknown_field", f"unknown field(s): {', '.join(unknown)}; allowed: "
+                                    f"{', '.join(allowed)}")
+    out: dict[str, Any] = {}
+    if creating:
+        name = body.get("name")
+        if not isinstance(name, str) or not PARTITION_NAME.match(name):
+            raise _bad("invalid_field", "'name' is required: 1 to 64 letters, digits, '_', '.' "
+                                        "or '-'")
+        out["name"] = name
+    if "selector" in body or creating:
+        out["selector"] = _selector(body.get("selector") or {})
+    out.update(_partition_limits(body))
+    out.update(_partition_access(body))
+    d, m = out.get("default_time_limit"), out.get("max_time_limit")
+    if d is not None and m is not None and d > m:
+        raise _bad("invalid_field", f"'default_time_limit' ({d} s) is above 'max_time_limit' "
+                                    f"({m} s)")
+    return out
 
 
 def _array(value: Any, max_size: int) -> ArraySpec | None:

@@ -1,8 +1,12 @@
 """The scheduler: pending jobs in, placements out.
 
-A pass takes pending jobs from PostgreSQL in priority-then-submit order, one page at a time,
-plans them against the ready workers' free capacity (shared.placement: best fit, backfill, a
-reservation for a long-starved wide job), and commits the plan in the order ARCHITECTURE.md
+A pass reads the queue by group (a user and the partitions their jobs name): the head of each
+group, in the group's own priority-then-submit order, one page at a time, so its cost grows with
+the groups and what it places, not with the number of pending jobs. The heads are ordered by
+their multifactor score (shared/priority.py: partition tier, the user's fair-share factor, age,
+the job's own priority), confined to their eligible partitions' workers and their user's CPU
+budget, planned against the ready workers' free capacity (shared.placement: best fit, backfill,
+a reservation for a long-starved wide job), and committed the plan in the order ARCHITECTURE.md
 fixes: PostgreSQL first (a guarded batch UPDATE to ALLOCATED plus allocation rows), then Redis
 (the allocation script, pipelined), then the launch on the worker's arq queue, then
 `job-allocated` events. A placement the Redis step refuses (the worker filled up or left since
@@ -26,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
@@ -34,6 +39,8 @@ from redis.exceptions import RedisError
 from services.scheduler.cron import CronLoop
 from shared.bus import Consumer, Delivery, consumer_name
 from shared.db import UNAVAILABLE
+from shared.db.jobs import MAX_PRIORITY
+from shared.db.partitions import Head, LimitStore, PartitionStore, QueueStore, ShareStore
 from shared.events import (
     Event,
     JobFinished,
@@ -46,7 +53,9 @@ from shared.events import (
 )
 from shared.leader import SCHEDULER_LOCK_ID, Leadership
 from shared.lifecycle import Changed
+from shared.partitions import Partition, judge
 from shared.placement import Node, Placement, Request, plan
+from shared.priority import DEFAULT_FACTOR, Weights, factors, fair_share
 from shared.states import WorkerState
 from shared.wakeup import Wakeups
 from shared.wiring import Wiring
@@ -84,6 +93,62 @@ def _after(nodes: list[Node], placed: list[Placement]) -> list[Node]:
             for n in nodes]
 
 
+@dataclass(slots=True, kw_only=True)
+class _Queue:
+    """What a pass knows about the queue's policy: partitions and their workers, each user's
+    fair-share factor and CPU budget. Turns the groups' head jobs into placement requests in
+    score order (shared/priority.py)."""
+
+    partitions: Mapping[str, Partition]
+    labels: Mapping[str, Mapping[str, str]]
+    factors: Mapping[str, float]
+    weights: Weights
+    budgets: dict[str, int]
+    _members: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def members(self, p: Partition) -> frozenset[str]:
+        got = self._members.get(p.name)
+        if got is None:
+            got = self._members[p.name] = frozenset(
+                w for w, labels in self.labels.items() if p.selects(labels))
+        return got
+
+    def requests(self, heads: Sequence[Head], reasons: dict[int, str]) -> list[Request]:
+        scored: list[tuple[float, int, Request]] = []
+        for h in heads:
+            v = judge(h.partition.split(","), self.partitions, user=h.user, cpus=h.cpus,
+                      time_limit_s=h.time_limit_s)
+            if not v.eligible:
+                reasons[h.id] = v.reason
+                continue
+            workers = frozenset().union(*(self.members(p) for p in v.eligible))
+            f = factors(waited_s=h.waited_s, fairshare=self.factors.get(h.user, DEFAULT_FACTOR),
+                        priority=h.priority, tier=v.tier, weights=self.weights)
+            scored.append((-f.score(self.weights), h.id, Request(
+                job_id=h.id, attempt=h.attempt, cpus=h.cpus, memory_mb=h.memory_mb,
+                waited_s=h.waited_s, workers=workers,
+                user=h.user if h.user in self.budgets else None)))
+        scored.sort(key=lambda x: (x[0], x[1]))
+        return [r for _, _, r in scored]
+
+    def spend(self, heads: Sequence[Head], placed: set[int]) -> None:
+        for h in heads:
+            if h.id in placed and h.user in self.budgets:
+                self.budgets[h.user] = max(self.budgets[h.user] - h.cpus, 0)
+
+    def next_cursors(self, heads: Sequence[Head], per_group: int
+                     ) -> dict[tuple[str, str], tuple[int, int]]:
+        """The groups that may hold more (a full page) and whose user may still take CPUs."""
+        count: dict[tuple[str, str], int] = {}
+        last: dict[tuple[str, str], Head] = {}
+        for h in heads:  # a group's rows come in its order
+            g = (h.user, h.partition)
+            count[g] = count.get(g, 0) + 1
+            last[g] = h
+        return {g: (h.priority, h.id) for g, h in last.items()
+                if count[g] >= per_group and self.budgets.get(h.user, 1) > 0}
+
+
 class Scheduler:
     def __init__(self, wiring: Wiring) -> None:
         self.settings = wiring.settings
@@ -92,6 +157,13 @@ class Scheduler:
         self.bus = wiring.bus
         self.jobs = wiring.jobs
         self.lifecycle = wiring.lifecycle
+        self.queue = QueueStore(wiring.pool)
+        self.partition_store = PartitionStore(wiring.pool)
+        self.limit_store = LimitStore(wiring.pool)
+        self.shares = ShareStore(wiring.pool)
+        self.weights = self.settings.weights
+        self.factors: dict[str, float] = {}
+        self.fair_at = -float("inf")
         self.wakeups = Wakeups(wiring.redis, wiring.keys.wakeup("scheduler"))
         self.next_begin_s: float | None = None  # until the next begin time, as of the last pass
         # what dependencies may wait on, from events; the first pass sweeps every edge
@@ -102,13 +174,15 @@ class Scheduler:
     def wake(self) -> None:
         self.wakeups.set()
 
-    async def nodes(self) -> list[Node]:
+    async def nodes(self) -> tuple[list[Node], dict[str, Mapping[str, str]]]:
+        """The ready workers' free capacity, and their labels."""
         members = [m for m in await self.membership.live_members()
                    if m.state == WorkerState.READY]
         usage = await self.allocator.usage([m.worker_id for m in members])
-        return [Node(id=m.worker_id, cpus=m.cpus, memory_mb=m.memory_mb,
-                     cpus_used=usage[m.worker_id].cpus,
-                     memory_used_mb=usage[m.worker_id].memory_mb) for m in members]
+        return ([Node(id=m.worker_id, cpus=m.cpus, memory_mb=m.memory_mb,
+                      cpus_used=usage[m.worker_id].cpus,
+                      memory_used_mb=usage[m.worker_id].memory_mb) for m in members],
+                {m.worker_id: m.labels for m in members})
 
     async def _resolve(self) -> None:
         """Dependencies whose targets changed, then the throttled arrays' next elements."""
@@ -125,6 +199,19 @@ class Scheduler:
                 self.last_sweep = time.monotonic()
         await self.lifecycle.admit_array_tasks()
 
+    async def fair_share(self) -> dict[str, float]:
+        """Each user's fair-share factor; usage is rolled up and re-read every
+        SCNS_FAIRSHARE_REFRESH_S (between, the factors stand)."""
+        if time.monotonic() - self.fair_at >= self.settings.fairshare_refresh_s:
+            half_life = self.settings.fairshare_half_life_s
+            await self.shares.rollup(half_life)
+            rows = await self.shares.usage(half_life)
+            table = fair_share({u.user: u.cpu_s for u in rows},
+                               {u.user: u.shares for u in rows})
+            self.factors = {u: r.factor for u, r in table.items()}
+            self.fair_at = time.monotonic()
+        return self.factors
+
     async def run_pass(self) -> PassResult:
         result = PassResult()
         with PASSES.time():
@@ -135,39 +222,54 @@ class Scheduler:
                 log.warning("placement paused: allocation records are being rebuilt",
                             extra={"event": "not-ready"})
                 return result
-            nodes = await self.nodes()
-            reasons: dict[int, str] = {}
-            after: tuple[int, int] | None = None
-            for _ in range(MAX_PAGES):
-                free = sum(max(n.cpus_free, 0) for n in nodes)
-                if free == 0:
-                    break  # every CPU is taken: nothing can be placed, reasons stand
-                # at most `free` jobs can start; a few more let backfill look past wide ones
-                limit = min(self.settings.scheduler_batch, free + 64)
-                pending = await self.jobs.pending(limit=limit, after=after)
-                if not pending:
-                    break
-                result.considered += len(pending)
-                p = plan([Request(job_id=j.id, attempt=j.attempt, cpus=j.cpus,
-                                  memory_mb=j.memory_mb, waited_s=j.waited_s) for j in pending],
-                         nodes, reserve_after_s=self.settings.reserve_after_s)
-                reasons.update(p.blocked)
-                if p.placements:
-                    done = await self.lifecycle.place(
-                        [(x.job_id, x.attempt, x.worker_id) for x in p.placements])
-                    placed, back = len(done.placed), done.rolled_back
-                    PLACED.inc(placed)
-                    ROLLED_BACK.inc(back)
-                    result.placed += placed
-                    result.rolled_back += back
-                    # a rollback means our snapshot was stale: read it again; otherwise
-                    # account for what was just placed without another round trip
-                    nodes = await self.nodes() if back else _after(nodes, p.placements)
-                if len(pending) < limit:
-                    break
-                after = (pending[-1].priority, pending[-1].id)
-            await self.lifecycle.set_reasons(reasons)
+            nodes, labels = await self.nodes()
+            if not sum(max(n.cpus_free, 0) for n in nodes):
+                return result  # every CPU is taken: nothing can be placed, reasons stand
+            groups = await self.queue.groups()
+            if not groups:
+                return result
+            queue = _Queue(partitions=await self.partition_store.all(), labels=labels,
+                           factors=await self.fair_share(), weights=self.weights,
+                           budgets={u: max(most - held, 0) for u, (most, held)
+                                    in (await self.limit_store.cpu_limits()).items()})
+            await self._place(queue, nodes, groups, result)
         return result
+
+    async def _place(self, queue: _Queue, nodes: list[Node], groups: list[tuple[str, str]],
+                     result: PassResult) -> None:
+        """Read the groups' heads page by page, best score first, and place what fits."""
+        reasons: dict[int, str] = {}
+        cursors = {g: (MAX_PRIORITY + 1, 0) for g in groups}
+        for _ in range(MAX_PAGES):
+            free = sum(max(n.cpus_free, 0) for n in nodes)
+            if free == 0 or not cursors:
+                break
+            # at most `free` jobs can start; a few more let backfill look past wide ones
+            limit = min(self.settings.scheduler_batch, free + 64)
+            per_group = min(limit, max(32, -(-limit // len(cursors))))
+            heads = await self.queue.heads(
+                [(u, p, prio, last) for (u, p), (prio, last) in cursors.items()], per_group)
+            if not heads:
+                break
+            result.considered += len(heads)
+            requests = queue.requests(heads, reasons)
+            p = plan(requests, nodes, reserve_after_s=self.settings.reserve_after_s,
+                     budgets=queue.budgets)
+            reasons.update(p.blocked)
+            if p.placements:
+                done = await self.lifecycle.place(
+                    [(x.job_id, x.attempt, x.worker_id) for x in p.placements])
+                placed, back = len(done.placed), done.rolled_back
+                PLACED.inc(placed)
+                ROLLED_BACK.inc(back)
+                result.placed += placed
+                result.rolled_back += back
+                queue.spend(heads, {a.job_id for a in done.placed})
+                # a rollback means our snapshot was stale: read it again; otherwise
+                # account for what was just placed without another round trip
+                nodes = (await self.nodes())[0] if back else _after(nodes, p.placements)
+            cursors = queue.next_cursors(heads, per_group)
+        await self.lifecycle.set_reasons(reasons)
 
     # --- the loop ------------------------------------------------------------------------
     async def on_event(self, event: Event, delivery: Delivery) -> None:

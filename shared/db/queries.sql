@@ -13,12 +13,15 @@
 -- With an idempotency key ($14, with the request's digest $15) a second insert of the same key
 -- by the same user inserts nothing and returns no row; get_job_by_key then finds the first.
 -- A job that may start only later ($16) waits with reason BeginTime; $22 is the schedule that
--- made it, if one did.
+-- made it, if one did. A job that names no partition ($9 NULL: a schedule's job made before
+-- partitions existed) goes to the default one.
 INSERT INTO jobs (name, user_name, script, cpus, memory_mb, time_limit_s, env, submit_dir,
                   partition, requeue, priority, dependency, state, reason, idempotency_key,
                   request_digest, begin_at, retries, retry_delay_s, workdir, stdout_path,
                   stderr_path, schedule_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'PENDING',
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+           coalesce($9::text, (SELECT name FROM partitions WHERE is_default), 'default'),
+           $10, $11, $12, 'PENDING',
         CASE WHEN $13 = 'Priority' AND $16::timestamptz > now() THEN 'BeginTime' ELSE $13 END,
         $14, $15, $16, $17, $18, $19, $20, $21, $22)
 ON CONFLICT (user_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -47,7 +50,9 @@ WITH arr AS (
                       idempotency_key, request_digest, begin_at, retries, retry_delay_s,
                       workdir, stdout_path, stderr_path, array_job_id, array_task_id,
                       schedule_id)
-    SELECT arr.id, $1, $2, NULL, $4, $5, $6, '{}'::jsonb, $8, $9, $10, $11, $12, 'PENDING',
+    SELECT arr.id, $1, $2, NULL, $4, $5, $6, '{}'::jsonb, $8,
+           coalesce($9::text, (SELECT name FROM partitions WHERE is_default), 'default'),
+           $10, $11, $12, 'PENDING',
            CASE WHEN $13 <> 'Priority' THEN $13
                 WHEN $16::timestamptz > now() THEN 'BeginTime'
                 ELSE 'Priority' END,
@@ -58,7 +63,9 @@ WITH arr AS (
                       submit_dir, partition, requeue, priority, dependency, state, reason,
                       begin_at, retries, retry_delay_s, workdir, stdout_path, stderr_path,
                       array_job_id, array_task_id, schedule_id)
-    SELECT $1, $2, NULL, $4, $5, $6, '{}'::jsonb, $8, $9, $10, $11, $12, 'PENDING',
+    SELECT $1, $2, NULL, $4, $5, $6, '{}'::jsonb, $8,
+           coalesce($9::text, (SELECT name FROM partitions WHERE is_default), 'default'),
+           $10, $11, $12, 'PENDING',
            CASE WHEN $13 <> 'Priority' THEN $13
                 WHEN $24::int IS NOT NULL AND t.ord >= $24 THEN 'JobArrayTaskLimit'
                 WHEN $16::timestamptz > now() THEN 'BeginTime'
@@ -914,3 +921,162 @@ WHERE state IN ('PENDING', 'ALLOCATED', 'RUNNING')
 GROUP BY 2, 3
 UNION ALL
 SELECT 'worker', state, id, 1, cpus FROM workers;
+
+-- ============================ partitions, user limits, fair share =============================
+
+-- name: partition_list
+SELECT * FROM partitions ORDER BY tier DESC, name;
+
+-- name: partition_get
+SELECT * FROM partitions WHERE name = $1;
+
+-- name: partition_insert
+-- $8: make it the default (the previous default stops being one, in the same statement's
+-- transaction: see partition_set_default)
+INSERT INTO partitions (name, selector, default_time_limit, max_time_limit, max_cpus_per_job,
+                        tier, allowed_users, is_default)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (name) DO NOTHING
+RETURNING *;
+
+-- name: partition_update
+-- Every field is written (the caller merged the change into the current row).
+UPDATE partitions SET selector = $2, default_time_limit = $3, max_time_limit = $4,
+                      max_cpus_per_job = $5, tier = $6, allowed_users = $7, is_default = $8,
+                      updated_at = now()
+WHERE name = $1
+RETURNING *;
+
+-- name: partition_clear_default
+UPDATE partitions SET is_default = false, updated_at = now()
+WHERE is_default AND name <> $1;
+
+-- name: partition_delete
+DELETE FROM partitions WHERE name = $1 RETURNING name;
+
+-- name: partition_jobs
+-- Live jobs that name the partition (alone or in a list).
+SELECT count(*) FROM jobs
+WHERE state IN ('PENDING', 'ALLOCATED', 'RUNNING') AND $1 = ANY(string_to_array(partition, ','));
+
+-- name: limits_get
+SELECT l.user_name, l.max_running_cpus, l.max_pending_jobs, coalesce(l.shares, 1) AS shares,
+       (SELECT count(*) FROM jobs WHERE state = 'PENDING' AND user_name = $1) AS pending_jobs,
+       (SELECT coalesce(sum(cpus), 0) FROM jobs
+        WHERE state IN ('ALLOCATED', 'RUNNING') AND user_name = $1) AS running_cpus
+FROM (SELECT $1::text AS name) u LEFT JOIN user_limits l ON l.user_name = u.name;
+
+-- name: limits_put
+INSERT INTO user_limits (user_name, max_running_cpus, max_pending_jobs, shares)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (user_name) DO UPDATE SET max_running_cpus = EXCLUDED.max_running_cpus,
+    max_pending_jobs = EXCLUDED.max_pending_jobs, shares = EXCLUDED.shares, updated_at = now();
+
+-- name: limits_pending_room
+-- How many more jobs the user may have pending (NULL: no limit).
+SELECT l.max_pending_jobs - (SELECT count(*) FROM jobs WHERE state = 'PENDING'
+                                                        AND user_name = $1)
+FROM user_limits l WHERE l.user_name = $1 AND l.max_pending_jobs IS NOT NULL;
+
+-- name: limits_cpu
+-- The users with a running-CPU limit, and the CPUs they hold now.
+SELECT l.user_name, l.max_running_cpus,
+       (SELECT coalesce(sum(cpus), 0) FROM jobs
+        WHERE state IN ('ALLOCATED', 'RUNNING') AND user_name = l.user_name) AS running_cpus
+FROM user_limits l WHERE l.max_running_cpus IS NOT NULL;
+
+-- name: queue_groups
+-- The (user, partition list) groups of the scheduler's queue: a skip scan of jobs_queue, one
+-- index probe per group, however many jobs each holds.
+WITH RECURSIVE g AS (
+    (SELECT user_name, partition FROM jobs
+     WHERE state = 'PENDING' AND reason NOT IN {sticky}
+     ORDER BY user_name, partition LIMIT 1)
+    UNION ALL
+    SELECT n.user_name, n.partition FROM g CROSS JOIN LATERAL (
+        SELECT user_name, partition FROM jobs
+        WHERE state = 'PENDING' AND reason NOT IN {sticky}
+          AND (user_name, partition) > (g.user_name, g.partition)
+        ORDER BY user_name, partition LIMIT 1) n
+)
+SELECT user_name, partition FROM g;
+
+-- name: queue_heads
+-- The next $5 jobs of each group, after its cursor ($3 priority, $4 id; a group's order is its
+-- jobs' own priority, then submission).
+SELECT j.id, j.attempt, j.cpus, coalesce(j.memory_mb, 0) AS memory_mb, j.priority, j.reason,
+       j.user_name, j.partition, j.time_limit_s,
+       extract(epoch FROM now() - j.submitted_at)::float8 AS waited_s
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS g(u, p, prio, last)
+CROSS JOIN LATERAL (
+    SELECT * FROM jobs
+    WHERE state = 'PENDING' AND reason NOT IN {sticky} AND user_name = g.u AND partition = g.p
+      AND (priority < g.prio OR (priority = g.prio AND id > g.last))
+    ORDER BY priority DESC, id
+    LIMIT $5) j;
+
+-- name: fairshare_rollup
+-- Finished attempts become usage once: CPUs x run time, decayed from their end to now with the
+-- half-life $1 (s), added to the user's decayed total. Idempotent: an attempt is marked as it is
+-- counted, in the same statement.
+WITH done AS (
+    UPDATE attempts a SET accounted = true
+    FROM jobs j
+    WHERE a.job_id = j.id AND NOT a.accounted AND a.finished_at IS NOT NULL
+    RETURNING j.user_name,
+              a.cpus * greatest(extract(epoch FROM a.finished_at
+                                               - coalesce(a.started_at, a.finished_at)), 0)
+              * power(0.5, greatest(extract(epoch FROM now() - a.finished_at), 0) / $1)
+                  AS cpu_s
+), per_user AS (
+    SELECT user_name, sum(cpu_s) AS cpu_s FROM done GROUP BY user_name
+)
+INSERT INTO user_usage AS u (user_name, usage_cpu_s, updated_at)
+SELECT user_name, cpu_s, now() FROM per_user
+ON CONFLICT (user_name) DO UPDATE SET
+    usage_cpu_s = u.usage_cpu_s
+                  * power(0.5, greatest(extract(epoch FROM now() - u.updated_at), 0) / $1)
+                  + EXCLUDED.usage_cpu_s,
+    updated_at = now();
+
+-- name: fairshare_usage
+-- Every user with usage, running jobs or pending jobs: decayed usage as of now (half-life $1),
+-- plus what their running jobs have used so far, their CPUs held and their shares.
+WITH RECURSIVE pending_users AS (
+    (SELECT user_name FROM jobs WHERE state = 'PENDING' ORDER BY user_name LIMIT 1)
+    UNION ALL
+    SELECT n.user_name FROM pending_users p CROSS JOIN LATERAL (
+        SELECT user_name FROM jobs WHERE state = 'PENDING' AND user_name > p.user_name
+        ORDER BY user_name LIMIT 1) n
+), running AS (
+    SELECT user_name, sum(cpus) AS cpus,
+           sum(cpus * greatest(extract(epoch FROM now() - coalesce(started_at, now())), 0))
+               AS cpu_s
+    FROM jobs WHERE state IN ('ALLOCATED', 'RUNNING') GROUP BY user_name
+), usage AS (
+    SELECT user_name,
+           usage_cpu_s * power(0.5, greatest(extract(epoch FROM now() - updated_at), 0) / $1)
+               AS cpu_s, updated_at
+    FROM user_usage
+), users AS (
+    SELECT user_name FROM usage WHERE cpu_s >= 0.001
+    UNION SELECT user_name FROM running
+    UNION SELECT user_name FROM pending_users
+)
+SELECT users.user_name, coalesce(usage.cpu_s, 0) AS past_cpu_s,
+       coalesce(running.cpu_s, 0)::float8 AS running_cpu_s,
+       coalesce(running.cpus, 0)::bigint AS running_cpus, coalesce(l.shares, 1) AS shares,
+       usage.updated_at
+FROM users LEFT JOIN usage USING (user_name) LEFT JOIN running USING (user_name)
+           LEFT JOIN user_limits l USING (user_name)
+ORDER BY users.user_name;
+
+-- name: active_on_workers
+-- What occupies these workers, and for how long it may still (its time limit less its run so
+-- far; NULL without a time limit): the explainer's start-time estimate.
+SELECT worker_id, cpus, coalesce(memory_mb, 0) AS memory_mb,
+       CASE WHEN time_limit_s IS NOT NULL THEN
+           greatest(time_limit_s - extract(epoch FROM now() - coalesce(started_at, now())), 0)
+       END::float8 AS ends_in_s
+FROM jobs
+WHERE state IN ('ALLOCATED', 'RUNNING') AND worker_id = ANY($1::text[]);

@@ -97,7 +97,7 @@ class Run:
 # --- the job a schedule makes ------------------------------------------------------------------
 _JOB_FIELDS = ("script", "cpus", "name", "memory_mb", "time_limit_s", "submit_dir", "requeue",
                "priority", "hold", "retries", "retry_delay_s", "workdir", "stdout_path",
-               "stderr_path", "nice")
+               "stderr_path", "nice", "partition")
 
 
 def job_to_json(spec: JobSpec) -> dict[str, Any]:

@@ -68,7 +68,7 @@ BAD_SUBMISSIONS: list[tuple[str, Any, int, str]] = [
     ("bad dependency", {**OK, "dependency": "afterwards:1"}, 400, "unknown dependency type"),
     ("unknown dependency", {**OK, "dependency": "afterok:999999"}, 400, "unknown job"),
     ("relative workdir", {**OK, "workdir": "tmp"}, 400, "absolute path"),
-    ("unknown partition", {**OK, "partition": "gpu"}, 422, "does not exist"),
+    ("unknown partition", {**OK, "partition": "gpu"}, 422, "no such partition"),
 ]
 
 

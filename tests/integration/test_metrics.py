@@ -127,10 +127,12 @@ async def test_gauges_count_the_queue_the_workers_and_a_groups_lag(
     m = await scrape(http)
     assert by(m, "scns_jobs_pending", "reason") == {
         "Priority": 3, "Held": 1, "Dependency": 1, "BeginTime": 1, "JobArrayTaskLimit": 2,
-        "Resources": 1}
+        "Resources": 1, "PartitionTimeLimit": 0, "PartitionConfig": 0,
+        "QOSMaxCpuPerUserLimit": 0}
     assert by(m, "scns_jobs_pending_cpus", "reason") == {
         "Priority": 5, "Held": 3, "Dependency": 1, "BeginTime": 4, "JobArrayTaskLimit": 2,
-        "Resources": 6}
+        "Resources": 6, "PartitionTimeLimit": 0, "PartitionConfig": 0,
+        "QOSMaxCpuPerUserLimit": 0}
     assert value(m, "scns_jobs_allocated") == 1
     assert value(m, "scns_jobs_running") == 1
     assert value(m, "scns_running_cpus") == 2

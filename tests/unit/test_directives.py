@@ -12,6 +12,7 @@ from services.cli.directives import (
     DirectiveError,
     parse_directives,
     parse_memory,
+    parse_partitions,
     parse_time,
 )
 
@@ -289,11 +290,34 @@ def test_gres_none_is_no_request() -> None:
     assert parse_directives("#SBATCH --gres=none\n").warnings == []
 
 
-def test_unknown_partition() -> None:
+@pytest.mark.parametrize(("line", "partition"), [
+    ("#SBATCH -p gpu", "gpu"),  # whether it exists is the gateway's to say
+    ("#SBATCH --partition=big,small", "big,small"),
+    ("#SBATCH -p big,small,big", "big,small"),
+    ("#SBATCH --partition=arm.v8_a-1", "arm.v8_a-1"),
+    ("#SBATCH -p " + "p" * 64, "p" * 64),
+])
+def test_partitions_pass_through(line: str, partition: str) -> None:
+    assert parse_directives(line + "\n").partition == partition
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("#SBATCH -p big,,small", "-p big,,small: an empty partition name"),
+    ("#SBATCH --partition=big,", "--partition=big,: an empty partition name"),
+    ("#SBATCH -p 'big/x'", "-p big/x: 'big/x' is not a partition name"),
+    ("#SBATCH -p " + "p" * 65, "is not a partition name"),
+])
+def test_a_malformed_partition_list_is_refused(line: str, words: str) -> None:
     with pytest.raises(DirectiveError) as e:
-        parse_directives("#SBATCH -p gpu\n")
-    assert str(e.value) == ("line 1: -p gpu: unknown partition 'gpu'; this cluster has only "
-                            "'default'")
+        parse_directives(line + "\n")
+    assert str(e.value).startswith("line 1: ") and words in str(e.value)
+    assert "comma-separated" in str(e.value)
+
+
+def test_parse_partitions_names_the_option() -> None:
+    assert parse_partitions(" big , small ") == "big,small"
+    with pytest.raises(DirectiveError, match=r"^--partition=a b: 'a b' is not a partition"):
+        parse_partitions("a b")
 
 
 def test_admin_options_warn_once_each() -> None:
