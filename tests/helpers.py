@@ -25,15 +25,16 @@ from shared.wiring import Wiring
 
 async def add_worker(
     membership: Membership, worker_id: str, *, cpus: int, memory_mb: int,
-    ttl_ms: int = 60_000, hostname: str = "test-host",
+    ttl_ms: int = 60_000, hostname: str = "test-host", labels: dict[str, str] | None = None,
 ) -> Lease:
     """Register and announce a worker through the real scripts (heartbeat, then join)."""
     incarnation = f"inc-{worker_id}"
     await membership.heartbeat(worker_id=worker_id, incarnation=incarnation, hostname=hostname,
-                               cpus=cpus, memory_mb=memory_mb, labels={}, ttl_ms=ttl_ms,
+                               cpus=cpus, memory_mb=memory_mb, labels=labels or {},
+                               ttl_ms=ttl_ms,
                                now_ms=int(time.time() * 1000))
     lease = Lease(worker_id=worker_id, incarnation=incarnation, hostname=hostname, cpus=cpus,
-                  memory_mb=memory_mb)
+                  memory_mb=memory_mb, labels=labels or {})
     status, _ = await membership.join(lease, now_ms=int(time.time() * 1000))
     if status != 1:
         raise RuntimeError(f"could not announce {worker_id}: {status}")

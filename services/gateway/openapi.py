@@ -9,6 +9,7 @@ tests/integration/test_api_fuzz.py fuzzes a live gateway with this document.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from importlib import metadata
@@ -20,9 +21,13 @@ from aiohttp import web
 from services.gateway import validation as v
 from services.gateway.common import MAX_BODY
 from services.gateway.jobs import MAX_KEY, MAX_PAGE
+from services.gateway.partitions import LIMIT_FIELDS
 from shared.db.schedules import CATCH_UP, CONCURRENCY
 from shared.db.tokens import MAX_LIFETIME_S, ROLES, USER_NAME
 from shared.lifecycle.policy import MAX_RETRIES, USER_PRIORITY
+from shared.partitions import MAX_NAMES
+from shared.partitions import NAME as PARTITION_NAME
+from shared.priority import Factors, Weights
 from shared.states import JobState, PendingReason, WorkerState
 from shared.tail import TYPES
 
@@ -36,6 +41,11 @@ MAX_SPEC = 10_000  # `array` and `dependency` strings
 MAX_ATTEMPT = 1_000_000  # GET /jobs/{id}/log ?attempt=
 MAX_TOKEN_PAGE = 1000  # GET /tokens ?limit=
 TIME_LENGTH = (10, 40)  # validation.parse_time
+LABEL_LEN = 63  # validation._selector: a selector's keys (1 to) and values (0 to) this long
+TIER_RANGE = (-1000, 1000)  # validation._partition_limits
+MAX_ALLOWED_USERS = 10_000  # validation._partition_access: names, each 1 to MAX_USER_LEN long
+MAX_USER_LEN = 200  # also gateway.partitions._user: /users/{name}/limits
+MAX_LIMIT = 10**9  # gateway.partitions.put_limits: each limit
 MAX_QUERY_TEXT: int = inspect.signature(v.query_text).parameters["max_len"].default
 
 NO_CONTROL = "^[^\\u0000-\\u001f]*$"  # validation._text: no character below U+0020
@@ -47,6 +57,11 @@ JOB_REF = "^[1-9][0-9]{0,17}(_[0-9]{1,9})?$"  # shared.arrays.parse_ref: 12, or 
 SCHEDULE_REF = f"^{v.SCHEDULE_ID.pattern}$"
 SCHEDULE_NAME = f"^{v.SCHEDULE_NAME.pattern}$"
 ZONE_NAME = "^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"  # shared.cron.zone's syntax check
+NO_NUL = "^[^\\u0000]*$"  # what PostgreSQL cannot store (a 400 from it)
+# shared.partitions.parse_names: up to MAX_NAMES names, commas between, spaces around each
+# stripped; blank is the default partition
+_PART = PARTITION_NAME.pattern.removeprefix("^").removesuffix("$")
+PARTITION_LIST = f"^(\\s*|\\s*{_PART}\\s*(,\\s*{_PART}\\s*){{0,{MAX_NAMES - 1}}})$"
 PUBLIC = ("/healthz", "/readyz", "/api/v1/openapi.json", "/", "/ui/{name}")
 ERRORS = {
     400: "The request is not valid: the message says which field and why.",
@@ -128,8 +143,16 @@ def submission_properties() -> dict[str, Schema]:
                                                "are a 400."}),
         "hold": {"type": "boolean", "default": False},
         "requeue": {"type": "boolean", "default": False},
-        "partition": {"type": ["string", "null"], "enum": ["", "default", None],
-                      "description": "Only the default partition exists (others: 422)."},
+        # the length sits in allOf: test_openapi's length check fills a field with "/x...",
+        # which is no partition name
+        "partition": {"type": ["string", "null"],
+                      "allOf": [{"maxLength": v.MAX_PARTITION_LIST}, {"pattern": NO_CONTROL},
+                                {"pattern": PARTITION_LIST}],
+                      "examples": ["big", "big,small"],
+                      "description": f"Partition names, comma-separated (any of them; at most "
+                                     f"{MAX_NAMES}); empty or null: the default partition. "
+                                     "422 `partition` when none of them exists and admits "
+                                     "its user, CPUs and time limit."},
         "submit_dir": nullable(text(v.MAX_PATH)),
         "priority": nullable(integer(low_p, high_p, description=(
             f"Higher runs first; users {USER_PRIORITY[0]}-{USER_PRIORITY[1]} (403 outside), "
@@ -275,6 +298,103 @@ def run_schema() -> Schema:
         "created_at": {"type": "string", "format": "date-time"}})
 
 
+def partition_properties() -> dict[str, Schema]:
+    """POST /partitions: validation.parse_partition, field by field (validation.PARTITION_FIELDS;
+    a PATCH takes them all but `name`)."""
+    props: dict[str, Schema] = {
+        "name": {"type": "string", "pattern": PARTITION_NAME.pattern,
+                 "description": "Unique (409 `exists` when taken); what jobs name with "
+                                "`partition`."},
+        "selector": {"type": ["object", "null"], "maxProperties": v.MAX_SELECTOR,
+                     "propertyNames": {"minLength": 1, "maxLength": LABEL_LEN,
+                                       "pattern": NO_NUL},
+                     "additionalProperties": {"type": "string", "maxLength": LABEL_LEN,
+                                              "pattern": NO_NUL},
+                     "examples": [{"pool": "big"}],
+                     "description": "Worker labels, all of which a worker must have to belong; "
+                                    "{} or null: every worker."},
+        "default_time_limit": nullable(integer(1, v.MAX_TIME_LIMIT_S, description=(
+            "Seconds, for its jobs that give none (not above max_time_limit: 400)."))),
+        "max_time_limit": nullable(integer(1, v.MAX_TIME_LIMIT_S, description=(
+            "Seconds; null: no maximum."))),
+        "max_cpus_per_job": nullable(integer(1, MAX_CPUS)),
+        "tier": integer(*TIER_RANGE, default=0, description="Higher is scheduled first."),
+        "allowed_users": {"type": ["array", "null"], "maxItems": MAX_ALLOWED_USERS,
+                          "items": {"type": "string", "minLength": 1,
+                                    "maxLength": MAX_USER_LEN, "pattern": NO_NUL},
+                          "description": "Who may submit to it; null: everyone."},
+        "default": {"type": "boolean", "default": False,
+                    "description": "Where jobs naming no partition go (becoming it takes it "
+                                   "from the previous one; the default cannot be unset: 409)."},
+    }
+    return {k: props[k] for k in v.PARTITION_FIELDS}
+
+
+def partition_schema() -> Schema:
+    """services.gateway.partitions.partition_json."""
+    when = {"type": ["string", "null"], "format": "date-time"}
+    maybe_int = {"type": ["integer", "null"]}
+    count = integer(0)
+    return obj({
+        "name": {"type": "string"},
+        "selector": {"type": "object", "additionalProperties": {"type": "string"}},
+        "default_time_limit": maybe_int, "max_time_limit": maybe_int,
+        "max_cpus_per_job": maybe_int, "tier": {"type": "integer"},
+        "allowed_users": {"type": ["array", "null"], "items": {"type": "string"}},
+        "default": {"type": "boolean"},
+        "workers": {"type": "array", "items": {"type": "string"},
+                    "description": "Live workers whose labels match (any state)."},
+        "nodes": obj({"ready": count, "draining": count, "down": count}),
+        "total_cpus": {**count, "description": "Over its ready workers, as the next two."},
+        "allocated_cpus": count, "free_cpus": count,
+        "created_at": when, "updated_at": when})
+
+
+def limit_properties() -> dict[str, Schema]:
+    """PUT /users/{name}/limits: services.gateway.partitions.put_limits (LIMIT_FIELDS)."""
+    props: dict[str, Schema] = {
+        "max_running_cpus": nullable(integer(1, MAX_LIMIT, description=(
+            "CPUs their running jobs may hold at once (beyond: PENDING, "
+            "QOSMaxCpuPerUserLimit); null: no limit."))),
+        "max_pending_jobs": nullable(integer(1, MAX_LIMIT, description=(
+            "Jobs they may have PENDING (a submission past it: 409 `max_pending_jobs`); "
+            "null: no limit."))),
+        "shares": integer(1, MAX_LIMIT, description="Their weight in fair share."),
+    }
+    return {k: props[k] for k in LIMIT_FIELDS}
+
+
+def weights_schema() -> Schema:
+    """shared.priority.Weights.as_json: the multifactor priority's weights."""
+    return obj({f.name: {"type": "number"} for f in dataclasses.fields(Weights)})
+
+
+def explanation_schema() -> Schema:
+    """services.gateway.explain.explain."""
+    reason = {"type": "string", "enum": [str(r) for r in PendingReason]}
+    return obj({
+        "job_id": {"type": "integer"},
+        "state": {"type": "string", "enum": [str(s) for s in JobState]},
+        "reasons": {"type": "array", "items": obj({"reason": reason,
+                                                   "message": {"type": "string"}}),
+                    "description": "Every reason it is not running now (empty: not PENDING)."},
+        "priority": {"anyOf": [obj({
+            "score": {"type": "number"},
+            "factors": obj({f.name: {"type": "number"} for f in dataclasses.fields(Factors)}),
+            "weights": ref("Weights")}), {"type": "null"}],
+            "description": "Its score, as the scheduler orders pending jobs (null: not "
+                           "PENDING)."},
+        "partitions": {"type": "array", "items": obj({
+            "name": {"type": "string"}, "eligible": {"type": "boolean"},
+            "why": {"type": ["string", "null"]}}),
+            "description": "Each partition it names; why one cannot run it."},
+        "ahead": {**nullable(integer(0)), "description": "Pending jobs that go first on its "
+                                                         "workers."},
+        "estimated_start_at": {"type": ["string", "null"], "format": "date-time"},
+        "estimate": {"type": "string", "description": "How the estimate was made, or why "
+                                                      "there is none."}})
+
+
 def components() -> Schema:
     count_map = {"type": "object", "additionalProperties": {"type": "integer"}}
     when = {"type": ["string", "null"], "format": "date-time"}
@@ -346,6 +466,27 @@ def components() -> Schema:
         "RunList": obj({"items": {"type": "array", "items": ref("Run")}, **listing}),
         "Triggered": obj({"run": ref("Run"),
                           "job": {"anyOf": [ref("Job"), {"type": "null"}]}}),
+        "PartitionRequest": obj(partition_properties(), required=("name",), closed=True),
+        "PartitionChanges": obj({k: p for k, p in partition_properties().items()
+                                 if k != "name"}, required=(), closed=True, minProperties=1),
+        "Partition": partition_schema(),
+        "PartitionList": obj({"items": {"type": "array", "items": ref("Partition")}}),
+        "LimitsRequest": obj(limit_properties(), required=(), closed=True,
+                             description="Fields left out keep their value."),
+        "Limits": obj({"user": {"type": "string"}, "max_running_cpus": maybe_int,
+                       "max_pending_jobs": maybe_int, "shares": {"type": "integer"},
+                       "running_cpus": {"type": "integer"},
+                       "pending_jobs": {"type": "integer"}}),
+        "Weights": weights_schema(),
+        "FairShare": obj({
+            "items": {"type": "array", "items": obj({
+                "user": {"type": "string"}, "usage_cpu_s": {"type": "number"},
+                "running_cpus": {"type": "integer"}, "shares": {"type": "integer"},
+                "share": {"type": "number"}, "usage_share": {"type": "number"},
+                "factor": {"type": "number"}})},
+            "half_life_s": {"type": "number"}, "updated_at": when,
+            "weights": ref("Weights")}),
+        "Explanation": explanation_schema(),
         "Readiness": obj({"ready": {"type": "boolean"}, "checks": obj({
             "redis": {"type": "boolean"}, "postgresql": {"type": "boolean"}})}),
     }
@@ -413,7 +554,9 @@ def job_paths() -> dict[str, Schema]:
     }
     paths: dict[str, Schema] = {
         "/api/v1/jobs": {
-            "post": op("submitJob", "jobs", "Submit a job (or an array of jobs).", {
+            "post": op("submitJob", "jobs", "Submit a job (or an array of jobs); 409 "
+                       "`max_pending_jobs` past its user's limit (an array counts each element), "
+                       "422 `partition` when none of its partitions can run it.", {
                 201: answer("Created.", ref("Job")),
                 200: answer("Replayed by Idempotency-Key, or ?test_only=1's preview.",
                             {"anyOf": [ref("Job"), ref("TestOnly")]},
@@ -437,6 +580,12 @@ def job_paths() -> dict[str, Schema]:
                         {200: job}, (400, 404, 409, 413, 415, 422),
                         requestBody=body(ref("JobChanges"))),
             "delete": op("cancelJob", "jobs", control["cancel"][0], changed, control["cancel"][1]),
+        },
+        "/api/v1/jobs/{job_id}/explain": {
+            "parameters": [JOB_ID],
+            "get": op("explainJob", "jobs", "Why a job is PENDING: every reason, its priority "
+                      "factors, and when it is expected to start.",
+                      {200: answer("The explanation.", ref("Explanation"))}, (400, 404)),
         },
         "/api/v1/jobs/{job_id}/attempts": {
             "parameters": [JOB_ID],
@@ -493,6 +642,47 @@ def cluster_paths() -> dict[str, Schema]:
         "/api/v1/tokens/{token_id}": {"parameters": [token_id], "delete": op(
             "revokeToken", "tokens", "Revoke a token (admin; again: the same answer).",
             {200: answer("Revoked.", ref("TokenRevoked"))}, (404, 415))},
+    }
+
+
+def partition_paths() -> dict[str, Schema]:
+    """services/gateway/partitions.py: partitions (admins write), limits and fair share."""
+    one = {200: answer("The partition.", ref("Partition"))}
+    name = param("name", "path", {"type": "string", "pattern": PARTITION_NAME.pattern},
+                 "A partition's name (any other: not found).")
+    user = param("name", "path", {"type": "string", "minLength": 1, "maxLength": MAX_USER_LEN,
+                                  "pattern": NO_NUL},
+                 "A user name (a user: their own; another's is not found).")
+    limits = {200: answer("Their limits and what they hold now.", ref("Limits"))}
+    return {
+        "/api/v1/partitions": {
+            "get": op("listPartitions", "partitions", "Partitions, by tier (highest first), "
+                      "then name, with their workers and CPUs.",
+                      {200: answer("Partitions.", ref("PartitionList"))}, ()),
+            "post": op("createPartition", "partitions", "Make a partition (admin).",
+                       {201: answer("Created.", ref("Partition"))}, (400, 409, 413, 415),
+                       requestBody=body(ref("PartitionRequest"))),
+        },
+        "/api/v1/partitions/{name}": {
+            "parameters": [name],
+            "get": op("getPartition", "partitions", "One partition.", one, (404,)),
+            "patch": op("updatePartition", "partitions", "Change a partition (admin).", one,
+                        (400, 404, 409, 413, 415), requestBody=body(ref("PartitionChanges"))),
+            "delete": op("deletePartition", "partitions", "Delete a partition (admin); 409 "
+                         "while pending or running jobs name it, or it is the default.",
+                         {204: {"description": "Deleted."}}, (404, 409, 415)),
+        },
+        "/api/v1/users/{name}/limits": {
+            "parameters": [user],
+            "get": op("getUserLimits", "partitions", "A user's limits and shares (with none "
+                      "set: no limits, 1 share).", limits, (400, 404)),
+            "put": op("putUserLimits", "partitions", "Set a user's limits (admin).", limits,
+                      (400, 404, 413, 415), requestBody=body(ref("LimitsRequest"))),
+        },
+        "/api/v1/share": {"get": op(
+            "fairShare", "partitions", "Fair share: each user's decayed usage, share and "
+            "factor, and the priority weights.", {200: answer("The table.", ref("FairShare"))},
+            ())},
     }
 
 
@@ -657,8 +847,8 @@ def spec() -> dict[str, Any]:
                  "description": "Batch jobs on a CPU cluster. Errors are "
                                 "{\"error\": {\"code\", \"message\"}}."},
         "security": [{"bearer": []}],
-        "paths": {**job_paths(), **schedule_paths(), **cluster_paths(), **stream_paths(),
-                  **service_paths(), **dashboard_paths()},
+        "paths": {**job_paths(), **schedule_paths(), **cluster_paths(), **partition_paths(),
+                  **stream_paths(), **service_paths(), **dashboard_paths()},
         "components": components(),
     }
 

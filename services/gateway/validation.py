@@ -265,7 +265,8 @@ def parse_partition(body: Any, *, creating: bool) -> dict[str, Any]:
                                         "or '-'")
         out["name"] = name
     if "selector" in body or creating:
-        out["selector"] = _selector(body.get("selector") or {})
+        sel = body.get("selector")
+        out["selector"] = _selector({} if sel is None else sel)
     out.update(_partition_limits(body))
     out.update(_partition_access(body))
     d, m = out.get("default_time_limit"), out.get("max_time_limit")

@@ -76,6 +76,10 @@ class Head:
     waited_s: float
 
 
+class _Taken(Exception):
+    pass
+
+
 class PartitionStore:
     def __init__(self, db: Executor) -> None:
         self.db = db
@@ -89,17 +93,23 @@ class PartitionStore:
 
     async def create(self, p: Partition, pool: asyncpg.Pool[Any]) -> Partition | None:
         """None if the name is taken. Becoming the default takes it from the previous one."""
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(q("partition_insert"), *_args(p))
-            if row is not None and p.default:
-                await conn.execute(q("partition_clear_default"), p.name)
-        return partition_from_row(row) if row else None
+        async with pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    if p.default:  # first: at most one default at any moment
+                        await conn.execute(q("partition_clear_default"), p.name)
+                    row = await conn.fetchrow(q("partition_insert"), *_args(p))
+                    if row is None:
+                        raise _Taken
+            except _Taken:
+                return None  # the name is taken: nothing changed (rolled back)
+        return partition_from_row(row)
 
     async def update(self, name: str, changes: Mapping[str, Any], pool: asyncpg.Pool[Any]
                      ) -> Partition | None:
         """Merge `changes` (Partition field -> value) into the row, atomically."""
         async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(q("partition_get") + " FOR UPDATE", name)
+            row = await conn.fetchrow(q("partition_lock"), name)
             if row is None:
                 return None
             merged = replace(partition_from_row(row), **changes)

@@ -930,6 +930,9 @@ SELECT * FROM partitions ORDER BY tier DESC, name;
 -- name: partition_get
 SELECT * FROM partitions WHERE name = $1;
 
+-- name: partition_lock
+SELECT * FROM partitions WHERE name = $1 FOR UPDATE;
+
 -- name: partition_insert
 -- $8: make it the default (the previous default stops being one, in the same statement's
 -- transaction: see partition_set_default)

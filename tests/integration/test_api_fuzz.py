@@ -61,12 +61,14 @@ def fuzz_config() -> schemathesis.Config:
             # 400: JSON Schema's integer admits 2.0, which the validators refuse; a dependency
             # must name jobs that exist; an array is requeued or updated one element at a time;
             # query text must be printable (str.isprintable, beyond a regular expression); a
-            # schedule's cron must fire some day and its zone exist
+            # schedule's cron must fire some day and its zone exist; a job's partitions must
+            # exist and admit it (422), a partition's default time limit be within its maximum
             {"include-operation-id": ["submitJob", "updateJob", "createToken", "requeueJob",
                                       "listJobs", "listTokens", "createSchedule",
-                                      "updateSchedule", "events"],
+                                      "updateSchedule", "events", "createPartition",
+                                      "updatePartition", "putUserLimits"],
              "checks": {"positive_data_acceptance": {
-                 "expected-statuses": ["2xx", "400", "401", "403", "404", "409"]}}},
+                 "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "422"]}}},
             # no reconciler runs here: the route's documented "none is running" is a 503
             {"include-path": "/api/v1/admin/reconcile",
              "checks": {"not_a_server_error": {"expected-statuses": ["2xx", "4xx", "503"]}}},
@@ -241,6 +243,19 @@ EDGES: list[tuple[str, str, dict[str, Any]]] = [
 
 @pytest.fixture(scope="module")
 def job(gateway: Target) -> str:
+    # the fuzzer may have left a default partition that refuses jobs, or limits on its user
+    open_to_all = {"selector": {}, "allowed_users": None, "max_time_limit": None,
+                   "max_cpus_per_job": None, "default": True}
+    made = requests.post(f"{gateway.url}/api/v1/partitions", json={"name": "edges",
+                         **open_to_all}, headers=gateway.headers, timeout=10)
+    if made.status_code == 409:
+        made = requests.patch(f"{gateway.url}/api/v1/partitions/edges", json=open_to_all,
+                              headers=gateway.headers, timeout=10)
+    assert made.ok, made.text
+    limits = requests.put(f"{gateway.url}/api/v1/users/fuzz/limits",
+                          json={"max_pending_jobs": None, "max_running_cpus": None},
+                          headers=gateway.headers, timeout=10)
+    assert limits.ok, limits.text
     resp = requests.post(f"{gateway.url}/api/v1/jobs", json={"script": "true", "hold": True},
                          headers=gateway.headers, timeout=10)
     assert resp.status_code == 201, resp.text
