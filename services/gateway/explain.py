@@ -19,7 +19,7 @@ from aiohttp import web
 
 from services.gateway.common import iso, json, state, target
 from services.gateway.partitions import partitions_of
-from shared.db.jobs import Job
+from shared.db.jobs import MAX_PRIORITY, Job
 from shared.db.partitions import Head, LimitStore, QueueStore, ShareStore
 from shared.db.queries import q
 from shared.estimate import MAX_AHEAD, Queued, Running, estimate_start
@@ -172,7 +172,7 @@ async def _estimate(request: web.Request, job: Job, out: dict[str, Any],
     queue = QueueStore(g.pool)
     groups = await queue.groups()
     per_group = max(MAX_AHEAD // max(len(groups), 1), 50)
-    heads = await queue.heads([(u, p, 2**31, 0) for u, p in groups], per_group)
+    heads = await queue.heads([(u, p, MAX_PRIORITY, 0) for u, p in groups], per_group)
     ahead = _ahead(job, mine, score, heads, rank=rank, members=members)
     out["ahead"] = len(ahead)
     if ahead:

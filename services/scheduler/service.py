@@ -239,7 +239,7 @@ class Scheduler:
                      result: PassResult) -> None:
         """Read the groups' heads page by page, best score first, and place what fits."""
         reasons: dict[int, str] = {}
-        cursors = {g: (MAX_PRIORITY + 1, 0) for g in groups}
+        cursors = {g: (MAX_PRIORITY, 0) for g in groups}  # before every job
         for _ in range(MAX_PAGES):
             free = sum(max(n.cpus_free, 0) for n in nodes)
             if free == 0 or not cursors:

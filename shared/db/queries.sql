@@ -1005,17 +1005,17 @@ WITH RECURSIVE g AS (
 SELECT user_name, partition FROM g;
 
 -- name: queue_heads
--- The next $5 jobs of each group, after its cursor ($3 priority, $4 id; a group's order is its
--- jobs' own priority, then submission).
+-- The next $5 jobs of each group after its cursor ($3 priority, $4 id): a group's order is its
+-- jobs' own priority, then submission, i.e. (-priority, id), which jobs_queue holds in order.
 SELECT j.id, j.attempt, j.cpus, coalesce(j.memory_mb, 0) AS memory_mb, j.priority, j.reason,
        j.user_name, j.partition, j.time_limit_s,
        extract(epoch FROM now() - j.submitted_at)::float8 AS waited_s
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS g(u, p, prio, last)
+FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[]) AS g(u, p, prio, last)
 CROSS JOIN LATERAL (
     SELECT * FROM jobs
     WHERE state = 'PENDING' AND reason NOT IN {sticky} AND user_name = g.u AND partition = g.p
-      AND (priority < g.prio OR (priority = g.prio AND id > g.last))
-    ORDER BY priority DESC, id
+      AND (-priority, id) > (-g.prio, g.last)
+    ORDER BY -priority, id
     LIMIT $5) j;
 
 -- name: fairshare_rollup
@@ -1043,13 +1043,15 @@ ON CONFLICT (user_name) DO UPDATE SET
     updated_at = now();
 
 -- name: fairshare_usage
--- Every user with usage, running jobs or pending jobs: decayed usage as of now (half-life $1),
+-- Every user with usage, running jobs or jobs in the queue: decayed usage as of now (half-life $1),
 -- plus what their running jobs have used so far, their CPUs held and their shares.
-WITH RECURSIVE pending_users AS (
-    (SELECT user_name FROM jobs WHERE state = 'PENDING' ORDER BY user_name LIMIT 1)
+WITH RECURSIVE pending_users AS (  -- those with jobs in the queue: a skip scan of jobs_queue
+    (SELECT user_name FROM jobs WHERE state = 'PENDING' AND reason NOT IN {sticky}
+     ORDER BY user_name LIMIT 1)
     UNION ALL
     SELECT n.user_name FROM pending_users p CROSS JOIN LATERAL (
-        SELECT user_name FROM jobs WHERE state = 'PENDING' AND user_name > p.user_name
+        SELECT user_name FROM jobs
+        WHERE state = 'PENDING' AND reason NOT IN {sticky} AND user_name > p.user_name
         ORDER BY user_name LIMIT 1) n
 ), running AS (
     SELECT user_name, sum(cpus) AS cpus,

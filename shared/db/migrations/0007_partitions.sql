@@ -52,10 +52,11 @@ CREATE INDEX attempts_unaccounted ON attempts (job_id)
 -- (a skip scan finds the groups), so its cost grows with the groups and what it places, not
 -- with the number of pending jobs.
 DROP INDEX jobs_placeable;
-CREATE INDEX jobs_queue ON jobs (user_name, partition, priority DESC, id)
+-- (-priority, id) ascending is priority-then-submit order, and one row comparison on it is one
+-- index range scan: the next page of a group after its cursor.
+CREATE INDEX jobs_queue ON jobs (user_name, partition, (-priority), id)
     WHERE state = 'PENDING'
       AND reason NOT IN ('BeginTime', 'Dependency', 'Held', 'JobArrayTaskLimit');
--- limits: a user's pending jobs, and their running CPUs
-CREATE INDEX jobs_pending_user ON jobs (user_name) WHERE state = 'PENDING';
+-- limits: a user's running CPUs (their pending jobs are counted on jobs_active_user_name)
 CREATE INDEX jobs_active_user ON jobs (user_name) INCLUDE (cpus, started_at)
     WHERE state IN ('ALLOCATED', 'RUNNING');
