@@ -140,10 +140,12 @@ def parse_selector(items: Sequence[str]) -> dict[str, str] | Clear:
 def partition_body(*, selector: dict[str, str] | Clear | None = None,
                    default_time: int | Clear | None = None, max_time: int | Clear | None = None,
                    max_cpus: int | Clear | None = None, tier: int | None = None,
-                   users: list[str] | Clear | None = None) -> dict[str, Any]:
+                   users: list[str] | Clear | None = None, default: bool = False
+                   ) -> dict[str, Any]:
     """The POST/PATCH body of what the command line said: an option not given is left out (the
     gateway's default, or the value kept); `none` is null (no limit, everyone), and for the
-    selector {} (every worker)."""
+    selector {} (every worker). `--default` is `"default": true` (the gateway takes the mark
+    from the previous default partition); without it `default` is left out, never false."""
     values: dict[str, Any] = {
         "selector": selector, "default_time_limit": default_time, "max_time_limit": max_time,
         "max_cpus_per_job": max_cpus, "tier": tier, "allowed_users": users}
@@ -153,6 +155,8 @@ def partition_body(*, selector: dict[str, str] | Clear | None = None,
             body[key] = {} if key == "selector" else None
         elif value is not None:
             body[key] = value
+    if default:
+        body["default"] = True
     return body
 
 
@@ -270,6 +274,7 @@ _CHANGED: dict[str, tuple[str, Callable[[Any], str]]] = {
     "max_cpus_per_job": ("MaxCPUsPerJob", lambda v: str(v) if v is not None else "UNLIMITED"),
     "tier": ("Tier", lambda v: str(v or 0)),
     "allowed_users": ("AllowUsers", lambda v: ",".join(v) if v is not None else "ALL"),
+    "default": ("Default", lambda v: "YES" if v else "NO"),
 }
 
 
@@ -308,7 +313,8 @@ def created_line(p: Mapping[str, Any]) -> str:
     matches = f"{plural(len(workers), 'worker')} match" + ("es" if len(workers) == 1 else "")
     return (f"Created partition {p['name']}: "
             + (f"selector {sel}, " if sel else "every worker, ")
-            + matches + (f" ({node_list(workers)})" if workers else ""))
+            + matches + (f" ({node_list(workers)})" if workers else "")
+            + ("; the default partition" if p.get("default") else ""))
 
 
 def members(p: Mapping[str, Any], workers: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -431,6 +437,9 @@ def _options(f: Any) -> Any:
         click.option("--users", type=USERS, metavar="USERS|all",
                      help="the only users who may submit to it, comma-separated; all: "
                           "everyone [all]"),
+        click.option("--default", "default", is_flag=True,
+                     help="make it the default partition (jobs that name none go there); the "
+                          "previous default stops being it"),
         click.option("--json", "as_json", is_flag=True, help="print the partition as JSON"),
     ]):
         f = decorator(f)
@@ -444,7 +453,8 @@ def partition() -> None:
 
 
 @partition.command("add", epilog="A job names partitions with -p/--partition (or #SBATCH "
-                   "--partition); without one it goes to the default partition.")
+                   "--partition); without one it goes to the default partition (--default "
+                   "makes this one it).")
 @click.argument("name", callback=_name)
 @_options
 def add(name: str, *, as_json: bool, **options: Any) -> None:
@@ -499,7 +509,8 @@ def update(name: str, *, as_json: bool, **options: Any) -> None:
     body = partition_body(**options)
     if not body:
         raise click.UsageError("nothing to update: give at least one of --selector, "
-                               "--default-time, --max-time, --max-cpus, --tier, --users")
+                               "--default-time, --max-time, --max-cpus, --tier, --users, "
+                               "--default")
     with api_errors():
         p = client().call("PATCH", f"/api/v1/partitions/{name}", body)
     if as_json:

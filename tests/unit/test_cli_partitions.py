@@ -218,6 +218,28 @@ def test_partition_body_leaves_out_what_was_not_said() -> None:
     assert partition_body(selector=CLEAR) == {"selector": {}}
 
 
+def test_partition_body_default_is_true_or_left_out() -> None:
+    assert partition_body(default=True) == {"default": True}
+    assert partition_body(default=False) == {}  # never false: the server moves the mark
+    assert partition_body(tier=1, default=True) == {"tier": 1, "default": True}
+
+
+def test_default_flag_of_add_and_update(fake: FakeClient) -> None:
+    fake.answers[("POST", "/api/v1/partitions")] = {**BIG, "default": True}
+    result = run("partition", "add", "big", "--selector", "pool=big", "--default")
+    assert result.exit_code == 0, result.output
+    assert fake.calls[-1][:3] == ("POST", "/api/v1/partitions", {
+        "name": "big", "selector": {"pool": "big"}, "default": True})
+    assert result.stdout.endswith("; the default partition\n")
+    fake.answers[("PATCH", "/api/v1/partitions/big")] = {**BIG, "default": True}
+    result = run("partition", "update", "big", "--default")  # the flag alone is an update
+    assert result.exit_code == 0, result.output
+    assert fake.calls[-1][:3] == ("PATCH", "/api/v1/partitions/big", {"default": True})
+    assert result.stdout == "Updated partition big: Default=YES\n"
+    run("partition", "update", "big", "--tier", "3")
+    assert "default" not in fake.calls[-1][2]
+
+
 def test_parse_selector() -> None:
     assert parse_selector(["pool=big", "arch = arm64"]) == {"pool": "big", "arch": "arm64"}
     assert parse_selector(["none"]) is CLEAR
