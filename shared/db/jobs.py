@@ -202,17 +202,6 @@ class ArraySummary:
     states: dict[str, int]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PendingJob:
-    id: int
-    attempt: int
-    cpus: int
-    memory_mb: int
-    priority: int
-    reason: str | None
-    waited_s: float
-
-
 MAX_PRIORITY = 2**31 - 1
 
 
@@ -232,7 +221,7 @@ class Page:
 
 
 class JobStore:
-    """Reads of jobs (the gateway, the scheduler's queue, the executor's own jobs)."""
+    """Reads of jobs (the gateway, the executor's own jobs; the scheduler's queue is QueueStore)."""
 
     def __init__(self, db: Executor) -> None:
         self.db = db
@@ -261,15 +250,6 @@ class JobStore:
         """The job an idempotency key made, with the digest of the request that made it."""
         row = await self.db.fetchrow(q("get_job_by_key"), user, key)
         return (Job.from_row(row), row["request_digest"]) if row else None
-
-    async def pending(self, *, limit: int, after: tuple[int, int] | None = None
-                      ) -> list[PendingJob]:
-        """One page of placeable pending jobs, priority first, then oldest first."""
-        prio, last_id = after if after else (MAX_PRIORITY + 1, 0)
-        rows = await self.db.fetch(q("pending_jobs"), limit, prio, last_id)
-        return [PendingJob(id=r["id"], attempt=r["attempt"], cpus=r["cpus"],
-                           memory_mb=r["memory_mb"], priority=r["priority"], reason=r["reason"],
-                           waited_s=r["waited_s"]) for r in rows]
 
     async def on_worker(self, worker_id: str, states: Sequence[JobState]) -> list[Job]:
         rows = await self.db.fetch(q("jobs_on_worker"), worker_id, [str(s) for s in states])

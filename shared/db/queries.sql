@@ -601,18 +601,6 @@ SELECT to_jsonb(a) - 'script' - 'env' AS meta,
               GROUP BY state) s) AS states
 FROM job_arrays a WHERE a.id = $1;
 
--- name: pending_jobs
--- The scheduler's queue, one page at a time (keyset on priority desc, id asc). Held jobs, and
--- jobs waiting on dependencies or a begin time, are not candidates.
-SELECT id, attempt, cpus, coalesce(memory_mb, 0) AS memory_mb, priority, reason,
-       extract(epoch FROM now() - submitted_at)::float8 AS waited_s
-FROM jobs
-WHERE state = 'PENDING'
-  AND reason NOT IN {sticky}
-  AND (priority, -id) < ($2::bigint, -($3::bigint))
-ORDER BY priority DESC, id
-LIMIT $1;
-
 -- name: jobs_on_worker
 SELECT * FROM jobs WHERE worker_id = $1 AND state = ANY($2::text[]) ORDER BY id;
 

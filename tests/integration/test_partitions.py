@@ -216,14 +216,18 @@ async def test_max_pending_jobs_is_checked_at_submit(http: Http, pool: asyncpg.P
     await submit(http)
 
 
-async def test_fair_share_places_the_user_with_less_usage_first(
-        http: Http, wiring: Wiring, pool: asyncpg.Pool[Any], redis: Redis,
-        keys: Keys) -> None:
-    root = await admin(pool)
+@pytest.fixture
+async def small(http: Http, redis: Redis, keys: Keys, pool: asyncpg.Pool[Any]) -> None:
+    """Partition `small`: one 2-CPU worker, s1."""
     await add_worker(Membership(redis, keys), "s1", cpus=2, memory_mb=1024,
                      labels={"pool": "small"})
-    await call(http, "POST", "/partitions", status=201, headers=root,
+    await call(http, "POST", "/partitions", status=201, headers=await admin(pool),
                json={"name": "small", "selector": {"pool": "small"}})
+
+
+@pytest.mark.usefixtures("small")
+async def test_fair_share_places_the_user_with_less_usage_first(
+        http: Http, wiring: Wiring, pool: asyncpg.Pool[Any]) -> None:
     # ann has used the cluster (three finished 2-CPU attempts); bob has not
     for _ in range(3):
         await submit(http, cpus=2)
@@ -289,14 +293,9 @@ async def test_a_pass_reads_what_it_can_place_not_the_queue(
     assert result.considered <= 2 * (8 + 64)  # two groups' heads: free CPUs + backfill room
 
 
+@pytest.mark.usefixtures("small")
 async def test_the_explainer_estimates_a_start_behind_fixed_length_jobs(
-        http: Http, wiring: Wiring, pool: asyncpg.Pool[Any], redis: Redis,
-        keys: Keys) -> None:
-    root = await admin(pool)
-    await add_worker(Membership(redis, keys), "s1", cpus=2, memory_mb=1024,
-                     labels={"pool": "small"})
-    await call(http, "POST", "/partitions", status=201, headers=root,
-               json={"name": "small", "selector": {"pool": "small"}})
+        http: Http, wiring: Wiring, pool: asyncpg.Pool[Any]) -> None:
     # two running jobs of 100 s, then four of 100 s ahead, then ours
     for _ in range(2):
         await submit(http, partition="small", time_limit=100)
