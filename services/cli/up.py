@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +121,10 @@ async def _ensure_database(admin_url: str, name: str) -> str:
 class System:
     def __init__(self, settings: Settings, env: Mapping[str, str], *, workers: int,
                  cpus: int | None, echo: bool = True,
-                 health_ports: Mapping[str, int] | None = None) -> None:
+                 health_ports: Mapping[str, int] | None = None,
+                 labels: Sequence[Mapping[str, str]] | None = None) -> None:
         self.settings = settings
+        self.labels = list(labels or [])  # executor i's labels (else SCNS_WORKER_LABELS)
         # each child's own /healthz and /metrics port: given, or SCNS_HEALTH_PORT, +1, +2, ...
         # in start order (one port cannot serve several processes); none when both are unset
         self.health_ports = dict(health_ports or {})
@@ -177,6 +179,9 @@ class System:
             extra = {"SCNS_WORKER_ID": wid, "SCNS_DATA_DIR": str(data / "workers" / wid)}
             if self.cpus:
                 extra["SCNS_WORKER_CPUS"] = str(self.cpus)
+            if i <= len(self.labels):
+                extra["SCNS_WORKER_LABELS"] = ",".join(
+                    f"{k}={v}" for k, v in sorted(self.labels[i - 1].items()))
             self._spawn(f"executor-{wid}" if self.workers > 1 else "executor",
                         "services.executor", {**base, **extra})
         self._spawn("gateway", "services.gateway", base)

@@ -22,6 +22,7 @@ from services.gateway.common import (
     target,
 )
 from services.gateway.jobs import largest_worker
+from services.gateway.partitions import check_change
 from services.gateway.validation import RequestError, check_fits, parse_changes
 from shared.db.jobs import Job
 from shared.errors import InvalidTransition, NotAllowed, NotFound
@@ -118,6 +119,7 @@ async def update(request: web.Request) -> web.Response:
     cpus, mem = await largest_worker(request)
     check_fits(cpus=changes.cpus, memory_mb=changes.memory_mb, largest_cpus=cpus,
                largest_memory_mb=mem)
+    await check_change(request, t.job, changes)
     try:
         job = await g.lifecycle.update(job_id, changes, role=role_of(request))
     except NotFound as e:

@@ -17,13 +17,14 @@ from services.gateway.validation import (
     check_fits,
     parse_partition,
 )
-from shared.db.jobs import JobSpec
+from shared.db.jobs import Job, JobSpec
 from shared.db.partitions import LimitStore, PartitionStore, ShareStore
 from shared.db.workers import WorkerStore
+from shared.lifecycle import Changes
 from shared.membership import Member
 from shared.partitions import NAME, Partition, PartitionError, check_submission, judge
 from shared.priority import fair_share
-from shared.states import WorkerState
+from shared.states import JobState, WorkerState
 
 routes = web.RouteTableDef()
 
@@ -249,3 +250,17 @@ async def admit(request: web.Request, spec: JobSpec, *, pending_limit: bool = Tr
                                f"user {spec.user} may have {max(room, 0)} more pending job(s) "
                                f"(max_pending_jobs); this submission has {count}")
     return replace(spec, partition=names, time_limit_s=limit)
+
+
+async def check_change(request: web.Request, job: Job, changes: Changes) -> None:
+    """A 422 when `scontrol update` of a pending job's CPUs or time limit would leave none of
+    its partitions able to run it (as at submit)."""
+    if job.state is not JobState.PENDING or not changes.set & {"cpus", "time_limit_s"}:
+        return  # a job past PENDING cannot be updated at all (the lifecycle's 409)
+    cpus = changes.cpus if "cpus" in changes.set and changes.cpus is not None else job.cpus
+    limit = changes.time_limit_s if "time_limit_s" in changes.set else job.time_limit_s
+    v = judge((job.partition or "default").split(","), await partitions_of(request),
+              user=job.user, cpus=cpus, time_limit_s=limit)
+    if not v.eligible:
+        raise RequestError(422, "partition", f"no partition of job {job.id} could run it so: "
+                                             f"{v.message}")

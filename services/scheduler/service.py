@@ -222,6 +222,7 @@ class Scheduler:
                 log.warning("placement paused: allocation records are being rebuilt",
                             extra={"event": "not-ready"})
                 return result
+            fair = await self.fair_share()  # rolled up on its own period, busy or idle
             nodes, labels = await self.nodes()
             if not sum(max(n.cpus_free, 0) for n in nodes):
                 return result  # every CPU is taken: nothing can be placed, reasons stand
@@ -229,7 +230,7 @@ class Scheduler:
             if not groups:
                 return result
             queue = _Queue(partitions=await self.partition_store.all(), labels=labels,
-                           factors=await self.fair_share(), weights=self.weights,
+                           factors=fair, weights=self.weights,
                            budgets={u: max(most - held, 0) for u, (most, held)
                                     in (await self.limit_store.cpu_limits()).items()})
             await self._place(queue, nodes, groups, result)

@@ -78,14 +78,15 @@ def start_system(settings: Settings, tmp_path: Path) -> Iterator[Factory]:
     started: list[System] = []
 
     def start(*, workers: int = 1, cpus: int | None = None,
-              health_ports: dict[str, int] | None = None, **overrides: object) -> Running:
+              health_ports: dict[str, int] | None = None,
+              labels: list[dict[str, str]] | None = None, **overrides: object) -> Running:
         fast: dict[str, object] = {"heartbeat_s": 1.0, "worker_ttl_s": 5.0, "kill_grace_s": 2.0,
                                    "drain_grace_s": 5.0}
         s = dataclasses.replace(settings, gateway_port=free_port(), data_dir=tmp_path / "sys",
                                 **{**fast, **overrides})  # type: ignore[arg-type]
         env = {**os.environ, "SCNS_REDIS_URL": s.redis_url, "SCNS_DATABASE_URL": s.database_url}
         system = System(s, env, workers=workers, cpus=cpus, echo=False,
-                        health_ports=health_ports)
+                        health_ports=health_ports, labels=labels)
         started.append(system)
         url = system.start()
         return Running(system=system, settings=s, url=url,

@@ -71,3 +71,21 @@ def test_partition_limit_and_share_commands(start_system: Factory) -> None:
     workers = scns(r, "workers")
     assert workers.returncode == 0 and "short" in workers.stdout, workers.stdout
     r.client.call("DELETE", f"/api/v1/jobs/{busy['id']}")
+
+
+def test_jobs_run_only_on_their_partitions_workers(start_system: Factory) -> None:
+    """Two executors labelled arm64 and x86_64, a partition over each: every job runs on a
+    worker of a partition it named; `arm,x86` runs on either."""
+    r = start_system(workers=2, cpus=2, labels=[{"arch": "arm64"}, {"arch": "x86_64"}])
+    for name, arch in (("arm", "arm64"), ("x86", "x86_64")):
+        r.client.call("POST", "/api/v1/partitions", {"name": name, "selector": {"arch": arch}})
+    workers = {w["labels"]["arch"]: w["id"] for w in r.client.call("GET", "/api/v1/workers")
+               ["items"]}
+    jobs = {p: [submit(r, "sleep 0.2\n", partition=p)["id"] for _ in range(4)]
+            for p in ("arm", "x86", "arm,x86")}
+    ran = {p: {wait_state(r, j, {"COMPLETED"}, timeout=60)["worker_id"] for j in ids}
+           for p, ids in jobs.items()}
+    assert ran["arm"] == {workers["arm64"]} and ran["x86"] == {workers["x86_64"]}
+    assert ran["arm,x86"] <= {workers["arm64"], workers["x86_64"]}
+    listed = scns(r, "workers")
+    assert "arm" in listed.stdout and "x86" in listed.stdout, listed.stdout

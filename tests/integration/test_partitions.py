@@ -148,6 +148,10 @@ async def test_partition_admin_and_refusals(http: Http, wiring: Wiring,
     # a partition in use cannot be deleted; an unused one can
     job = (await submit(http, partition="x86"))["id"]
     await call(http, "DELETE", "/partitions/x86", status=409, headers=root)
+    # scontrol update is held to the partition's limits too
+    body = await call(http, "PATCH", f"/jobs/{job}", status=422, json={"time_limit": 1200})
+    assert "time limit 1200 s above its maximum of 600 s" in body["error"]["message"]
+    await call(http, "PATCH", f"/jobs/{job}", status=200, json={"time_limit": 500})
     # narrowing a partition after submit: the job waits with the reason, and the
     # explainer says why
     await call(http, "PATCH", "/partitions/x86", status=200, headers=root,
@@ -157,7 +161,7 @@ async def test_partition_admin_and_refusals(http: Http, wiring: Wiring,
     assert (row["state"], row["reason"]) == ("PENDING", "PartitionTimeLimit")
     ex = await call(http, "GET", f"/jobs/{job}/explain", status=200)
     assert ex["partitions"] == [{"name": "x86", "eligible": False,
-                                 "why": "time limit 300 s above its maximum of 100 s"}]
+                                 "why": "time limit 500 s above its maximum of 100 s"}]
     assert [r["reason"] for r in ex["reasons"]] == ["PartitionTimeLimit"]
     await call(http, "DELETE", f"/jobs/{job}", status=200)
     await call(http, "DELETE", "/partitions/x86", status=204, headers=root)
@@ -322,3 +326,38 @@ async def test_the_explainer_estimates_a_start_behind_fixed_length_jobs(
     running = (await jobs_of(pool))[0]["id"]
     ex = await call(http, "GET", f"/jobs/{running}/explain", status=200)
     assert ex["reasons"] == [] and ex["estimate"] == "not pending (RUNNING)"
+
+
+async def test_fair_share_converges_to_the_shares_through_the_real_pass(
+        http: Http, wiring: Wiring, pool: asyncpg.Pool[Any]) -> None:
+    """ann (3 shares) and bob (1 share) both keep the queue full for 48 simulated minutes on
+    the 8 CPUs of "big": every simulated minute the scheduler's real pass places, the jobs it
+    placed run one minute (their recorded run time), and the real roll-up turns them into
+    usage. The CPU-seconds each received converge to their shares."""
+    root = await admin(pool)
+    await call(http, "PUT", "/users/ann/limits", status=200, headers=root, json={"shares": 3})
+    bob = await bearer(pool, "bob")
+    sched = Scheduler(wiring)
+    got = {"ann": 0.0, "bob": 0.0}
+    for _ in range(48):
+        for user, headers in (("ann", None), ("bob", bob)):
+            pending = await pool.fetchval("SELECT count(*) FROM jobs WHERE user_name = $1 "
+                                          "AND state = 'PENDING'", user)
+            for _ in range(10 - pending):  # always more waiting than the cluster holds
+                await submit(http, headers=headers)
+        sched.fair_at = -float("inf")  # a simulated minute: usage is read again
+        result = await sched.run_pass()
+        assert result.placed == 8  # the cluster stays full
+        for user in got:
+            got[user] += 60 * await end_allocated(wiring, pool, user, ran_s=60)
+    total = sum(got.values())
+    print(f"ann {got['ann'] / total:.3f}, bob {got['bob'] / total:.3f} of {total:.0f} CPU-s")
+    assert got["ann"] / total == pytest.approx(0.75, abs=0.075)
+    assert got["bob"] / total == pytest.approx(0.25, abs=0.025)
+    rows = {r["user"]: r for r in (await call(http, "GET", "/share", status=200))["items"]}
+    assert rows["ann"]["share"] == 0.75 and rows["bob"]["share"] == 0.25
+    # what /share shows is the recorded usage: CPUs x recorded run time, all rolled up
+    await ShareStore(pool).rollup(HALF_LIFE)
+    rows = {r["user"]: r for r in (await call(http, "GET", "/share", status=200))["items"]}
+    assert rows["ann"]["usage_cpu_s"] == pytest.approx(got["ann"], rel=0.01)
+    assert rows["bob"]["usage_cpu_s"] == pytest.approx(got["bob"], rel=0.01)
