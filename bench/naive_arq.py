@@ -12,6 +12,14 @@ machine. Not a test.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, bench/ comes first on sys.path, where array.py would stand in for the
+# standard library's `array` (socket imports it): the repo's root takes its place.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import asyncio
 import shutil

@@ -17,7 +17,7 @@ from shared.arrays import SpecError, parse_ref
 from shared.db.jobs import Attempt, Job, JobStore
 from shared.keys import Keys
 from shared.lifecycle import Lifecycle, Role
-from shared.membership import Membership
+from shared.membership import Member, Membership
 from shared.partitions import Partition
 from shared.wiring import Wiring
 
@@ -27,9 +27,13 @@ MAX_BODY = 2 * 1024 * 1024  # a 1 MiB script plus JSON escaping and the other fi
 @dataclass(slots=True)
 class Gateway:
     wiring: Wiring
-    largest: tuple[float, int | None, int | None] = (0.0, None, None)
-    partitions: dict[str, Partition] = field(default_factory=dict)  # cached a second
-    partitions_at: float = 0.0
+    # cached a second (a change made through this gateway clears its own cache at once)
+    members: list[Member] = field(default_factory=list)
+    members_at: float = float("-inf")
+    partitions: dict[str, Partition] = field(default_factory=dict)
+    partitions_at: float = float("-inf")
+    pending_limits: dict[str, int] = field(default_factory=dict)  # user -> max pending jobs
+    pending_limits_at: float = float("-inf")
 
     @property
     def redis(self) -> Redis:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +19,7 @@ from services.gateway.common import (
     target,
     user_of,
 )
-from services.gateway.partitions import admit
+from services.gateway.partitions import admit, live_members
 from services.gateway.validation import (
     RequestError,
     parse_submission,
@@ -39,20 +38,14 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 MAX_PAGE = 1000
-LARGEST_TTL_S = 1.0
 MAX_KEY = 255
 
 
 async def largest_worker(request: web.Request) -> tuple[int | None, int | None]:
-    """The biggest live worker's CPUs and memory (cached for a second)."""
-    g = state(request)
-    at, cpus, mem = g.largest
-    if time.monotonic() - at > LARGEST_TTL_S:
-        members = await g.membership.live_members()
-        cpus = max((m.cpus for m in members), default=None)
-        mem = max((m.memory_mb for m in members), default=None)
-        g.largest = (time.monotonic(), cpus, mem)
-    return cpus, mem
+    """The biggest live worker's CPUs and memory (from the members cached for a second)."""
+    members = await live_members(request)
+    return (max((m.cpus for m in members), default=None),
+            max((m.memory_mb for m in members), default=None))
 
 
 @routes.post("/api/v1/jobs")

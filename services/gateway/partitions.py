@@ -91,7 +91,7 @@ async def create_partition(request: web.Request) -> web.Response:
     if made is None:
         raise RequestError(409, "exists", f"partition {p.name} already exists "
                                           f"(PATCH /partitions/{p.name} changes it)")
-    state(request).partitions_at = 0.0
+    state(request).partitions_at = float("-inf")
     return json((await _shown(request, [made]))[0], status=201)
 
 
@@ -117,7 +117,7 @@ async def update_partition(request: web.Request) -> web.Response:
     p = await _store(request).update(name, changes, state(request).pool)
     if p is None:
         raise RequestError(404, "not_found", f"partition {name} does not exist")
-    state(request).partitions_at = 0.0
+    state(request).partitions_at = float("-inf")
     return json((await _shown(request, [p]))[0])
 
 
@@ -137,7 +137,7 @@ async def delete_partition(request: web.Request) -> web.Response:
         raise RequestError(409, "default", f"partition {name} is the default; make another "
                                            "one the default first")
     await store.delete(name)
-    state(request).partitions_at = 0.0
+    state(request).partitions_at = float("-inf")
     return web.Response(status=204)
 
 
@@ -192,6 +192,7 @@ async def put_limits(request: web.Request) -> web.Response:
     merged = {"max_running_cpus": cur.max_running_cpus,
               "max_pending_jobs": cur.max_pending_jobs, "shares": cur.shares, **body}
     await store.put(user, **merged)
+    state(request).pending_limits_at = float("-inf")
     return json(await _limits_json(request, user))
 
 
@@ -213,17 +214,37 @@ async def share(request: web.Request) -> web.Response:
 
 
 # --- what a submission passes ----------------------------------------------------------------
+CACHE_S = 1.0  # what submissions are checked against may be this old (another gateway's change)
+
+
 async def partitions_of(request: web.Request) -> dict[str, Partition]:
     """The partitions, cached for a second (a change made here clears the cache)."""
     g = state(request)
-    if time.monotonic() - g.partitions_at > 1.0:
+    if time.monotonic() - g.partitions_at > CACHE_S:
         g.partitions = await _store(request).all()
         g.partitions_at = time.monotonic()
     return g.partitions
 
 
-async def admit(request: web.Request, spec: JobSpec, *, pending_limit: bool = True
-                ) -> JobSpec:
+async def live_members(request: web.Request) -> list[Member]:
+    """The live workers, cached for a second."""
+    g = state(request)
+    if time.monotonic() - g.members_at > CACHE_S:
+        g.members = await g.membership.live_members()
+        g.members_at = time.monotonic()
+    return g.members
+
+
+async def pending_limit(request: web.Request, user: str) -> int | None:
+    """`user`'s max_pending_jobs (the table of them cached for a second)."""
+    g = state(request)
+    if time.monotonic() - g.pending_limits_at > CACHE_S:
+        g.pending_limits = await LimitStore(g.pool).pending_limits()
+        g.pending_limits_at = time.monotonic()
+    return g.pending_limits.get(user)
+
+
+async def admit(request: web.Request, spec: JobSpec, *, pending: bool = True) -> JobSpec:
     """The submission with its partition list and time limit resolved; a 422 when no named
     partition can run it, a 409 past its user's pending-job limit."""
     parts = await partitions_of(request)
@@ -236,13 +257,13 @@ async def admit(request: web.Request, spec: JobSpec, *, pending_limit: bool = Tr
         limit = MAX_TIME_LIMIT_S
     verdict = judge(names.split(","), parts, user=spec.user, cpus=spec.cpus,
                     time_limit_s=limit)
-    members = await state(request).membership.live_members()
+    members = await live_members(request)
     mine = [m for m in members if any(p.selects(m.labels) for p in verdict.eligible)]
     if mine:  # none live yet: the job may wait for one
         check_fits(cpus=spec.cpus, memory_mb=spec.memory_mb,
                    largest_cpus=max(m.cpus for m in mine),
                    largest_memory_mb=max(m.memory_mb for m in mine))
-    if pending_limit:
+    if pending and await pending_limit(request, spec.user) is not None:
         room = await LimitStore(state(request).pool).pending_room(spec.user)
         count = spec.array.count if spec.array is not None else 1
         if room is not None and count > room:

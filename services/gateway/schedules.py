@@ -157,7 +157,7 @@ async def create(request: web.Request) -> web.Response:
                                              f"{who.user}); leave 'user' out")
     _check_role(request, parsed)
     assert parsed.job is not None  # POST requires it
-    await admit(request, replace(parsed.job, user=owner), pending_limit=False)
+    await admit(request, replace(parsed.job, user=owner), pending=False)
     next_run = _next_run(parsed.cron, parsed.timezone, datetime.now(UTC)) if parsed.enabled \
         else None
     made = await _store(request).create(NewSchedule(
@@ -223,7 +223,7 @@ async def update(request: web.Request) -> web.Response:
                             max_array_size=g.wiring.settings.max_array_size, current=current)
     _check_role(request, parsed)
     if parsed.job is not None:
-        await admit(request, replace(parsed.job, user=s.user), pending_limit=False)
+        await admit(request, replace(parsed.job, user=s.user), pending=False)
     moved = (parsed.cron, parsed.timezone) != (s.cron, s.timezone)
     next_run = _next_run(parsed.cron, parsed.timezone, datetime.now(UTC)) \
         if moved and s.enabled else None

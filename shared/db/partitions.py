@@ -141,6 +141,11 @@ class LimitStore:
                   max_pending_jobs: int | None, shares: int) -> None:
         await self.db.execute(q("limits_put"), user, max_running_cpus, max_pending_jobs, shares)
 
+    async def pending_limits(self) -> dict[str, int]:
+        """user -> max_pending_jobs, for the users with such a limit."""
+        return {r["user_name"]: r["max_pending_jobs"]
+                for r in await self.db.fetch(q("limits_pending_all"))}
+
     async def pending_room(self, user: str) -> int | None:
         """How many more jobs `user` may have pending (None: no limit)."""
         room: int | None = await self.db.fetchval(q("limits_pending_room"), user)

@@ -963,6 +963,9 @@ VALUES ($1, $2, $3, $4)
 ON CONFLICT (user_name) DO UPDATE SET max_running_cpus = EXCLUDED.max_running_cpus,
     max_pending_jobs = EXCLUDED.max_pending_jobs, shares = EXCLUDED.shares, updated_at = now();
 
+-- name: limits_pending_all
+SELECT user_name, max_pending_jobs FROM user_limits WHERE max_pending_jobs IS NOT NULL;
+
 -- name: limits_pending_room
 -- How many more jobs the user may have pending (NULL: no limit).
 SELECT l.max_pending_jobs - (SELECT count(*) FROM jobs WHERE state = 'PENDING'
