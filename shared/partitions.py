@@ -40,6 +40,8 @@ class Partition:
     tier: int = 0
     allowed_users: tuple[str, ...] | None = None  # None: everyone
     default: bool = False
+    max_running_cpus_per_user: int | None = None  # each user's, within this partition
+    max_pending_jobs_per_user: int | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

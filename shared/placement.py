@@ -10,8 +10,9 @@ blocked job has waited `reserve_after_s`, the worker that can hold it and has th
 is reserved for it: no later job is placed there until it starts. Jobs held back only by that
 reservation get reason `Priority`, as in Slurm.
 
-A request may be confined to some workers (those of its eligible partitions) and may draw on its
-user's CPU budget (a per-user running-CPU limit): beyond it, the request waits with reason
+A request may be confined to some workers (those of its eligible partitions) and may draw on CPU
+budgets (its user's running-CPU limit, overall or within a partition, each over the workers it
+covers): where no worker with room keeps them, the request waits with reason
 `QOSMaxCpuPerUserLimit` and the user's smaller requests behind it may still be placed.
 """
 
@@ -48,7 +49,9 @@ class Request:
     memory_mb: int = 0
     waited_s: float = 0.0
     workers: frozenset[str] | None = None  # the workers of its eligible partitions (None: any)
-    user: str | None = None  # whose CPU budget it draws on, if that user has one
+    # the CPU budgets it draws on (plan's `budgets` keys), each on the workers it applies to
+    # (None: on any worker): its user's running-CPU limit, theirs within a partition
+    budgets: tuple[tuple[str, frozenset[str] | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,26 +76,34 @@ def fits_somewhere(req: Request, nodes: Sequence[Node]) -> bool:
                and (req.workers is None or n.id in req.workers) for n in nodes)
 
 
+def _within(req: Request, wid: str, budget: Mapping[str, int]) -> bool:
+    """Do the budgets this request draws on, on this worker, hold its CPUs?"""
+    return all(budget[k] >= req.cpus for k, ws in req.budgets
+               if k in budget and (ws is None or wid in ws))
+
+
 def plan(
     requests: Sequence[Request], nodes: Sequence[Node], *, reserve_after_s: float | None = None,
     budgets: Mapping[str, int] | None = None,
 ) -> Plan:
-    """`budgets`: the CPUs each limited user may still take; a request beyond its user's budget
-    is not placed (reason QOSMaxCpuPerUserLimit) and later smaller ones of that user may be."""
+    """`budgets`: the CPUs left under each limit (a user's running CPUs, or theirs within a
+    partition); a request is placed only where every budget it draws on holds it (else it
+    waits with reason QOSMaxCpuPerUserLimit), and then draws them down."""
     free: dict[str, list[int]] = {n.id: [n.cpus_free, n.memory_free_mb] for n in nodes}
     capacity = {n.id: (n.cpus, n.memory_mb) for n in nodes}
     budget = dict(budgets or {})
     out = Plan()
     for req in requests:
-        if req.user is not None and req.user in budget and req.cpus > budget[req.user]:
-            out.blocked[req.job_id] = PendingReason.QOS_MAX_CPU_PER_USER
-            continue
         allowed = req.workers
         best: tuple[int, int, str] | None = None
+        limited = False
         for wid, (fc, fm) in free.items():
             if wid in out.reserved or req.cpus > fc or req.memory_mb > fm:
                 continue
             if allowed is not None and wid not in allowed:
+                continue
+            if req.budgets and not _within(req, wid, budget):
+                limited = True
                 continue
             key = (fc - req.cpus, fm - req.memory_mb, wid)
             if best is None or key < best:
@@ -101,11 +112,15 @@ def plan(
             wid = best[2]
             free[wid][0] -= req.cpus
             free[wid][1] -= req.memory_mb
-            if req.user is not None and req.user in budget:
-                budget[req.user] -= req.cpus
+            for k, ws in req.budgets:
+                if k in budget and (ws is None or wid in ws):
+                    budget[k] -= req.cpus
             out.placements.append(Placement(job_id=req.job_id, attempt=req.attempt,
                                             worker_id=wid, cpus=req.cpus,
                                             memory_mb=req.memory_mb))
+            continue
+        if limited:  # room, but not under its user's limits
+            out.blocked[req.job_id] = PendingReason.QOS_MAX_CPU_PER_USER
             continue
         blocked_by_reservation = out.reserved and any(
             req.cpus <= free[w][0] and req.memory_mb <= free[w][1]

@@ -2,8 +2,9 @@
 
 A partition is a named set of workers, chosen by label (its selector: every `key=value` must be
 among a worker's labels; an empty selector takes every worker), with what a job may ask of it:
-a maximum time limit, a default one, a maximum of CPUs per job, the users it admits. Its tier
-orders partitions for the scheduler (higher first). Admins write partitions; everyone reads them.
+a maximum time limit, a default one, a maximum of CPUs per job, the users it admits, and each
+user's limits within it (running CPUs, pending jobs). Its tier orders partitions for the
+scheduler (higher first). Admins write partitions; everyone reads them.
 The formatting here is pure: functions of the API's JSON.
 """
 
@@ -140,15 +141,17 @@ def parse_selector(items: Sequence[str]) -> dict[str, str] | Clear:
 def partition_body(*, selector: dict[str, str] | Clear | None = None,
                    default_time: int | Clear | None = None, max_time: int | Clear | None = None,
                    max_cpus: int | Clear | None = None, tier: int | None = None,
-                   users: list[str] | Clear | None = None, default: bool = False
-                   ) -> dict[str, Any]:
+                   users: list[str] | Clear | None = None, default: bool = False,
+                   max_user_cpus: int | Clear | None = None,
+                   max_user_pending: int | Clear | None = None) -> dict[str, Any]:
     """The POST/PATCH body of what the command line said: an option not given is left out (the
     gateway's default, or the value kept); `none` is null (no limit, everyone), and for the
     selector {} (every worker). `--default` is `"default": true` (the gateway takes the mark
     from the previous default partition); without it `default` is left out, never false."""
     values: dict[str, Any] = {
         "selector": selector, "default_time_limit": default_time, "max_time_limit": max_time,
-        "max_cpus_per_job": max_cpus, "tier": tier, "allowed_users": users}
+        "max_cpus_per_job": max_cpus, "max_running_cpus_per_user": max_user_cpus,
+        "max_pending_jobs_per_user": max_user_pending, "tier": tier, "allowed_users": users}
     body: dict[str, Any] = {}
     for key, value in values.items():
         if value is CLEAR:
@@ -182,21 +185,29 @@ def node_counts(p: Mapping[str, Any]) -> tuple[int, int]:
     return int(nodes.get("ready") or 0), total
 
 
-LIST_COLUMNS = ("PARTITION", "TIER", "TIMELIMIT", "DEFAULTTIME", "MAXCPUS", "USERS", "NODES",
-                "CPUS(A/T)", "SELECTOR")
+LIST_COLUMNS = ("PARTITION", "TIER", "TIMELIMIT", "DEFAULTTIME", "MAXCPUS", "USERLIMITS", "USERS",
+                "NODES", "CPUS(A/T)", "SELECTOR")
 LIST_RIGHT = ("TIER", "MAXCPUS", "NODES", "CPUS(A/T)")
 
 
+def user_limits_cell(p: Mapping[str, Any]) -> str:
+    """Each user's limits within a partition, short: 8cpu/100pd, 8cpu, 100pd, or -."""
+    cpus, pending = p.get("max_running_cpus_per_user"), p.get("max_pending_jobs_per_user")
+    parts = [f"{cpus}cpu" if cpus is not None else "", f"{pending}pd" if pending is not None
+             else ""]
+    return "/".join(part for part in parts if part) or "-"
+
+
 def list_cells(p: Mapping[str, Any]) -> list[str]:
-    """One `scns partition list` row: NODES is ready/total workers, CPUS(A/T) allocated/total
-    over the ready ones."""
+    """One `scns partition list` row: USERLIMITS is each user's running CPUs/pending jobs
+    within it, NODES ready/total workers, CPUS(A/T) allocated/total over the ready ones."""
     ready, total = node_counts(p)
     users = p.get("allowed_users")
     return [
         name_cell(p), str(p.get("tier", 0)), fmt_timelimit(p.get("max_time_limit")),
         fmt_limit(p["default_time_limit"]) if p.get("default_time_limit") else "n/a",
         str(p["max_cpus_per_job"]) if p.get("max_cpus_per_job") is not None else "UNLIMITED",
-        ",".join(users) if users is not None else "all",
+        user_limits_cell(p), ",".join(users) if users is not None else "all",
         f"{ready}/{total}", f"{p.get('allocated_cpus', 0)}/{p.get('total_cpus', 0)}",
         selector_text(p.get("selector")) or "all",
     ]
@@ -272,6 +283,10 @@ _CHANGED: dict[str, tuple[str, Callable[[Any], str]]] = {
     "default_time_limit": ("DefaultTime", lambda v: fmt_limit(v) if v else "NONE"),
     "max_time_limit": ("MaxTime", fmt_limit),
     "max_cpus_per_job": ("MaxCPUsPerJob", lambda v: str(v) if v is not None else "UNLIMITED"),
+    "max_running_cpus_per_user": ("MaxCPUsPerUser",
+                                  lambda v: str(v) if v is not None else "UNLIMITED"),
+    "max_pending_jobs_per_user": ("MaxPendingPerUser",
+                                  lambda v: str(v) if v is not None else "UNLIMITED"),
     "tier": ("Tier", lambda v: str(v or 0)),
     "allowed_users": ("AllowUsers", lambda v: ",".join(v) if v is not None else "ALL"),
     "default": ("Default", lambda v: "YES" if v else "NO"),
@@ -289,6 +304,8 @@ def show_lines(p: Mapping[str, Any], zone: tzinfo | None = None) -> list[str]:
         f"AllowUsers={value['allowed_users']}",
         f"   DefaultTime={value['default_time_limit']} MaxTime={value['max_time_limit']} "
         f"MaxCPUsPerJob={value['max_cpus_per_job']}",
+        f"   MaxCPUsPerUser={value['max_running_cpus_per_user']} "
+        f"MaxPendingPerUser={value['max_pending_jobs_per_user']}",
         f"   Selector={value['selector']}",
         f"   Nodes={node_list(workers) or '(none)'} TotalNodes={node_counts(p)[1]} "
         + " ".join(f"{s.capitalize()}={nodes.get(s, 0)}" for s in WORKER_STATES),
@@ -432,6 +449,12 @@ def _options(f: Any) -> Any:
                           "infinite"),
         click.option("--max-cpus", "max_cpus", type=COUNT, metavar="N|none",
                      help="most CPUs one job may ask; none: no limit"),
+        click.option("--max-user-cpus", "max_user_cpus", type=COUNT, metavar="N|none",
+                     help="most CPUs each user's running jobs may hold in it (beyond, they "
+                          "wait: QOSMaxCpuPerUserLimit); none: no limit"),
+        click.option("--max-user-pending", "max_user_pending", type=COUNT, metavar="N|none",
+                     help="most pending jobs naming it each user may have (a submission past "
+                          "it is refused); none: no limit"),
         click.option("--tier", type=int, metavar="N",
                      help="higher tiers are scheduled first [0]"),
         click.option("--users", type=USERS, metavar="USERS|all",
@@ -509,8 +532,8 @@ def update(name: str, *, as_json: bool, **options: Any) -> None:
     body = partition_body(**options)
     if not body:
         raise click.UsageError("nothing to update: give at least one of --selector, "
-                               "--default-time, --max-time, --max-cpus, --tier, --users, "
-                               "--default")
+                               "--default-time, --max-time, --max-cpus, --max-user-cpus, "
+                               "--max-user-pending, --tier, --users, --default")
     with api_errors():
         p = client().call("PATCH", f"/api/v1/partitions/{name}", body)
     if as_json:

@@ -148,6 +148,9 @@ async def explain(request: web.Request, job: Job) -> dict[str, Any]:
                                f"{limits.max_running_cpus} CPUs allowed to run at once; this "
                                f"job needs {job.cpus}"))
     members = await g.membership.live_members()
+    limited = await _partition_limits(request, job, verdict, members)
+    if limited is not None:
+        reasons.append(limited)
     ready = _workers(verdict, members)
     usage = await g.allocator.usage([m.worker_id for m in ready])
     used = {w: (u.cpus, u.memory_mb) for w, u in usage.items()}
@@ -159,6 +162,26 @@ async def explain(request: web.Request, job: Job) -> dict[str, Any]:
                     members=members)
     out["reasons"] = reasons
     return out
+
+
+async def _partition_limits(request: web.Request, job: Job, verdict: Verdict,
+                            members: Sequence[Member]) -> dict[str, str] | None:
+    """QOSMaxCpuPerUserLimit when every eligible partition limits its users' running CPUs and
+    the job's user has no room left in any of them."""
+    eligible = verdict.eligible
+    if not eligible or any(p.max_running_cpus_per_user is None for p in eligible):
+        return None
+    held = await LimitStore(state(request).pool).held([job.user])
+    notes = []
+    for p in eligible:
+        mine = {m.worker_id for m in members if p.selects(m.labels)}
+        used = sum(c for _, names, w, c in held if p.name in names.split(",") and w in mine)
+        if used + job.cpus <= (p.max_running_cpus_per_user or 0):
+            return None
+        notes.append(f"{used} of the {p.max_running_cpus_per_user} CPUs each user may run in "
+                     f"partition {p.name}")
+    return _reason(PendingReason.QOS_MAX_CPU_PER_USER,
+                   f"{job.user} holds {'; '.join(notes)}; this job needs {job.cpus}")
 
 
 async def _estimate(request: web.Request, job: Job, out: dict[str, Any],

@@ -45,7 +45,7 @@ LABEL_LEN = 63  # validation._selector: a selector's keys (1 to) and values (0 t
 TIER_RANGE = (-1000, 1000)  # validation._partition_limits
 MAX_ALLOWED_USERS = 10_000  # validation._partition_access: names, each 1 to MAX_USER_LEN long
 MAX_USER_LEN = 200  # also gateway.partitions._user: /users/{name}/limits
-MAX_LIMIT = 10**9  # gateway.partitions.put_limits: each limit
+MAX_LIMIT = 10**9  # each limit: gateway.partitions.put_limits, validation._partition_limits
 MAX_QUERY_TEXT: int = inspect.signature(v.query_text).parameters["max_len"].default
 
 NO_CONTROL = "^[^\\u0000-\\u001f]*$"  # validation._text: no character below U+0020
@@ -326,8 +326,23 @@ def partition_properties() -> dict[str, Schema]:
         "default": {"type": "boolean", "default": False,
                     "description": "Where jobs naming no partition go (becoming it takes it "
                                    "from the previous one; the default cannot be unset: 409)."},
+        **partition_user_limits(),
     }
     return {k: props[k] for k in v.PARTITION_FIELDS}
+
+
+def partition_user_limits() -> dict[str, Schema]:
+    """Each user's limits within a partition (validation._partition_limits): in its request
+    bodies and in every Partition."""
+    return {
+        "max_running_cpus_per_user": nullable(integer(1, MAX_LIMIT, description=(
+            "CPUs each user's running jobs may hold on its workers (a job counts in every "
+            "partition it named whose workers include the one it runs on; beyond: PENDING, "
+            "QOSMaxCpuPerUserLimit); null: no limit."))),
+        "max_pending_jobs_per_user": nullable(integer(1, MAX_LIMIT, description=(
+            "Jobs naming it each user may have PENDING (a submission past it, an array "
+            "counting each element: 409 `max_pending_jobs`); null: no limit."))),
+    }
 
 
 def partition_schema() -> Schema:
@@ -342,6 +357,7 @@ def partition_schema() -> Schema:
         "max_cpus_per_job": maybe_int, "tier": {"type": "integer"},
         "allowed_users": {"type": ["array", "null"], "items": {"type": "string"}},
         "default": {"type": "boolean"},
+        **partition_user_limits(),
         "workers": {"type": "array", "items": {"type": "string"},
                     "description": "Live workers whose labels match (any state)."},
         "nodes": obj({"ready": count, "draining": count, "down": count}),
@@ -555,8 +571,9 @@ def job_paths() -> dict[str, Schema]:
     paths: dict[str, Schema] = {
         "/api/v1/jobs": {
             "post": op("submitJob", "jobs", "Submit a job (or an array of jobs); 409 "
-                       "`max_pending_jobs` past its user's limit (an array counts each element), "
-                       "422 `partition` when none of its partitions can run it.", {
+                       "`max_pending_jobs` past its user's limit or a named partition's "
+                       "max_pending_jobs_per_user (an array counts each element), 422 "
+                       "`partition` when none of its partitions can run it.", {
                 201: answer("Created.", ref("Job")),
                 200: answer("Replayed by Idempotency-Key, or ?test_only=1's preview.",
                             {"anyOf": [ref("Job"), ref("TestOnly")]},

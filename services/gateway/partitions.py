@@ -40,7 +40,9 @@ def partition_json(p: Partition, members: list[Member], usage: Mapping[str, int]
         "default_time_limit": p.default_time_limit, "max_time_limit": p.max_time_limit,
         "max_cpus_per_job": p.max_cpus_per_job, "tier": p.tier,
         "allowed_users": list(p.allowed_users) if p.allowed_users is not None else None,
-        "default": p.default, "workers": sorted(m.worker_id for m in mine),
+        "default": p.default, "max_running_cpus_per_user": p.max_running_cpus_per_user,
+        "max_pending_jobs_per_user": p.max_pending_jobs_per_user,
+        "workers": sorted(m.worker_id for m in mine),
         "nodes": {"ready": len(ready), "draining": len(mine) - len(ready), "down": len(down)},
         "total_cpus": total, "allocated_cpus": allocated, "free_cpus": max(total - allocated, 0),
         "created_at": iso(p.created_at), "updated_at": iso(p.updated_at),
@@ -263,6 +265,8 @@ async def admit(request: web.Request, spec: JobSpec, *, pending: bool = True) ->
         check_fits(cpus=spec.cpus, memory_mb=spec.memory_mb,
                    largest_cpus=max(m.cpus for m in mine),
                    largest_memory_mb=max(m.memory_mb for m in mine))
+    if pending:
+        await _partition_pending(request, spec, names.split(","), parts)
     if pending and await pending_limit(request, spec.user) is not None:
         room = await LimitStore(state(request).pool).pending_room(spec.user)
         count = spec.array.count if spec.array is not None else 1
@@ -271,6 +275,23 @@ async def admit(request: web.Request, spec: JobSpec, *, pending: bool = True) ->
                                f"user {spec.user} may have {max(room, 0)} more pending job(s) "
                                f"(max_pending_jobs); this submission has {count}")
     return replace(spec, partition=names, time_limit_s=limit)
+
+
+async def _partition_pending(request: web.Request, spec: JobSpec, names: list[str],
+                             parts: Mapping[str, Partition]) -> None:
+    """409 when a named partition's per-user pending-job limit would be passed (a job counts
+    in every partition it names)."""
+    count = spec.array.count if spec.array is not None else 1
+    for name in names:
+        p = parts.get(name)
+        if p is None or p.max_pending_jobs_per_user is None:
+            continue
+        have = await _store(request).pending_of(spec.user, name)
+        if have + count > p.max_pending_jobs_per_user:
+            raise RequestError(409, "max_pending_jobs",
+                               f"user {spec.user} may have {p.max_pending_jobs_per_user} "
+                               f"pending job(s) in partition {name} and has {have}; this "
+                               f"submission has {count}")
 
 
 async def check_change(request: web.Request, job: Job, changes: Changes) -> None:

@@ -197,7 +197,8 @@ def _partition_names(text: str | None) -> str | None:
 
 
 PARTITION_FIELDS = ("name", "selector", "default_time_limit", "max_time_limit",
-                    "max_cpus_per_job", "tier", "allowed_users", "default")
+                    "max_cpus_per_job", "tier", "allowed_users", "default",
+                    "max_running_cpus_per_user", "max_pending_jobs_per_user")
 MAX_SELECTOR = 32
 
 
@@ -213,7 +214,9 @@ def _selector(sel: Any) -> dict[str, str]:
 def _partition_limits(body: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, high in (("default_time_limit", MAX_TIME_LIMIT_S),
-                      ("max_time_limit", MAX_TIME_LIMIT_S), ("max_cpus_per_job", 100_000)):
+                      ("max_time_limit", MAX_TIME_LIMIT_S), ("max_cpus_per_job", 100_000),
+                      ("max_running_cpus_per_user", 10**9),
+                      ("max_pending_jobs_per_user", 10**9)):
         if key in body:
             value = body[key]
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)

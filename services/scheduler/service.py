@@ -93,11 +93,17 @@ def _after(nodes: list[Node], placed: list[Placement]) -> list[Node]:
             for n in nodes]
 
 
+def partition_key(user: str, partition: str) -> str:
+    """The budget of `user`'s running CPUs within `partition` (a user's own is their name)."""
+    return f"{user}\x1f{partition}"
+
+
 @dataclass(slots=True, kw_only=True)
 class _Queue:
     """What a pass knows about the queue's policy: partitions and their workers, each user's
-    fair-share factor and CPU budget. Turns the groups' head jobs into placement requests in
-    score order (shared/priority.py)."""
+    fair-share factor and CPU budgets (overall, and within each partition that limits its
+    users). Turns the groups' head jobs into placement requests in score order
+    (shared/priority.py)."""
 
     partitions: Mapping[str, Partition]
     labels: Mapping[str, Mapping[str, str]]
@@ -113,6 +119,35 @@ class _Queue:
                 w for w, labels in self.labels.items() if p.selects(labels))
         return got
 
+    def limit_partitions(self, users: Sequence[str],
+                         held: Sequence[tuple[str, str, str, int]]) -> None:
+        """Add each user's budget within each partition with a per-user CPU limit: a job's
+        CPUs count against every partition it named that holds its worker."""
+        limited = {n: p for n, p in self.partitions.items()
+                   if p.max_running_cpus_per_user is not None}
+        used: dict[str, int] = {}
+        for user, names, worker, cpus in held:
+            for name in names.split(","):
+                p = limited.get(name)
+                if p is not None and worker in self.members(p):
+                    k = partition_key(user, name)
+                    used[k] = used.get(k, 0) + cpus
+        for user in users:
+            for name, p in limited.items():
+                k = partition_key(user, name)
+                self.budgets[k] = max((p.max_running_cpus_per_user or 0) - used.get(k, 0), 0)
+
+    def _budgets(self, user: str, eligible: Sequence[Partition]
+                 ) -> tuple[tuple[str, frozenset[str] | None], ...]:
+        keys: list[tuple[str, frozenset[str] | None]] = []
+        if user in self.budgets:
+            keys.append((user, None))
+        for p in eligible:
+            k = partition_key(user, p.name)
+            if k in self.budgets:
+                keys.append((k, self.members(p)))
+        return tuple(keys)
+
     def requests(self, heads: Sequence[Head], reasons: dict[int, str]) -> list[Request]:
         scored: list[tuple[float, int, Request]] = []
         for h in heads:
@@ -126,15 +161,20 @@ class _Queue:
                         priority=h.priority, tier=v.tier, weights=self.weights)
             scored.append((-f.score(self.weights), h.id, Request(
                 job_id=h.id, attempt=h.attempt, cpus=h.cpus, memory_mb=h.memory_mb,
-                waited_s=h.waited_s, workers=workers,
-                user=h.user if h.user in self.budgets else None)))
+                waited_s=h.waited_s, workers=workers, budgets=self._budgets(h.user, v.eligible))))
         scored.sort(key=lambda x: (x[0], x[1]))
         return [r for _, _, r in scored]
 
-    def spend(self, heads: Sequence[Head], placed: set[int]) -> None:
-        for h in heads:
-            if h.id in placed and h.user in self.budgets:
-                self.budgets[h.user] = max(self.budgets[h.user] - h.cpus, 0)
+    def spend(self, requests: Sequence[Request], placements: Sequence[Placement],
+              placed: set[int]) -> None:
+        """Draw the budgets down by what was placed (as plan() did on its own copy)."""
+        by_id = {r.job_id: r for r in requests}
+        for x in placements:
+            if x.job_id not in placed:
+                continue
+            for k, ws in by_id[x.job_id].budgets:
+                if k in self.budgets and (ws is None or x.worker_id in ws):
+                    self.budgets[k] = max(self.budgets[k] - x.cpus, 0)
 
     def next_cursors(self, heads: Sequence[Head], per_group: int
                      ) -> dict[tuple[str, str], tuple[int, int]]:
@@ -233,6 +273,9 @@ class Scheduler:
                            factors=fair, weights=self.weights,
                            budgets={u: max(most - held, 0) for u, (most, held)
                                     in (await self.limit_store.cpu_limits()).items()})
+            if any(p.max_running_cpus_per_user is not None for p in queue.partitions.values()):
+                users = sorted({u for u, _ in groups})
+                queue.limit_partitions(users, await self.limit_store.held(users))
             await self._place(queue, nodes, groups, result)
         return result
 
@@ -265,7 +308,7 @@ class Scheduler:
                 ROLLED_BACK.inc(back)
                 result.placed += placed
                 result.rolled_back += back
-                queue.spend(heads, {a.job_id for a in done.placed})
+                queue.spend(requests, p.placements, {a.job_id for a in done.placed})
                 # a rollback means our snapshot was stale: read it again; otherwise
                 # account for what was just placed without another round trip
                 nodes = (await self.nodes())[0] if back else _after(nodes, p.placements)

@@ -25,13 +25,16 @@ def partition_from_row(r: asyncpg.Record) -> Partition:
                      max_time_limit=r["max_time_limit"], max_cpus_per_job=r["max_cpus_per_job"],
                      tier=r["tier"], allowed_users=tuple(users) if users is not None else None,
                      default=r["is_default"], created_at=r["created_at"],
-                     updated_at=r["updated_at"])
+                     updated_at=r["updated_at"],
+                     max_running_cpus_per_user=r["max_running_cpus_per_user"],
+                     max_pending_jobs_per_user=r["max_pending_jobs_per_user"])
 
 
 def _args(p: Partition) -> list[Any]:
     return [p.name, dict(p.selector), p.default_time_limit, p.max_time_limit,
             p.max_cpus_per_job, p.tier,
-            list(p.allowed_users) if p.allowed_users is not None else None, p.default]
+            list(p.allowed_users) if p.allowed_users is not None else None, p.default,
+            p.max_running_cpus_per_user, p.max_pending_jobs_per_user]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +121,11 @@ class PartitionStore:
             row = await conn.fetchrow(q("partition_update"), *_args(merged))
         return partition_from_row(row) if row else None
 
+    async def pending_of(self, user: str, name: str) -> int:
+        """`user`'s pending jobs that name partition `name`."""
+        n: int = await self.db.fetchval(q("partition_pending_of"), user, name)
+        return n
+
     async def in_use(self, name: str) -> int:
         n: int = await self.db.fetchval(q("partition_jobs"), name)
         return n
@@ -150,6 +158,11 @@ class LimitStore:
         """How many more jobs `user` may have pending (None: no limit)."""
         room: int | None = await self.db.fetchval(q("limits_pending_room"), user)
         return room
+
+    async def held(self, users: Sequence[str]) -> list[tuple[str, str, str, int]]:
+        """(user, partition list, worker, CPUs) of every active job of these users."""
+        rows = await self.db.fetch(q("active_of_users"), list(users))
+        return [(r["user_name"], r["partition"], r["worker_id"], r["cpus"]) for r in rows]
 
     async def cpu_limits(self) -> dict[str, tuple[int, int]]:
         """user -> (max running CPUs, CPUs held now), for the users with such a limit."""

@@ -925,8 +925,9 @@ SELECT * FROM partitions WHERE name = $1 FOR UPDATE;
 -- $8: make it the default (the previous default stops being one, in the same statement's
 -- transaction: see partition_set_default)
 INSERT INTO partitions (name, selector, default_time_limit, max_time_limit, max_cpus_per_job,
-                        tier, allowed_users, is_default)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                        tier, allowed_users, is_default, max_running_cpus_per_user,
+                        max_pending_jobs_per_user)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (name) DO NOTHING
 RETURNING *;
 
@@ -934,6 +935,7 @@ RETURNING *;
 -- Every field is written (the caller merged the change into the current row).
 UPDATE partitions SET selector = $2, default_time_limit = $3, max_time_limit = $4,
                       max_cpus_per_job = $5, tier = $6, allowed_users = $7, is_default = $8,
+                      max_running_cpus_per_user = $9, max_pending_jobs_per_user = $10,
                       updated_at = now()
 WHERE name = $1
 RETURNING *;
@@ -971,6 +973,16 @@ SELECT user_name, max_pending_jobs FROM user_limits WHERE max_pending_jobs IS NO
 SELECT l.max_pending_jobs - (SELECT count(*) FROM jobs WHERE state = 'PENDING'
                                                         AND user_name = $1)
 FROM user_limits l WHERE l.user_name = $1 AND l.max_pending_jobs IS NOT NULL;
+
+-- name: partition_pending_of
+-- A user's pending jobs that name the partition (alone or in a list).
+SELECT count(*) FROM jobs
+WHERE state = 'PENDING' AND user_name = $1 AND $2 = ANY(string_to_array(partition, ','));
+
+-- name: active_of_users
+-- What these users hold now, and where: per-partition CPU limits count it.
+SELECT user_name, partition, worker_id, cpus FROM jobs
+WHERE state IN ('ALLOCATED', 'RUNNING') AND user_name = ANY($1::text[]);
 
 -- name: limits_cpu
 -- The users with a running-CPU limit, and the CPUs they hold now.

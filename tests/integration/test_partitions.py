@@ -361,3 +361,41 @@ async def test_fair_share_converges_to_the_shares_through_the_real_pass(
     rows = {r["user"]: r for r in (await call(http, "GET", "/share", status=200))["items"]}
     assert rows["ann"]["usage_cpu_s"] == pytest.approx(got["ann"], rel=0.01)
     assert rows["bob"]["usage_cpu_s"] == pytest.approx(got["bob"], rel=0.01)
+
+
+async def test_a_partitions_per_user_limits(http: Http, wiring: Wiring, pool: asyncpg.Pool[Any],
+                                            cluster: dict[str, str]) -> None:
+    """arm lets each user run 3 CPUs; x86 lets each user have 4 pending jobs. A job counts in
+    every partition it names."""
+    root = cluster
+    arm = await call(http, "PATCH", "/partitions/arm", status=200, headers=root,
+                     json={"max_running_cpus_per_user": 3})
+    assert arm["max_running_cpus_per_user"] == 3
+    await call(http, "PATCH", "/partitions/x86", status=200, headers=root,
+               json={"max_pending_jobs_per_user": 4})
+    mine = [(await submit(http, partition="arm"))["id"] for _ in range(6)]
+    either = [(await submit(http, partition="arm,x86"))["id"] for _ in range(2)]
+    bobs = [(await submit(http, partition="arm", headers=await bearer(pool, "bob")))["id"]
+            for _ in range(3)]
+    await Scheduler(wiring).run_pass()
+    rows = {r["id"]: r for r in await jobs_of(pool)}
+    on_arm = [j for j in mine + either if rows[j]["worker_id"] in ("a1", "a2")]
+    assert len(on_arm) == 3  # ann's 3 CPUs in arm, whatever she named
+    assert all(rows[j]["worker_id"] == "x1" for j in either if j not in on_arm)
+    assert all(rows[j]["worker_id"] in ("a1", "a2") for j in bobs)  # bob has his own 3
+    waiting = [j for j in mine if rows[j]["state"] == "PENDING"]
+    assert len(waiting) == 3 and {rows[j]["reason"] for j in waiting} == {
+        "QOSMaxCpuPerUserLimit"}
+    ex = await call(http, "GET", f"/jobs/{waiting[0]}/explain", status=200)
+    assert ex["reasons"][0] == {
+        "reason": "QOSMaxCpuPerUserLimit",
+        "message": "ann holds 3 of the 3 CPUs each user may run in partition arm; this job "
+                   "needs 1"}
+    # pending jobs per user in x86: those naming it count, up to 4
+    pending_x86 = await pool.fetchval("SELECT count(*) FROM jobs WHERE user_name = 'ann' AND "
+                                      "state = 'PENDING' AND partition LIKE '%x86%'")
+    for _ in range(4 - pending_x86):
+        await submit(http, partition="x86")
+    body = await submit(http, partition="arm,x86", status=409)
+    assert "4 pending job(s) in partition x86" in body["error"]["message"]
+    await submit(http, partition="arm")  # arm has no pending limit

@@ -44,6 +44,7 @@ from tests.fakes import FakeClient
 DEFAULT: dict[str, Any] = {
     "name": "default", "selector": {}, "default_time_limit": None, "max_time_limit": None,
     "max_cpus_per_job": None, "tier": 0, "allowed_users": None, "default": True,
+    "max_running_cpus_per_user": None, "max_pending_jobs_per_user": None,
     "workers": ["arm-node-01", "arm-node-02", "arm-node-03", "laptop"],
     "nodes": {"ready": 3, "draining": 1, "down": 0},
     "total_cpus": 24, "allocated_cpus": 5, "free_cpus": 19,
@@ -53,13 +54,15 @@ BIG: dict[str, Any] = {
     "name": "big", "selector": {"pool": "big", "arch": "arm64"}, "default_time_limit": 3600,
     "max_time_limit": 86400, "max_cpus_per_job": 64, "tier": 2,
     "allowed_users": ["alice", "bob"], "default": False,
+    "max_running_cpus_per_user": 32, "max_pending_jobs_per_user": 100,
     "workers": ["arm-node-02", "arm-node-03"], "nodes": {"ready": 1, "draining": 1, "down": 0},
     "total_cpus": 192, "allocated_cpus": 10, "free_cpus": 182,
     "created_at": "2026-11-01T10:00:00Z", "updated_at": "2026-11-01T10:00:00Z",
 }
 EMPTY: dict[str, Any] = {
     **BIG, "name": "gpu", "selector": {"gpu": "yes"}, "tier": 1, "default_time_limit": None,
-    "max_time_limit": 1800, "max_cpus_per_job": None, "allowed_users": None, "workers": [],
+    "max_time_limit": 1800, "max_cpus_per_job": None, "allowed_users": None,
+    "max_running_cpus_per_user": None, "max_pending_jobs_per_user": 10, "workers": [],
     "nodes": {"ready": 0, "draining": 0, "down": 0}, "total_cpus": 0, "allocated_cpus": 0,
     "free_cpus": 0,
 }
@@ -134,18 +137,20 @@ def run(*args: str) -> Result:
 
 # --- partitions: formatting ------------------------------------------------------------------
 def test_list_cells_are_sinfo_like() -> None:
-    assert list_cells(DEFAULT) == ["default*", "0", "infinite", "n/a", "UNLIMITED", "all",
+    assert list_cells(DEFAULT) == ["default*", "0", "infinite", "n/a", "UNLIMITED", "-", "all",
                                    "3/4", "5/24", "all"]
-    assert list_cells(BIG) == ["big", "2", "1-00:00:00", "1:00:00", "64", "alice,bob", "1/2",
-                               "10/192", "pool=big,arch=arm64"]
-    assert list_cells(EMPTY)[2:4] == ["30:00", "n/a"]
-    assert list_cells({"name": "bare", "workers": ["a", "b"]})[6] == "0/2"  # no node counts
+    assert list_cells(BIG) == ["big", "2", "1-00:00:00", "1:00:00", "64", "32cpu/100pd",
+                               "alice,bob", "1/2", "10/192", "pool=big,arch=arm64"]
+    assert list_cells(EMPTY)[2:6] == ["30:00", "n/a", "UNLIMITED", "10pd"]
+    assert list_cells({**DEFAULT, "max_running_cpus_per_user": 8})[5] == "8cpu"
+    bare = list_cells({"name": "bare", "workers": ["a", "b"]})  # an older gateway's partition
+    assert bare[5] == "-" and bare[7] == "0/2"  # no user limits, no node counts
 
 
 def test_the_list_table() -> None:
     lines = _text(partitions_table(PARTITIONS)).splitlines()
     assert lines[0].split() == ["PARTITION", "TIER", "TIMELIMIT", "DEFAULTTIME", "MAXCPUS",
-                                "USERS", "NODES", "CPUS(A/T)", "SELECTOR"]
+                                "USERLIMITS", "USERS", "NODES", "CPUS(A/T)", "SELECTOR"]
     assert [line.split()[0] for line in lines[1:]] == ["big", "gpu", "default*"]
 
 
@@ -154,6 +159,7 @@ def test_show_lines_are_scontrol_like() -> None:
         "PartitionName=big",
         "   Default=NO Tier=2 AllowUsers=alice,bob",
         "   DefaultTime=1:00:00 MaxTime=1-00:00:00 MaxCPUsPerJob=64",
+        "   MaxCPUsPerUser=32 MaxPendingPerUser=100",
         "   Selector=pool=big,arch=arm64",
         "   Nodes=arm-node-[02-03] TotalNodes=2 Ready=1 Draining=1 Down=0",
         "   TotalCPUs=192 AllocatedCPUs=10 FreeCPUs=182",
@@ -162,8 +168,12 @@ def test_show_lines_are_scontrol_like() -> None:
     lines = show_lines(DEFAULT, UTC)
     assert lines[1] == "   Default=YES Tier=0 AllowUsers=ALL"
     assert lines[2] == "   DefaultTime=NONE MaxTime=UNLIMITED MaxCPUsPerJob=UNLIMITED"
-    assert lines[3] == "   Selector=ALL"
-    assert show_lines(EMPTY, UTC)[4].startswith("   Nodes=(none) TotalNodes=0")
+    assert lines[3] == "   MaxCPUsPerUser=UNLIMITED MaxPendingPerUser=UNLIMITED"
+    assert lines[4] == "   Selector=ALL"
+    assert show_lines(EMPTY, UTC)[3] == "   MaxCPUsPerUser=UNLIMITED MaxPendingPerUser=10"
+    assert show_lines(EMPTY, UTC)[5].startswith("   Nodes=(none) TotalNodes=0")
+    older = {k: v for k, v in BIG.items() if not k.endswith("_per_user")}  # an older gateway
+    assert show_lines(older, UTC)[3] == "   MaxCPUsPerUser=UNLIMITED MaxPendingPerUser=UNLIMITED"
 
 
 @pytest.mark.parametrize(("names", "folded"), [
@@ -216,6 +226,8 @@ def test_partition_body_leaves_out_what_was_not_said() -> None:
         "selector": {"pool": "big"}, "default_time_limit": 600, "max_time_limit": None,
         "max_cpus_per_job": None, "tier": 0, "allowed_users": None}
     assert partition_body(selector=CLEAR) == {"selector": {}}
+    assert partition_body(max_user_cpus=8, max_user_pending=CLEAR) == {
+        "max_running_cpus_per_user": 8, "max_pending_jobs_per_user": None}
 
 
 def test_partition_body_default_is_true_or_left_out() -> None:
@@ -251,11 +263,13 @@ def test_add_sends_the_options(fake: FakeClient) -> None:
     fake.answers[("POST", "/api/v1/partitions")] = BIG
     result = run("partition", "add", "big", "--selector", "pool=big", "--selector",
                  "arch=arm64", "--default-time", "60", "--max-time", "1-0", "--max-cpus", "64",
-                 "--tier", "2", "--users", "alice,bob")
+                 "--tier", "2", "--users", "alice,bob", "--max-user-cpus", "32",
+                 "--max-user-pending", "100")
     assert result.exit_code == 0, result.output
     assert fake.calls[-1][:3] == ("POST", "/api/v1/partitions", {
         "name": "big", "selector": {"pool": "big", "arch": "arm64"},
-        "default_time_limit": 3600, "max_time_limit": 86400, "max_cpus_per_job": 64, "tier": 2,
+        "default_time_limit": 3600, "max_time_limit": 86400, "max_cpus_per_job": 64,
+        "max_running_cpus_per_user": 32, "max_pending_jobs_per_user": 100, "tier": 2,
         "allowed_users": ["alice", "bob"]})
     assert result.stdout == ("Created partition big: selector pool=big,arch=arm64, 2 workers "
                              "match (arm-node-[02-03])\n")
@@ -275,6 +289,9 @@ def test_add_warns_when_no_worker_matches(fake: FakeClient) -> None:
     (["add", "a/b"], "'a/b' is not a partition name"),
     (["add", "x", "--max-time", "banana"], "--max-time=banana: expected minutes, MM:SS"),
     (["add", "x", "--max-cpus", "0"], "--max-cpus=0: expected a positive integer"),
+    (["add", "x", "--max-user-cpus", "-1"], "--max-user-cpus=-1: expected a positive integer"),
+    (["update", "big", "--max-user-pending", "lots"],
+     "--max-user-pending=lots: expected a positive integer"),
     (["add", "x", "--selector", "pool"], "--selector pool: expected LABEL=VALUE"),
     (["add", "x", "--users", "a,,b"], "--users=a,,b: expected user names"),
 ])
@@ -296,7 +313,8 @@ def test_update_patches_what_was_given_and_none_clears(fake: FakeClient) -> None
         "default_time_limit": 7200, "max_time_limit": None, "allowed_users": None})
     assert result.stdout == ("Updated partition big: DefaultTime=2:00:00 MaxTime=UNLIMITED "
                              "AllowUsers=ALL\n")
-    for words in (["--max-cpus", "none"], ["--max-time", "UNLIMITED"], ["--max-time", "0"]):
+    for words in (["--max-cpus", "none"], ["--max-time", "UNLIMITED"], ["--max-time", "0"],
+                  ["--max-user-cpus", "none"], ["--max-user-pending", "unlimited"]):
         run("partition", "update", "big", *words)
         assert list(fake.calls[-1][2].values()) == [None]
     run("partition", "update", "big", "--selector", "none")
@@ -307,6 +325,18 @@ def test_update_needs_an_option(fake: FakeClient) -> None:
     result = run("partition", "update", "big")
     assert result.exit_code == 2 and "nothing to update" in result.stderr
     assert not fake.calls
+
+
+def test_update_sets_and_clears_the_per_user_limits(fake: FakeClient) -> None:
+    fake.answers[("PATCH", "/api/v1/partitions/big")] = {
+        **BIG, "max_running_cpus_per_user": 16, "max_pending_jobs_per_user": None}
+    result = run("partition", "update", "big", "--max-user-cpus", "16", "--max-user-pending",
+                 "none")
+    assert result.exit_code == 0, result.output
+    assert fake.calls[-1][:3] == ("PATCH", "/api/v1/partitions/big", {
+        "max_running_cpus_per_user": 16, "max_pending_jobs_per_user": None})
+    assert result.stdout == ("Updated partition big: MaxCPUsPerUser=16 "
+                             "MaxPendingPerUser=UNLIMITED\n")
 
 
 def test_updated_line() -> None:

@@ -95,3 +95,42 @@ def test_random_plans_never_over_commit(seed: int) -> None:
             assert not [x for x in placed if x.job_id in after]
     assert {x.job_id for x in p.placements}.isdisjoint(p.blocked)
     assert {x.job_id for x in p.placements} | set(p.blocked) == {r.job_id for r in reqs}
+
+
+def test_a_request_goes_only_to_its_workers() -> None:
+    nodes = [Node(id="a", cpus=4, memory_mb=100), Node(id="b", cpus=2, memory_mb=100)]
+    only_a = Request(job_id=1, attempt=1, cpus=2, workers=frozenset({"a"}))
+    nowhere = Request(job_id=2, attempt=1, cpus=1, workers=frozenset({"gone"}))
+    p = plan([only_a, nowhere], nodes)
+    assert where(p) == {1: "a"} and p.blocked == {2: "Resources"}
+    assert not fits_somewhere(nowhere, nodes)
+
+
+def test_a_users_budget_caps_what_is_placed_and_smaller_jobs_fill_it() -> None:
+    nodes = [Node(id="a", cpus=16, memory_mb=100)]
+    mine = (("ann", None),)
+    reqs = [Request(job_id=i, attempt=1, cpus=c, budgets=mine)
+            for i, c in ((1, 2), (2, 2), (3, 2), (4, 1))]
+    p = plan(reqs, nodes, budgets={"ann": 5})
+    assert sorted(where(p)) == [1, 2, 4]  # 2 + 2 + 1 = 5: the third 2-CPU job waits
+    assert p.blocked == {3: "QOSMaxCpuPerUserLimit"}
+    # a budget nobody set limits nothing
+    assert len(plan(reqs, nodes).placements) == 4
+
+
+def test_a_partition_budget_applies_on_its_workers_only() -> None:
+    """ann may run 2 CPUs in partition `arm` (workers a1, a2); `x` is not limited: once her arm
+    budget is spent, her jobs that may also run on x go there."""
+    nodes = [Node(id="a1", cpus=4, memory_mb=100), Node(id="a2", cpus=4, memory_mb=100),
+             Node(id="x", cpus=4, memory_mb=100)]
+    arm = frozenset({"a1", "a2"})
+    keys = (("ann\x1farm", arm),)
+    either = [Request(job_id=i, attempt=1, cpus=1, workers=arm | {"x"}, budgets=keys)
+              for i in range(1, 5)]
+    arm_only = Request(job_id=9, attempt=1, cpus=1, workers=arm, budgets=keys)
+    # best fit would pack all onto one worker; the budget sends the 3rd and 4th to x
+    p = plan([*either, arm_only], nodes, budgets={"ann\x1farm": 2})
+    placed = where(p)
+    assert sum(1 for w in placed.values() if w in arm) == 2
+    assert [placed[i] for i in (3, 4)] == ["x", "x"]
+    assert p.blocked == {9: "QOSMaxCpuPerUserLimit"}

@@ -13,6 +13,11 @@ CREATE TABLE partitions (
     max_cpus_per_job    integer     CHECK (max_cpus_per_job IS NULL OR max_cpus_per_job > 0),
     tier                integer     NOT NULL DEFAULT 0,
     allowed_users       text[],
+    -- each user's limits within the partition (NULL: none)
+    max_running_cpus_per_user integer CHECK (max_running_cpus_per_user IS NULL
+                                             OR max_running_cpus_per_user > 0),
+    max_pending_jobs_per_user integer CHECK (max_pending_jobs_per_user IS NULL
+                                             OR max_pending_jobs_per_user > 0),
     is_default          boolean     NOT NULL DEFAULT false,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now()
