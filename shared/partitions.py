@@ -154,8 +154,3 @@ def check_submission(text: str | None, partitions: Mapping[str, Partition], *, u
         raise PartitionError(f"no partition can run this job: {v.message}", v.reason)
     limit = time_limit_s if time_limit_s is not None else v.default_time_limit
     return joined(names), limit
-
-
-def members(partition: Partition, workers: Mapping[str, Mapping[str, str]]) -> list[str]:
-    """The workers (id -> labels) a partition selects, sorted."""
-    return sorted(w for w, labels in workers.items() if partition.selects(labels))

@@ -24,9 +24,10 @@ from shared.db.partitions import Head, LimitStore, QueueStore, ShareStore
 from shared.db.queries import q
 from shared.estimate import MAX_AHEAD, Queued, Running, estimate_start
 from shared.membership import Member
-from shared.partitions import Partition, Verdict, judge
+from shared.partitions import Verdict
 from shared.placement import Node
-from shared.priority import DEFAULT_FACTOR, Factors, Weights, factors, fair_share
+from shared.priority import fair_share
+from shared.ranking import Ranking
 from shared.states import JobState, PendingReason, WorkerState
 
 routes = web.RouteTableDef()
@@ -74,26 +75,8 @@ def _room(job: Job, ready: Sequence[Member], used: Mapping[str, tuple[int, int]]
                    f"{f' and {need_mem} MB' if need_mem else ''} (most free now: {most})")
 
 
-class _Ranking:
-    """Scores of pending jobs as the scheduler computes them."""
-
-    def __init__(self, partitions: Mapping[str, Partition], factors_of: Mapping[str, float],
-                 weights: Weights) -> None:
-        self.partitions = partitions
-        self.fair = factors_of
-        self.weights = weights
-
-    def verdict(self, user: str, partition: str, cpus: int, limit: int | None) -> Verdict:
-        return judge(partition.split(","), self.partitions, user=user, cpus=cpus,
-                     time_limit_s=limit)
-
-    def factors(self, *, user: str, waited_s: float, priority: int, tier: int) -> Factors:
-        return factors(waited_s=waited_s, fairshare=self.fair.get(user, DEFAULT_FACTOR),
-                       priority=priority, tier=tier, weights=self.weights)
-
-
 def _ahead(job: Job, mine: frozenset[str], score: float, heads: Sequence[Head], *,
-           rank: _Ranking, members: Sequence[Member]) -> list[tuple[float, int, Queued]]:
+           rank: Ranking, members: Sequence[Member]) -> list[tuple[float, int, Queued]]:
     """The pending jobs that go before this one and compete for some of its workers."""
     out: list[tuple[float, int, Queued]] = []
     for h in heads:
@@ -126,7 +109,8 @@ async def explain(request: web.Request, job: Job) -> dict[str, Any]:
     parts = await partitions_of(request)
     rows = await ShareStore(g.pool).usage(settings.fairshare_half_life_s)
     table = fair_share({u.user: u.cpu_s for u in rows}, {u.user: u.shares for u in rows})
-    rank = _Ranking(parts, {u: r.factor for u, r in table.items()}, settings.weights)
+    rank = Ranking(partitions=parts, fair={u: r.factor for u, r in table.items()},
+                   weights=settings.weights)
     verdict = rank.verdict(job.user, job.partition or "default", job.cpus, job.time_limit_s)
     names = (job.partition or "default").split(",")
     refused = {n: why for n, _, why in verdict.refused}
@@ -185,7 +169,7 @@ async def _partition_limits(request: web.Request, job: Job, verdict: Verdict,
 
 
 async def _estimate(request: web.Request, job: Job, out: dict[str, Any],
-                    reasons: list[dict[str, str]], *, rank: _Ranking, score: float,
+                    reasons: list[dict[str, str]], *, rank: Ranking, score: float,
                     ready: Sequence[Member], members: Sequence[Member]) -> None:
     g = state(request)
     if not ready:

@@ -53,9 +53,10 @@ from shared.events import (
 )
 from shared.leader import SCHEDULER_LOCK_ID, Leadership
 from shared.lifecycle import Changed
-from shared.partitions import Partition, judge
+from shared.partitions import Partition
 from shared.placement import Node, Placement, Request, plan
-from shared.priority import DEFAULT_FACTOR, Weights, factors, fair_share
+from shared.priority import fair_share
+from shared.ranking import Ranking
 from shared.states import WorkerState
 from shared.wakeup import Wakeups
 from shared.wiring import Wiring
@@ -105,10 +106,8 @@ class _Queue:
     users). Turns the groups' head jobs into placement requests in score order
     (shared/priority.py)."""
 
-    partitions: Mapping[str, Partition]
+    rank: Ranking
     labels: Mapping[str, Mapping[str, str]]
-    factors: Mapping[str, float]
-    weights: Weights
     budgets: dict[str, int]
     _members: dict[str, frozenset[str]] = field(default_factory=dict)
 
@@ -123,7 +122,7 @@ class _Queue:
                          held: Sequence[tuple[str, str, str, int]]) -> None:
         """Add each user's budget within each partition with a per-user CPU limit: a job's
         CPUs count against every partition it named that holds its worker."""
-        limited = {n: p for n, p in self.partitions.items()
+        limited = {n: p for n, p in self.rank.partitions.items()
                    if p.max_running_cpus_per_user is not None}
         used: dict[str, int] = {}
         for user, names, worker, cpus in held:
@@ -151,15 +150,14 @@ class _Queue:
     def requests(self, heads: Sequence[Head], reasons: dict[int, str]) -> list[Request]:
         scored: list[tuple[float, int, Request]] = []
         for h in heads:
-            v = judge(h.partition.split(","), self.partitions, user=h.user, cpus=h.cpus,
-                      time_limit_s=h.time_limit_s)
+            v = self.rank.verdict(h.user, h.partition, h.cpus, h.time_limit_s)
             if not v.eligible:
                 reasons[h.id] = v.reason
                 continue
             workers = frozenset().union(*(self.members(p) for p in v.eligible))
-            f = factors(waited_s=h.waited_s, fairshare=self.factors.get(h.user, DEFAULT_FACTOR),
-                        priority=h.priority, tier=v.tier, weights=self.weights)
-            scored.append((-f.score(self.weights), h.id, Request(
+            f = self.rank.factors(user=h.user, waited_s=h.waited_s, priority=h.priority,
+                                  tier=v.tier)
+            scored.append((-f.score(self.rank.weights), h.id, Request(
                 job_id=h.id, attempt=h.attempt, cpus=h.cpus, memory_mb=h.memory_mb,
                 waited_s=h.waited_s, workers=workers, budgets=self._budgets(h.user, v.eligible))))
         scored.sort(key=lambda x: (x[0], x[1]))
@@ -269,11 +267,12 @@ class Scheduler:
             groups = await self.queue.groups()
             if not groups:
                 return result
-            queue = _Queue(partitions=await self.partition_store.all(), labels=labels,
-                           factors=fair, weights=self.weights,
+            rank = Ranking(partitions=await self.partition_store.all(), fair=fair,
+                           weights=self.weights)
+            queue = _Queue(rank=rank, labels=labels,
                            budgets={u: max(most - held, 0) for u, (most, held)
                                     in (await self.limit_store.cpu_limits()).items()})
-            if any(p.max_running_cpus_per_user is not None for p in queue.partitions.values()):
+            if any(p.max_running_cpus_per_user is not None for p in queue.rank.partitions.values()):
                 users = sorted({u for u, _ in groups})
                 queue.limit_partitions(users, await self.limit_store.held(users))
             await self._place(queue, nodes, groups, result)
