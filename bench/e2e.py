@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,10 @@ from services.cli.up import System
 from shared.localinfra import free_port
 from shared.settings import Settings
 
+# py-spy cannot tell these waits from work here: a thread pool's idle worker, and uvloop's
+# loop (idle in epoll, or running C callbacks: counted apart as "loop")
+IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:", "Thread._wait_for_tstate_lock")
+PROFILE_RATE = 100  # py-spy samples/s (it pauses the process for each: keep it modest)
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
@@ -284,7 +289,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if sampler:
                         sampler.start_cpu()
                     me0 = sum(os.times()[:2])
-                    load = await load_round(url, db, args.jobs, args.concurrency)
+                    with profiling(args.profile, pids) as profiles:
+                        load = await load_round(url, db, args.jobs, args.concurrency)
                     me = sum(os.times()[:2]) - me0
                     if sampler:
                         sampler.stop_cpu()
@@ -295,12 +301,84 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await db.close()
         round_ = {"arq_poll_s": poll, "idle": idle, "load": load, "peak_rss_mb": rss,
                   "load_cpu_seconds": cpu}
+        if profiles:
+            round_["profile"] = {name: summarise(path, args.jobs) for name, path in
+                                 profiles.items()}
         if args.reference:
             round_["ratio_to_naive_arq"] = round(
                 load["end_to_end_jobs_per_s"] / results["reference_naive_arq"]["jobs_per_s"], 3)
         results["rounds"].append(round_)
         print_round(round_)
     return results
+
+
+@contextlib.contextmanager
+def profiling(where: Path | None, pids: dict[str, int]) -> Iterator[dict[str, Path]]:
+    """py-spy on every Python service during the load round: collapsed stacks per service in
+    `where` (flame graphs: `flamegraph.pl` or speedscope read them), summarised by
+    summarise()."""
+    if where is None or not pids:
+        yield {}
+        return
+    where.mkdir(parents=True, exist_ok=True)
+    spies: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    for name, pid in pids.items():
+        if name in ("postgres", "redis"):
+            continue
+        out = where / f"{name}.txt"
+        spies[name] = (subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+             "--rate", str(PROFILE_RATE), "--format", "raw", "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        yield {name: out for name, (_, out) in spies.items()}
+    finally:
+        for proc, _ in spies.values():
+            proc.send_signal(signal.SIGINT)
+        for proc, _ in spies.values():
+            proc.wait(timeout=30)
+
+
+def summarise(path: Path, jobs: int, top: int = 14) -> dict[str, Any]:
+    """CPU per job from py-spy's collapsed stacks: by the package the sampled frame is in
+    (self time: redis-py, asyncpg, asyncio, ours...) and by our own functions (inclusive: the
+    function and what it calls)."""
+    inclusive: dict[str, int] = {}
+    by_package: dict[str, int] = {}
+    total = idle = 0
+    if not path.exists():
+        return {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += n
+            continue
+        where = frames[-1].rpartition(" (")[2].rstrip(")")
+        package = where.split("/")[0].split(":")[0].removesuffix(".py")
+        if frames[-1].startswith("Runner.run (asyncio/runners.py"):
+            package = "loop (idle or uvloop's C)"
+        by_package[package] = by_package.get(package, 0) + n
+        seen = set()
+        for frame in frames:
+            fn, _, where = frame.rpartition(" (")
+            if where.startswith(("services/", "shared/")):
+                name = f"{where.split(':')[0]}:{fn}"
+                if name not in seen:
+                    seen.add(name)
+                    inclusive[name] = inclusive.get(name, 0) + n
+    ms = 1000 / PROFILE_RATE / jobs
+
+    def best(d: dict[str, int]) -> dict[str, float]:
+        return {k: round(v * ms, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]}
+
+    return {"ms_per_job": round((total - idle) * ms, 3), "self_by_package": best(by_package),
+            "ours_inclusive": best(inclusive)}
 
 
 def print_round(r: dict[str, Any]) -> None:
@@ -323,6 +401,11 @@ def print_round(r: dict[str, Any]) -> None:
     if r["load_cpu_seconds"]:
         print("  CPU s (load) " + "  ".join(f"{k} {v}" for k, v in sorted(
             r["load_cpu_seconds"].items())))
+    for name, prof in sorted(r.get("profile", {}).items()):
+        print(f"  profile {name}: {prof.get('ms_per_job')} ms CPU/job sampled; by package: "
+              + ", ".join(f"{k} {v}" for k, v in prof.get("self_by_package", {}).items()))
+        for fn, v in prof.get("ours_inclusive", {}).items():
+            print(f"      {v:7.3f}  {fn}")
     if r["peak_rss_mb"]:
         print("  peak RSS MB  " + "  ".join(f"{k} {v}" for k, v in sorted(r["peak_rss_mb"]
                                                                          .items())))
@@ -341,6 +424,8 @@ def main() -> int:
     ap.add_argument("--database-url", help="its PostgreSQL (with --url)")
     ap.add_argument("--no-reference", dest="reference", action="store_false",
                     help="skip the naive-arq reference run (bench/naive_arq.py)")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="py-spy every service during the load round (collapsed stacks in DIR)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     if args.url and not args.database_url:
