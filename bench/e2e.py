@@ -54,6 +54,12 @@ PROFILE_RATE = 100  # py-spy samples/s (it pauses the process for each: keep it 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent not idle (all cores)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -246,6 +252,7 @@ def system(args: argparse.Namespace, poll: float) -> Iterator[tuple[str, str, di
     os.chmod(data, 0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCNS_")}
     env["SCNS_ARQ_POLL_S"] = str(poll)
+    env.update(x.split("=", 1) for x in os.environ.get("BENCH_ENV", "").split() if "=" in x)
     settings = Settings.from_env({**env, "SCNS_DATA_DIR": str(data),
                                   "SCNS_GATEWAY_PORT": str(free_port()),
                                   "SCNS_WORKER_ID": "bench", "SCNS_LOG_LEVEL": "WARNING"})
@@ -289,12 +296,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if sampler:
                         sampler.start_cpu()
                     me0 = sum(os.times()[:2])
+                    busy0 = machine_busy_s()
                     with profiling(args.profile, pids) as profiles:
                         load = await load_round(url, db, args.jobs, args.concurrency)
                     me = sum(os.times()[:2]) - me0
+                    busy = machine_busy_s() - busy0
                     if sampler:
                         sampler.stop_cpu()
                         sampler.cpu["bench-client"] = me
+                        # everything: the services, the jobs' own processes (their wrappers,
+                        # shells), the kernel's work for them, and whatever else runs here
+                        sampler.cpu["machine"] = busy
                 rss = {k: round(v / 2**20, 1) for k, v in (sampler.peak if sampler else {}).items()}
                 cpu = {k: round(v, 2) for k, v in (sampler.cpu if sampler else {}).items()}
             finally:
@@ -399,8 +411,13 @@ def print_round(r: dict[str, Any]) -> None:
           f"{load['allocate_to_start_ms']}  start->finish {load['start_to_finish_ms']}")
     print(f"        peak backlog  {load['peak_backlog']}")
     if r["load_cpu_seconds"]:
-        print("  CPU s (load) " + "  ".join(f"{k} {v}" for k, v in sorted(
-            r["load_cpu_seconds"].items())))
+        cpu = dict(r["load_cpu_seconds"])
+        machine = cpu.pop("machine", None)
+        print("  CPU s (load) " + "  ".join(f"{k} {v}" for k, v in sorted(cpu.items())))
+        services = sum(cpu.values())
+        print(f"  CPU ms/job   services and bench client {1000 * services / load['jobs']:.2f}"
+              + (f", whole machine {1000 * machine / load['jobs']:.2f} (the jobs' own "
+                 "processes and the kernel's work for them included)" if machine else ""))
     for name, prof in sorted(r.get("profile", {}).items()):
         print(f"  profile {name}: {prof.get('ms_per_job')} ms CPU/job sampled; by package: "
               + ", ".join(f"{k} {v}" for k, v in prof.get("self_by_package", {}).items()))

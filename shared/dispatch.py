@@ -12,14 +12,22 @@ from its source and issues, and how we use it:
 * Results are not kept (keep_result=0), so an id is never blocked by a stored result.
 * Enqueue is one Lua step per job (arq's own check-then-set, without WATCH/MULTI round trips) and
   is pipelined for a whole scheduling batch.
-* The queue is polled every `poll_delay` seconds; that alone sets part of submit->start latency,
-  so it is a setting (SCNS_ARQ_POLL_S) measured in bench/e2e.py.
+* A batch of enqueues also publishes a wake-up hint on each of its workers' channels; the worker
+  polls its queue when the hint arrives, and every `poll_delay` seconds (SCNS_ARQ_POLL_S) as a
+  safety net, since a hint may be lost. arq's own loop only polls, which put up to a poll delay
+  into every job's submit->start time.
+* arq claims a due launch with WATCH, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC: four round trips
+  per launch, one launch after another, which capped a worker at ~100 launches/s under load.
+  `LaunchWorker.start_jobs` claims a whole read in one Lua step (claim.lua) with the same
+  checks and the same in-progress key; the rest of arq's job handling is unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -29,14 +37,16 @@ import orjson
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from arq.worker import Retry, Worker, func
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from shared.db import UNAVAILABLE
 from shared.keys import Keys
-from shared.lua import Scripts
+from shared.lua import Scripts, source
+from shared.wakeup import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +98,10 @@ class ArqDispatcher:
                           self.keys.arq_queue(it.worker_id)],
                     args=[arq_id, payload, now, JOB_EXPIRY_MS], client=pipe,
                 )
+            for worker_id in dict.fromkeys(it.worker_id for it in items):
+                pipe.publish(self.keys.wakeup(launch_topic(worker_id)), "launch")
             results = await pipe.execute()
-        return [int(r) == 1 for r in results]
+        return [int(r) == 1 for r in results[:len(items)]]
 
     async def withdraw(self, item: Dispatch) -> None:
         """Remove a launch that must not run (its job was cancelled or handed back)."""
@@ -129,6 +141,72 @@ class ArqDispatcher:
 Launch = Callable[[int, int], Awaitable[None]]
 
 
+def launch_topic(worker_id: str) -> str:
+    """The wake-up channel (Keys.wakeup) of a worker's launch queue."""
+    return f"launch:{worker_id}"
+
+
+class LaunchWorker(Worker):
+    """arq's Worker, woken by hints as well as its poll, claiming a read in one step."""
+
+    def __init__(self, *args: Any, wakeups: Wakeups, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wakeups = wakeups
+        self._stop = asyncio.Event()
+        self._backlog = False  # the last read left due launches unclaimed for lack of room
+        self._claim = self.pool.register_script(source("claim"))
+
+    async def main(self) -> None:
+        """arq's main loop (its pool is ours: see ArqIntake.run), polling on each hint."""
+        self.ctx["redis"] = self.pool
+        listener = asyncio.create_task(self.wakeups.listen(self._stop), name="launch-wakeups")
+        try:
+            while True:
+                self.wakeups.take()
+                await self._poll_iteration()
+                # a hint (a new launch, or room for one that waits) ends the wait early
+                await self.wakeups.wait(self._stop, self.poll_delay_s)
+        finally:
+            self._stop.set()
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs (the same checks, the same in-progress key), one step per read."""
+        room = self.max_jobs - self.job_counter
+        self._backlog = len(job_ids) > room
+        ids = [b.decode() for b in job_ids[:max(room, 0)]]
+        if not ids:
+            return
+        claimed = await self._claim(
+            keys=[self.queue_name, *(in_progress_key_prefix + i for i in ids)],
+            args=[int(self.in_progress_timeout_s * 1000), timestamp_ms(), *ids])
+        for k in range(0, len(claimed), 2):
+            job_id = claimed[k].decode() if isinstance(claimed[k], bytes) else str(claimed[k])
+            await self.sem.acquire()  # never waits: only `room` were claimed
+            self.job_counter += 1
+            t = self.loop.create_task(self.run_job(job_id, int(float(claimed[k + 1]))))
+            t.add_done_callback(self._launch_done)
+            self.tasks[job_id] = t
+
+    async def close(self) -> None:
+        """arq's close, without its call to redis-py's deprecated close()."""
+        self.handle_sig(signal.SIGUSR1)  # cancels the main loop and what still runs
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self.pool.delete(self.health_check_key)
+        await self.pool.aclose(close_connection_pool=True)
+        self._pool = None
+
+    def _launch_done(self, _: asyncio.Task[None]) -> None:
+        self._release_sem_dec_counter_on_complete()
+        if self._backlog:
+            self.wakeups.set()
+
+
 class ArqIntake:
     """Worker side: an arq Worker on this executor's queue that calls `launch(job, attempt)`."""
 
@@ -158,10 +236,15 @@ class ArqIntake:
     async def run(self) -> None:
         """Consume launches until `stop()`; must be called inside the running loop (arq's Worker
         picks up the current loop in its constructor)."""
-        pool = ConnectionPool.from_url(self.redis_url, max_connections=32)
+        # every launch in flight holds a connection for arq's MULTI (more than the pool holds
+        # would fail with "Too many connections"): a launch waits for one instead
+        pool = BlockingConnectionPool.from_url(self.redis_url, max_connections=self.max_jobs + 8,
+                                               timeout=30)
         self._pool = ArqRedis(pool, job_serializer=_dumps, job_deserializer=orjson.loads,
                               default_queue_name=self.keys.arq_queue(self.worker_id))
-        self._worker = Worker(
+        wakeups = Wakeups(self._pool, self.keys.wakeup(launch_topic(self.worker_id)))
+        self._worker = LaunchWorker(
+            wakeups=wakeups,
             functions=[func(self._task, name=LAUNCH, timeout=self.launch_timeout_s,
                             max_tries=1000)],
             queue_name=self.keys.arq_queue(self.worker_id),

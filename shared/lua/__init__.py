@@ -25,6 +25,7 @@ NAMES = (
     "worker_retire",
     "worker_drain",
     "enqueue",
+    "claim",
     "restore",
     "record",
     "recount",
