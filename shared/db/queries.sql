@@ -117,84 +117,96 @@ WITH back AS (
 )
 SELECT * FROM back;
 
--- name: start_job
+-- name: start_jobs
 -- transition: start
--- The executor's fence: only the worker the attempt was allocated to may start it, once.
--- An element comes with its array's record (script, environment, indexes).
-UPDATE jobs SET state = 'RUNNING', started_at = now(), updated_at = now()
-WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state IN {from:start}
-RETURNING *, CASE WHEN array_job_id IS NOT NULL THEN
-                 (SELECT to_jsonb(a) FROM job_arrays a WHERE a.id = array_job_id) END
-             AS array_meta;
+-- The executor's fence: only the worker the attempt was allocated to may start it, once. The
+-- launches an executor takes together start in one statement (one commit): each row guarded on
+-- its own. An element comes with its array's record (script, environment, indexes).
+UPDATE jobs j SET state = 'RUNNING', started_at = now(), updated_at = now()
+FROM unnest($1::bigint[], $2::int[], $3::text[]) AS s(id, attempt, worker_id)
+WHERE j.id = s.id AND j.attempt = s.attempt AND j.worker_id = s.worker_id
+  AND j.state IN {from:start}
+RETURNING j.*, CASE WHEN j.array_job_id IS NOT NULL THEN
+                   (SELECT to_jsonb(a) FROM job_arrays a WHERE a.id = j.array_job_id) END
+               AS array_meta;
 
--- name: finish_job
+-- name: finish_jobs
 -- transition: finish
--- The end of a RUNNING attempt ($4), guarded by attempt and worker, in one statement: the job
--- either ends with it or becomes a new PENDING attempt, and the attempt's row records how it
--- went and gives its capacity back. A new attempt follows when the user asked for a requeue,
--- or when the caller's policy says so ($8: after how many seconds; $9: it is a retry, counted
+-- The end of RUNNING attempts (f.state), each guarded by attempt and worker, in one statement
+-- (the attempts an executor sees end together: one commit). Each job either ends with its
+-- attempt or becomes a new PENDING attempt, and the attempt's row records how it went and gives
+-- its capacity back. A new attempt follows when the user asked for a requeue, or when the
+-- caller's policy says so (f.again_s: after how many seconds; f.retry: it is a retry, counted
 -- against the job's retries), as for a --requeue job whose node failed. A cancel request wins
 -- over both: the job ends, and a node failure met while it was being cancelled is CANCELLED.
 -- (The SET expressions read the row as it was; `attempts` is read as it was before the
 -- statement, for the attempt's start.)
-WITH done AS (
+WITH f AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[], $6::int[],
+                         $7::text[], $8::float8[], $9::boolean[], $10::bigint[], $11::float8[],
+                         $12::float8[])
+        AS f(id, attempt, worker_id, state, exit_code, signal, reason, again_s, retry,
+             peak_rss_kb, cpu_user_s, cpu_system_s)
+), done AS (
     UPDATE jobs j SET
         state        = CASE WHEN NOT j.cancel_requested
-                                 AND (j.requeue_requested OR $8::float8 IS NOT NULL)
+                                 AND (j.requeue_requested OR f.again_s IS NOT NULL)
                             THEN 'PENDING'
-                            WHEN j.cancel_requested AND $4 = 'NODE_FAIL' THEN 'CANCELLED'
-                            ELSE $4 END,
+                            WHEN j.cancel_requested AND f.state = 'NODE_FAIL' THEN 'CANCELLED'
+                            ELSE f.state END,
         attempt      = j.attempt + CASE WHEN NOT j.cancel_requested
-                                             AND (j.requeue_requested OR $8 IS NOT NULL)
+                                             AND (j.requeue_requested OR f.again_s IS NOT NULL)
                                         THEN 1 ELSE 0 END,
         reason       = CASE WHEN j.cancel_requested
-                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL) THEN
-                                CASE WHEN j.cancel_requested AND $4 = 'NODE_FAIL'
-                                     THEN 'cancelled' ELSE $7::text END
-                            WHEN NOT j.requeue_requested AND $8 > 0 THEN 'BeginTime'
+                                 OR NOT (j.requeue_requested OR f.again_s IS NOT NULL) THEN
+                                CASE WHEN j.cancel_requested AND f.state = 'NODE_FAIL'
+                                     THEN 'cancelled' ELSE f.reason END
+                            WHEN NOT j.requeue_requested AND f.again_s > 0 THEN 'BeginTime'
                             ELSE 'Priority' END,
         begin_at     = CASE WHEN NOT j.cancel_requested AND NOT j.requeue_requested
-                                 AND $8 IS NOT NULL
-                            THEN now() + make_interval(secs => $8) ELSE j.begin_at END,
+                                 AND f.again_s IS NOT NULL
+                            THEN now() + make_interval(secs => f.again_s) ELSE j.begin_at END,
         retries_used = CASE WHEN j.cancel_requested
-                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 OR NOT (j.requeue_requested OR f.again_s IS NOT NULL)
                                  THEN j.retries_used
                             WHEN j.requeue_requested THEN 0
-                            WHEN $9::boolean THEN j.retries_used + 1
+                            WHEN f.retry THEN j.retries_used + 1
                             ELSE j.retries_used END,
         exit_code    = CASE WHEN j.cancel_requested
-                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
-                                 THEN $5::int END,
+                                 OR NOT (j.requeue_requested OR f.again_s IS NOT NULL)
+                                 THEN f.exit_code END,
         signal       = CASE WHEN j.cancel_requested
-                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
-                                 THEN $6::int END,
+                                 OR NOT (j.requeue_requested OR f.again_s IS NOT NULL)
+                                 THEN f.signal END,
         worker_id    = CASE WHEN j.cancel_requested
-                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 OR NOT (j.requeue_requested OR f.again_s IS NOT NULL)
                                  THEN j.worker_id END,
         allocated_at = CASE WHEN j.cancel_requested
-                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 OR NOT (j.requeue_requested OR f.again_s IS NOT NULL)
                                  THEN j.allocated_at END,
         started_at   = CASE WHEN j.cancel_requested
-                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 OR NOT (j.requeue_requested OR f.again_s IS NOT NULL)
                                  THEN j.started_at END,
         finished_at  = CASE WHEN j.cancel_requested
-                                 OR NOT (j.requeue_requested OR $8 IS NOT NULL)
+                                 OR NOT (j.requeue_requested OR f.again_s IS NOT NULL)
                                  THEN now() END,
         requeue_requested = false,
         updated_at   = now()
-    WHERE j.id = $1 AND j.attempt = $2 AND j.worker_id = $3 AND j.state IN {from:finish}
-      AND $4::text IN {to:finish}
-    RETURNING j.*, CASE WHEN j.cancel_requested AND $4 = 'NODE_FAIL' THEN 'CANCELLED'
-                        ELSE $4 END AS attempt_state
+    FROM f
+    WHERE j.id = f.id AND j.attempt = f.attempt AND j.worker_id = f.worker_id
+      AND j.state IN {from:finish}
+      AND f.state IN {to:finish}
+    RETURNING j.*, CASE WHEN j.cancel_requested AND f.state = 'NODE_FAIL' THEN 'CANCELLED'
+                        ELSE f.state END AS attempt_state
 ), acct AS (
     UPDATE attempts a SET
         released_at = coalesce(a.released_at, now()), started_at = before.started_at,
         finished_at = now(), state = done.attempt_state,
-        reason = CASE WHEN done.attempt_state <> $4 THEN 'cancelled' ELSE $7 END,
-        exit_code = $5, signal = $6, peak_rss_kb = $10::bigint, cpu_user_s = $11::float8,
-        cpu_system_s = $12::float8
-    FROM done JOIN jobs before ON before.id = done.id
-    WHERE a.job_id = done.id AND a.attempt = $2
+        reason = CASE WHEN done.attempt_state <> f.state THEN 'cancelled' ELSE f.reason END,
+        exit_code = f.exit_code, signal = f.signal, peak_rss_kb = f.peak_rss_kb,
+        cpu_user_s = f.cpu_user_s, cpu_system_s = f.cpu_system_s
+    FROM done JOIN jobs before ON before.id = done.id JOIN f ON f.id = done.id
+    WHERE a.job_id = done.id AND a.attempt = f.attempt
 )
 SELECT * FROM done;
 

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from shared import failpoints
 from shared.allocation import AllocationRecord, Allocator, Outcome
+from shared.batching import Batcher
 from shared.bus import StreamBus
 from shared.db.jobs import Job, JobSpec, JobStore, Usage, spec_digest
 from shared.db.repairs import Unreleased
@@ -40,7 +41,7 @@ from shared.events import (
 )
 from shared.keys import Keys
 from shared.lifecycle.policy import follow_up
-from shared.lifecycle.store import Allocated, Ended, Target, TransitionStore
+from shared.lifecycle.store import Allocated, Ended, Finish, Target, TransitionStore
 from shared.states import JobState, PendingReason
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class LifecycleCore:
         self.pool = pool
         self.store = TransitionStore(pool)
         self.jobs = JobStore(pool)
+        # an executor's starts and ends that come together are written together (one commit)
+        self._starts: Batcher[tuple[int, int, str], Job | None] = Batcher(self.store.start_many)
+        self._finishes: Batcher[Finish, Ended | None] = Batcher(self.store.finish_many)
 
     # --- submit ----------------------------------------------------------------------------
     async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None
@@ -176,7 +180,7 @@ class LifecycleCore:
     async def start(self, job_id: int, attempt: int, worker_id: str) -> Job | None:
         """The fence: ALLOCATED -> RUNNING for this attempt on this worker, once. None: the
         launch is stale (another attempt, another worker, cancelled, already started)."""
-        return await self.store.start(job_id, attempt, worker_id)
+        return await self._starts((job_id, attempt, worker_id))
 
     async def started(self, job: Job, pid: int | None) -> None:
         await self._emit([JobStarted(job_id=job.id, attempt=job.attempt,
@@ -189,10 +193,10 @@ class LifecycleCore:
         (a retry, a requeue, a --requeue job whose node failed) goes on as a new attempt.
         None when the attempt is no longer this worker's to end (a stale executor)."""
         fu = follow_up(job, state)
-        ended = await self.store.finish(
-            job, state, exit_code=exit_code, signal=signal, reason=reason,
+        ended = await self._finishes(Finish(
+            job=job, state=state, exit_code=exit_code, signal=signal, reason=reason,
             usage=usage or Usage(), again_after_s=fu.delay_s if fu else None,
-            retry=fu.retry if fu else False)
+            retry=fu.retry if fu else False))
         events: list[Event] = []
         if ended is not None:
             started = job.started_at.timestamp() if job.started_at else None

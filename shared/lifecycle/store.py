@@ -8,7 +8,7 @@ empty answer means "not in a state this operation applies to" (someone else got 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -68,6 +68,24 @@ class Ended:
     @property
     def again(self) -> bool:
         return self.job.attempt != self.attempt
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finish:
+    """The end of one attempt, as its worker reports it (TransitionStore.finish_many)."""
+
+    job: Job
+    state: JobState
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    again_after_s: float | None = None
+    retry: bool = False
+
+    @property
+    def key(self) -> tuple[int, int, str | None]:
+        return (self.job.id, self.job.attempt, self.job.worker_id)
 
 
 class TransitionStore:
@@ -143,20 +161,50 @@ class TransitionStore:
         return [(Job.from_row(r), r["from_worker"]) for r in rows]
 
     async def start(self, job_id: int, attempt: int, worker_id: str) -> Job | None:
-        row = await self.db.fetchrow(q("start_job"), job_id, attempt, worker_id)
-        return Job.from_row(row) if row else None
+        return (await self.start_many([(job_id, attempt, worker_id)]))[0]
+
+    async def start_many(self, items: Sequence[tuple[int, int, str]]) -> list[Job | None]:
+        """Each (job, attempt, worker) started, or None where its guard failed. An item given
+        twice is answered once (the second reads None: it did not win the start)."""
+        if not items:
+            return []
+        unique = sorted(set(items))  # rows locked in id order, as every batch statement does
+        rows = await self.db.fetch(q("start_jobs"), [i[0] for i in unique],
+                                   [i[1] for i in unique], [i[2] for i in unique])
+        won = {(r["id"], r["attempt"], r["worker_id"]): Job.from_row(r) for r in rows}
+        return [won.pop(i, None) for i in items]
 
     async def finish(self, job: Job, state: JobState, *, exit_code: int | None,
                      signal: int | None, reason: str | None, usage: Usage,
                      again_after_s: float | None, retry: bool) -> Ended | None:
-        row = await self.db.fetchrow(
-            q("finish_job"), job.id, job.attempt, job.worker_id, str(state), exit_code, signal,
-            reason, again_after_s, retry, usage.peak_rss_kb, usage.cpu_user_s,
-            usage.cpu_system_s)
-        if row is None:
-            return None
-        return Ended(job=Job.from_row(row), attempt=job.attempt,
-                     state=JobState(row["attempt_state"]))
+        return (await self.finish_many([Finish(
+            job=job, state=state, exit_code=exit_code, signal=signal, reason=reason, usage=usage,
+            again_after_s=again_after_s, retry=retry)]))[0]
+
+    async def finish_many(self, items: Sequence[Finish]) -> list[Ended | None]:
+        """Each attempt's end recorded, or None where it was no longer its worker's to end. An
+        attempt given twice is answered once."""
+        if not items:
+            return []
+        first: dict[tuple[int, int, str | None], Finish] = {}
+        for f in items:
+            first.setdefault(f.key, f)
+        unique = sorted(first.values(), key=lambda f: f.key)
+        rows = await self.db.fetch(
+            q("finish_jobs"), [f.job.id for f in unique], [f.job.attempt for f in unique],
+            [f.job.worker_id for f in unique], [str(f.state) for f in unique],
+            [f.exit_code for f in unique], [f.signal for f in unique],
+            [f.reason for f in unique], [f.again_after_s for f in unique],
+            [f.retry for f in unique], [f.usage.peak_rss_kb for f in unique],
+            [f.usage.cpu_user_s for f in unique], [f.usage.cpu_system_s for f in unique])
+        by_id = {r["id"]: r for r in rows}
+        out: list[Ended | None] = []
+        for f in items:
+            row = by_id.pop(f.job.id, None)
+            out.append(None if row is None else Ended(
+                job=Job.from_row(row), attempt=f.job.attempt,
+                state=JobState(row["attempt_state"])))
+        return out
 
     async def cancel_array(self, array_id: int, reason: str
                            ) -> tuple[int, list[tuple[int, int, str]]]:

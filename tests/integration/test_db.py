@@ -16,7 +16,7 @@ from shared.db.jobs import JobSpec, JobStore, Usage
 from shared.db.migrate import current_version, load_migrations, migrate
 from shared.db.pool import create_pool
 from shared.errors import ConductorError
-from shared.lifecycle.store import TransitionStore
+from shared.lifecycle.store import Finish, TransitionStore
 from shared.states import JobState
 
 S = JobState
@@ -146,3 +146,40 @@ async def test_pool_release_rolls_back_an_abandoned_transaction(database_url: st
             assert await conn.fetchval("SELECT count(*) FROM jobs") == 0
     finally:
         await pool.close()
+
+
+async def test_a_batch_of_starts_and_ends_answers_each_item_on_its_own(
+        pool: asyncpg.Pool[Any]) -> None:
+    """What the executor's group commit writes: one statement for many attempts, each guarded
+    alone (a stale or repeated item loses without costing the others theirs)."""
+    t = TransitionStore(pool)
+    jobs = [await t.insert(JobSpec(script="true", requeue=i == 0), idempotency_key=None)
+            for i in range(4)]
+    ids = [j.id for j in jobs if j is not None]
+    await t.place([(i, 1, "w") for i in ids[:3]])  # the fourth stays PENDING
+    started = await t.start_many([(ids[0], 1, "w"), (ids[1], 1, "w"), (ids[1], 1, "w"),
+                                  (ids[2], 1, "other"), (ids[3], 1, "w")])
+    assert [s.id if s else None for s in started] == [ids[0], ids[1], None, None, None]
+    first, second = started[0], started[1]
+    assert first is not None and second is not None
+    ended = await t.finish_many([
+        Finish(job=first, state=S.NODE_FAIL, reason="lost", again_after_s=0.0),
+        Finish(job=second, state=S.COMPLETED, exit_code=0),
+        Finish(job=second, state=S.FAILED, exit_code=1)])  # a repeat: answered once
+    a, b, repeat = ended
+    assert a is not None and a.again and a.job.attempt == 2 and a.job.state is S.PENDING
+    assert b is not None and not b.again and b.job.state is S.COMPLETED and b.job.exit_code == 0
+    assert repeat is None
+    assert (await JobStore(pool).get(ids[1])).state is S.COMPLETED  # type: ignore[union-attr]
+    attempts = await JobStore(pool).attempts(ids[0])
+    assert [(x.attempt, x.state, x.reason) for x in attempts] == [(1, "NODE_FAIL", "lost")]
+
+
+async def test_racing_starts_through_the_lifecycle_batch_one_wins(wiring: Any) -> None:
+    """Twenty launches of one attempt arriving together join one batch: exactly one wins."""
+    t = TransitionStore(wiring.pool)
+    job = await t.insert(JobSpec(script="true"), idempotency_key=None)
+    assert job is not None
+    await t.place([(job.id, 1, "w")])
+    results = await asyncio.gather(*(wiring.lifecycle.start(job.id, 1, "w") for _ in range(20)))
+    assert sum(r is not None for r in results) == 1

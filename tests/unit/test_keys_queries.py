@@ -32,7 +32,7 @@ def test_scan_pattern_escapes_glob_characters() -> None:
 
 def test_named_queries_parse() -> None:
     q = queries()
-    assert {"insert_job", "finish_job", "requeue_job", "worker_joined"} <= set(q)
+    assert {"insert_job", "finish_jobs", "requeue_job", "worker_joined"} <= set(q)
     assert all(body.strip() for body in q.values())
 
 

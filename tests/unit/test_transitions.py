@@ -84,7 +84,7 @@ def test_only_the_operations_states_are_written(name: str) -> None:
     for param in STATE_PARAM.findall(sql):
         assert re.search(re.escape(param) + r"(::\w+)?\s+IN\s+\{to:" + op.value + r"\}", sql), \
             f"{name} sets state from {param} without checking it against {{to:{op}}}"
-    assert "$4::text IN {to:finish}" in sql if op is Op.FINISH else True
+    assert "f.state IN {to:finish}" in sql if op is Op.FINISH else True
 
 
 @pytest.mark.parametrize("name", sorted(tagged()))
@@ -104,8 +104,8 @@ def test_guards_are_generated_from_the_table(op: Op) -> None:
 
 
 def test_finish_may_only_end_in_a_terminal_state_or_a_new_attempt() -> None:
-    sql = queries()["finish_job"]
-    assert ("$4::text IN ('CANCELLED', 'COMPLETED', 'FAILED', 'NODE_FAIL', 'OUT_OF_MEMORY', "
+    sql = queries()["finish_jobs"]
+    assert ("f.state IN ('CANCELLED', 'COMPLETED', 'FAILED', 'NODE_FAIL', 'OUT_OF_MEMORY', "
             "'TIMEOUT')") in sql
 
 
@@ -168,8 +168,8 @@ def test_no_lifecycle_step_outside_the_lifecycle_module() -> None:
 def test_the_check_above_can_fail(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("async def f(self):\n"
-                   "    await self.pool.fetch(q('finish_job'))\n"
+                   "    await self.pool.fetch(q('finish_jobs'))\n"
                    "    await self.allocator.release(job_id=1, attempt=1, worker_id='w')\n"
                    "    await self.bus.publish(JobFinished(job_id=1))\n")
-    assert set(lifecycle_steps_in(bad)) == {"runs finish_job", "calls self.allocator.release",
+    assert set(lifecycle_steps_in(bad)) == {"runs finish_jobs", "calls self.allocator.release",
                                             "makes JobFinished"}
