@@ -3,11 +3,20 @@
     python bench/e2e.py                      # start a system: 2 executors x 96 virtual CPUs
     python bench/e2e.py --jobs 5000 --workers 4 --cpus 48
     python bench/e2e.py --poll 0.5,0.05,0.01 # one round per arq poll delay, to see its cost
+    python bench/e2e.py --array 20000        # + one 20,000-element array of `true`
+    python bench/e2e.py --no-load --rate 300 # open loop instead: --jobs at 300 submits/s
+    python bench/e2e.py --no-reference --jobs 500 --array 1000 --rate 200   # a quick look
     SCNS_TOKEN=... python bench/e2e.py --url http://host:8080 --database-url postgresql://...
 
+Rounds, each on the same system: idle (one job at a time), load (closed loop: --jobs from
+--concurrency submitters; --no-load skips it), array (--array N: one POST of N elements, to the
+last one's end; the target is >= 1,000 elements/s), rate (--rate R: open loop, --jobs offered at
+R/s whatever the answers; the target is submit->start p99 <= 1 s at 300/s).
+
 Prints and writes JSON (bench/results/e2e-<time>.json): submits/s, end-to-end jobs/s,
-submit->start latency p50/p99 from PostgreSQL's timestamps on an idle system and under load,
-and each service's peak RSS. The machine is shared and noisy: compare ratios within one run.
+submit->start latency percentiles from PostgreSQL's timestamps, CPU per job per process and for
+the whole machine, the ratio to a naive arq worker, and each service's peak RSS. The machine is
+shared and noisy: compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -25,7 +34,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,22 +44,31 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import orjson
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.e2e_rounds import (
+    AUTH,
+    array_round,
+    idle_round,
+    load_round,
+    rate_round,
+    resources_timing,
+)
 from services.cli.up import System
+from shared.arrays import DEFAULT_MAX_ARRAY_SIZE
 from shared.localinfra import free_port
 from shared.settings import Settings
 
 # py-spy cannot tell these waits from work here: a thread pool's idle worker, and uvloop's
 # loop (idle in epoll, or running C callbacks: counted apart as "loop")
 IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:", "Thread._wait_for_tstate_lock")
+# a pause before a round: the last one's tail (executors' cleanup, autovacuum) is not its
+SETTLE_S = 1.0
 PROFILE_RATE = 100  # py-spy samples/s (it pauses the process for each: keep it modest)
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
 def machine_busy_s() -> float:
@@ -60,31 +77,26 @@ def machine_busy_s() -> float:
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
 class Sampler:
-    """Peak memory per service (sampled every 100 ms) and CPU seconds used while sampling.
+    """Peak memory per service (sampled every 100 ms) and each service's CPU seconds so far.
 
     Memory is the process's RSS; for PostgreSQL it is the postmaster's RSS plus each backend's
-    unique set size (their shared buffers would otherwise be counted once per backend)."""
+    unique set size (their shared buffers would otherwise be counted once per backend). CPU for
+    PostgreSQL is the postmaster's, its live backends' and the ended ones' (autovacuum workers,
+    closed connections)."""
 
     def __init__(self, processes: dict[str, int]) -> None:
         self.procs = {name: psutil.Process(pid) for name, pid in processes.items()}
         self.peak: dict[str, int] = dict.fromkeys(processes, 0)
-        self.cpu: dict[str, float] = dict.fromkeys(processes, 0.0)
-        self._cpu0: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _cpu_total(self, name: str) -> float:
         p = self.procs[name]
-        total = sum(p.cpu_times()[:2])
+        t = p.cpu_times()
+        total = t.user + t.system
         if name == "postgres":
+            total += t.children_user + t.children_system
             for c in p.children():
                 with contextlib.suppress(psutil.Error):
                     total += sum(c.cpu_times()[:2])
@@ -106,13 +118,12 @@ class Sampler:
                     self.peak[name] = max(self.peak[name], self._memory(name))
             self._stop.wait(0.1)
 
-    def start_cpu(self) -> None:
-        self._cpu0 = {n: self._cpu_total(n) for n in self.procs}
-
-    def stop_cpu(self) -> None:
+    def cpu_totals(self) -> dict[str, float]:
+        totals = {}
         for n in self.procs:
             with contextlib.suppress(psutil.Error):
-                self.cpu[n] = self._cpu_total(n) - self._cpu0.get(n, 0.0)
+                totals[n] = self._cpu_total(n)
+        return totals
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -123,123 +134,22 @@ class Sampler:
         self._thread.join()
 
 
-AUTH: dict[str, str] = {}  # the system's admin token, once it is up (SCNS_TOKEN with --url)
-
-
-async def submit_many(url: str, n: int, concurrency: int, script: str) -> tuple[list[int], float]:
-    ids: list[int] = []
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(n):
-        queue.put_nowait(i)
-    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=concurrency),
-                                     headers=AUTH) as s:
-        async def worker() -> None:
-            while True:
-                try:
-                    queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                async with s.post("/api/v1/jobs", data=orjson.dumps({"script": script}),
-                                  headers={"Content-Type": "application/json"}) as r:
-                    body = await r.json()
-                    if r.status != 201:
-                        raise RuntimeError(f"submit failed: {r.status} {body}")
-                    ids.append(body["id"])
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return ids, time.perf_counter() - started
-
-
-async def wait_done(db: asyncpg.Pool[Any], ids: list[int], within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while True:
-        left = await db.fetchval("SELECT count(*) FROM jobs WHERE id = ANY($1) AND NOT "
-                                 "(state = ANY($2))", ids, list(TERMINAL))
-        if left == 0:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{left} jobs not finished after {within_s}s")
-        await asyncio.sleep(0.05)
-
-
-async def latencies(db: asyncpg.Pool[Any], ids: list[int]) -> dict[str, Any]:
-    rows = await db.fetch(
-        "SELECT state, extract(epoch FROM started_at - submitted_at) * 1000 AS start_ms, "
-        "extract(epoch FROM allocated_at - submitted_at) * 1000 AS alloc_ms, "
-        "extract(epoch FROM started_at - allocated_at) * 1000 AS launch_ms, "
-        "extract(epoch FROM finished_at - started_at) * 1000 AS run_ms, "
-        "submitted_at, finished_at FROM jobs WHERE id = ANY($1)", ids)
-    lat = [float(r["start_ms"]) for r in rows if r["start_ms"] is not None]
-
-    def p50_p99(col: str) -> dict[str, float]:
-        v = [float(r[col]) for r in rows if r[col] is not None]
-        return {"p50": round(pct(v, 50), 1), "p99": round(pct(v, 99), 1)}
-
-    first = min(r["submitted_at"] for r in rows)
-    last = max(r["finished_at"] for r in rows if r["finished_at"] is not None)
-    span = (last - first).total_seconds()
-    return {
-        "completed": sum(1 for r in rows if r["state"] == "COMPLETED"),
-        "submit_to_start_ms": {"p50": round(pct(lat, 50), 1), "p90": round(pct(lat, 90), 1),
-                               "p99": round(pct(lat, 99), 1), "max": round(max(lat), 1),
-                               "mean": round(statistics.fmean(lat), 1)},
-        "submit_to_allocate_ms": p50_p99("alloc_ms"),
-        "allocate_to_start_ms": p50_p99("launch_ms"),
-        "start_to_finish_ms": p50_p99("run_ms"),
-        "first_submit_to_last_finish_s": round(span, 3),
-        "end_to_end_jobs_per_s": round(len(rows) / span, 1) if span > 0 else None,
-    }
-
-
-async def resources_timing(url: str, n: int = 300) -> dict[str, float]:
-    """Server time of GET /resources (its Server-Timing header): the promise is < 1 ms."""
-    times = []
-    async with aiohttp.ClientSession(url, headers=AUTH) as s:
-        for _ in range(n):
-            async with s.get("/api/v1/resources") as r:
-                await r.read()
-                times.append(float(r.headers["Server-Timing"].split("dur=")[1]))
-    return {"p50_ms": round(pct(times, 50), 3), "p99_ms": round(pct(times, 99), 3)}
-
-
-async def idle_round(url: str, db: asyncpg.Pool[Any], n: int) -> dict[str, Any]:
-    """One job at a time on a quiet system: the latency a person feels."""
-    ids = []
-    async with aiohttp.ClientSession(url, headers=AUTH) as s:
-        for _ in range(n):
-            async with s.post("/api/v1/jobs", json={"script": "true\n"}) as r:
-                job_id = (await r.json())["id"]
-            ids.append(job_id)
-            await wait_done(db, [job_id], 30)
-            await asyncio.sleep(0.1)
-    return await latencies(db, ids)
-
-
-async def backlog(db: asyncpg.Pool[Any], peaks: dict[str, int], stop: asyncio.Event) -> None:
-    """Where jobs wait: the peak number PENDING (scheduler side) and ALLOCATED (executor
-    side) during the round."""
-    while not stop.is_set():
-        for r in await db.fetch("SELECT state, count(*) AS n FROM jobs WHERE state IN "
-                                "('PENDING', 'ALLOCATED', 'RUNNING') GROUP BY state"):
-            peaks[r["state"]] = max(peaks.get(r["state"], 0), r["n"])
-        await asyncio.sleep(0.25)
-
-
-async def load_round(url: str, db: asyncpg.Pool[Any], n: int, concurrency: int
-                     ) -> dict[str, Any]:
-    peaks: dict[str, int] = {}
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(backlog(db, peaks, stop))
-    ids, submit_s = await submit_many(url, n, concurrency, "true\n")
-    await wait_done(db, ids, 60 + n / 20)
-    stop.set()
-    await watcher
-    out = await latencies(db, ids)
-    out["peak_backlog"] = peaks
-    out["jobs"] = n
-    out["submits_per_s"] = round(n / submit_s, 1)
-    return out
+@contextlib.contextmanager
+def cpu_used(sampler: Sampler | None) -> Iterator[dict[str, float]]:
+    """CPU seconds each service, the bench client and the whole machine use in the block
+    (nothing without a sampler: a system started elsewhere)."""
+    used: dict[str, float] = {}
+    before = sampler.cpu_totals() if sampler else {}
+    me0 = sum(os.times()[:2])
+    busy0 = machine_busy_s()
+    yield used
+    if sampler:
+        after = sampler.cpu_totals()
+        used.update({n: round(after[n] - before[n], 2) for n in after if n in before})
+        used["bench-client"] = round(sum(os.times()[:2]) - me0, 2)
+        # everything: the services, the jobs' own processes (their wrappers, shells), the
+        # kernel's work for them, and whatever else runs here
+        used["machine"] = round(machine_busy_s() - busy0, 2)
 
 
 @contextlib.contextmanager
@@ -252,7 +162,12 @@ def system(args: argparse.Namespace, poll: float) -> Iterator[tuple[str, str, di
     os.chmod(data, 0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCNS_")}
     env["SCNS_ARQ_POLL_S"] = str(poll)
-    env.update(x.split("=", 1) for x in os.environ.get("BENCH_ENV", "").split() if "=" in x)
+    if args.array and args.array > DEFAULT_MAX_ARRAY_SIZE:
+        env["SCNS_MAX_ARRAY_SIZE"] = str(args.array)
+    for pair in os.environ.get("BENCH_ENV", "").split():  # KEY=value ...: the system's env
+        key, eq, value = pair.partition("=")
+        if eq:
+            env[key] = value
     settings = Settings.from_env({**env, "SCNS_DATA_DIR": str(data),
                                   "SCNS_GATEWAY_PORT": str(free_port()),
                                   "SCNS_WORKER_ID": "bench", "SCNS_LOG_LEVEL": "WARNING"})
@@ -274,7 +189,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "when": datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": psutil.cpu_count(), "arch": os.uname().machine},
         "config": {"workers": args.workers, "cpus_per_worker": args.cpus, "jobs": args.jobs,
-                   "concurrency": args.concurrency},
+                   "concurrency": args.concurrency, "load": args.load, "array": args.array,
+                   "rate": args.rate, "in_flight": args.in_flight},
         "rounds": [],
     }
     if args.reference:
@@ -285,43 +201,53 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["reference_naive_arq"] = orjson.loads(out.stdout.strip().splitlines()[-1])
         print(f"reference: naive arq worker, /bin/true per job, "
               f"{results['reference_naive_arq']['jobs_per_s']} jobs/s")
+    reference = results.get("reference_naive_arq", {}).get("jobs_per_s")
     for poll in args.poll:
-        with system(args, poll) as (url, db_url, pids):
-            db = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
-            try:
-                sampler = Sampler(pids) if pids else None
-                with sampler or contextlib.nullcontext():
-                    idle = await idle_round(url, db, args.idle)
-                    idle["resources_server_time"] = await resources_timing(url)
-                    if sampler:
-                        sampler.start_cpu()
-                    me0 = sum(os.times()[:2])
-                    busy0 = machine_busy_s()
-                    with profiling(args.profile, pids) as profiles:
-                        load = await load_round(url, db, args.jobs, args.concurrency)
-                    me = sum(os.times()[:2]) - me0
-                    busy = machine_busy_s() - busy0
-                    if sampler:
-                        sampler.stop_cpu()
-                        sampler.cpu["bench-client"] = me
-                        # everything: the services, the jobs' own processes (their wrappers,
-                        # shells), the kernel's work for them, and whatever else runs here
-                        sampler.cpu["machine"] = busy
-                rss = {k: round(v / 2**20, 1) for k, v in (sampler.peak if sampler else {}).items()}
-                cpu = {k: round(v, 2) for k, v in (sampler.cpu if sampler else {}).items()}
-            finally:
-                await db.close()
-        round_ = {"arq_poll_s": poll, "idle": idle, "load": load, "peak_rss_mb": rss,
-                  "load_cpu_seconds": cpu}
-        if profiles:
-            round_["profile"] = {name: summarise(path, args.jobs) for name, path in
-                                 profiles.items()}
-        if args.reference:
+        round_ = await one_system(args, poll)
+        if reference and "load" in round_:
             round_["ratio_to_naive_arq"] = round(
-                load["end_to_end_jobs_per_s"] / results["reference_naive_arq"]["jobs_per_s"], 3)
+                round_["load"]["end_to_end_jobs_per_s"] / reference, 3)
+        if reference and "array" in round_:
+            round_["array_ratio_to_naive_arq"] = round(
+                round_["array"]["elements_per_s"] / reference, 3)
         results["rounds"].append(round_)
         print_round(round_)
     return results
+
+
+async def one_system(args: argparse.Namespace, poll: float) -> dict[str, Any]:
+    """Every round on one system: idle, then load, array and rate as asked."""
+    round_: dict[str, Any] = {"arq_poll_s": poll}
+    profiles: dict[str, Path] = {}
+    with system(args, poll) as (url, db_url, pids):
+        db = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+        try:
+            sampler = Sampler(pids) if pids else None
+            with sampler or contextlib.nullcontext():
+                round_["idle"] = await idle_round(url, db, args.idle)
+                round_["idle"]["resources_server_time"] = await resources_timing(url)
+                if args.load:
+                    with cpu_used(sampler) as cpu, profiling(args.profile, pids) as profiles:
+                        round_["load"] = await load_round(url, db, args.jobs, args.concurrency)
+                    round_["load_cpu_seconds"] = cpu
+                if args.array:
+                    await asyncio.sleep(SETTLE_S)
+                    with cpu_used(sampler) as cpu:
+                        round_["array"] = await array_round(url, db, args.array)
+                    round_["array_cpu_seconds"] = cpu
+                if args.rate:
+                    await asyncio.sleep(SETTLE_S)
+                    with cpu_used(sampler) as cpu:
+                        round_["rate"] = await rate_round(url, db, args.jobs, args.rate,
+                                                          args.in_flight)
+                    round_["rate_cpu_seconds"] = cpu
+            round_["peak_rss_mb"] = {k: round(v / 2**20, 1)
+                                     for k, v in (sampler.peak if sampler else {}).items()}
+        finally:
+            await db.close()
+    if profiles:
+        round_["profile"] = {name: summarise(path, args.jobs) for name, path in profiles.items()}
+    return round_
 
 
 @contextlib.contextmanager
@@ -394,12 +320,32 @@ def summarise(path: Path, jobs: int, top: int = 14) -> dict[str, Any]:
 
 
 def print_round(r: dict[str, Any]) -> None:
-    idle, load = r["idle"], r["load"]
+    idle = r["idle"]
     print(f"\n== arq poll delay {r['arq_poll_s']} s")
     print(f"  idle  submit->start  p50 {idle['submit_to_start_ms']['p50']} ms   "
           f"p99 {idle['submit_to_start_ms']['p99']} ms;  GET /resources server time "
           f"p50 {idle['resources_server_time']['p50_ms']} ms p99 "
           f"{idle['resources_server_time']['p99_ms']} ms")
+    if "load" in r:
+        print_load(r)
+    if "array" in r:
+        print_array(r)
+    if "rate" in r:
+        print_rate(r)
+    if r["peak_rss_mb"]:
+        print("  peak RSS MB  " + "  ".join(f"{k} {v}" for k, v in sorted(r["peak_rss_mb"]
+                                                                         .items())))
+
+
+def print_phases(x: dict[str, Any]) -> None:
+    print(f"        submit->allocate {x['submit_to_allocate_ms']}  allocate->start "
+          f"{x['allocate_to_start_ms']}  start->finish {x['start_to_finish_ms']}")
+    print(f"        peak backlog  {x['peak_backlog']}"
+          + (f"   NOT COMPLETED {x['not_completed']}" if x.get("not_completed") else ""))
+
+
+def print_load(r: dict[str, Any]) -> None:
+    load = r["load"]
     print(f"  load  {load['jobs']} jobs: {load['submits_per_s']} submits/s, "
           f"{load['end_to_end_jobs_per_s']} jobs/s end to end, "
           f"completed {load['completed']}"
@@ -407,25 +353,65 @@ def print_round(r: dict[str, Any]) -> None:
              if "ratio_to_naive_arq" in r else ""))
     print(f"        submit->start  p50 {load['submit_to_start_ms']['p50']} ms   "
           f"p99 {load['submit_to_start_ms']['p99']} ms")
-    print(f"        submit->allocate {load['submit_to_allocate_ms']}  allocate->start "
-          f"{load['allocate_to_start_ms']}  start->finish {load['start_to_finish_ms']}")
-    print(f"        peak backlog  {load['peak_backlog']}")
-    if r["load_cpu_seconds"]:
-        cpu = dict(r["load_cpu_seconds"])
-        machine = cpu.pop("machine", None)
-        print("  CPU s (load) " + "  ".join(f"{k} {v}" for k, v in sorted(cpu.items())))
-        services = sum(cpu.values())
-        print(f"  CPU ms/job   services and bench client {1000 * services / load['jobs']:.2f}"
-              + (f", whole machine {1000 * machine / load['jobs']:.2f} (the jobs' own "
-                 "processes and the kernel's work for them included)" if machine else ""))
+    print_phases(load)
+    print_cpu("load", r.get("load_cpu_seconds", {}), load["jobs"], "job")
     for name, prof in sorted(r.get("profile", {}).items()):
         print(f"  profile {name}: {prof.get('ms_per_job')} ms CPU/job sampled; by package: "
               + ", ".join(f"{k} {v}" for k, v in prof.get("self_by_package", {}).items()))
         for fn, v in prof.get("ours_inclusive", {}).items():
             print(f"      {v:7.3f}  {fn}")
-    if r["peak_rss_mb"]:
-        print("  peak RSS MB  " + "  ".join(f"{k} {v}" for k, v in sorted(r["peak_rss_mb"]
-                                                                         .items())))
+
+
+def print_array(r: dict[str, Any]) -> None:
+    a = r["array"]
+    rate, target = a["elements_per_s"], a["target_elements_per_s"]
+    verdict = "met" if rate is not None and rate >= target else "MISSED"
+    print(f"  array {a['elements']} elements (one POST, accepted in {a['accept_s']} s): "
+          f"{rate} elements/s end to end (target >= {target:g}: {verdict}), "
+          f"completed {a['completed']}"
+          + (f"  ({r['array_ratio_to_naive_arq']} x the naive arq worker)"
+             if "array_ratio_to_naive_arq" in r else ""))
+    print(f"        submit->start  p50 {a['submit_to_start_ms']['p50']} ms   "
+          f"p99 {a['submit_to_start_ms']['p99']} ms;  array submitted -> last element "
+          f"finished {a['first_submit_to_last_finish_s']} s")
+    print_phases(a)
+    print_cpu("array", r.get("array_cpu_seconds", {}), a["elements"], "element")
+
+
+def print_rate(r: dict[str, Any]) -> None:
+    x = r["rate"]
+    lat = x["submit_to_start_ms"]
+    offered, p99_target = x["target"]["offered_per_s"], x["target"]["submit_to_start_p99_ms"]
+    verdict = "met" if lat["p99"] <= p99_target else "MISSED"
+    if x["sent_per_s"] < 0.97 * offered:  # a lighter load than the target's: no verdict on it
+        verdict += f" at {x['sent_per_s']}/s sent, below the target's rate"
+    print(f"  rate  {x['jobs']} jobs offered at {x['offered_per_s']:g}/s: sent at "
+          f"{x['sent_per_s']}/s" + (" (THE CLIENT FELL BEHIND)" if x["fell_behind"] else "")
+          + f", answered {x['accepted_per_s']}/s, {x['end_to_end_jobs_per_s']} jobs/s end to "
+          f"end, completed {x['completed']}")
+    print(f"        submit->start  p50 {lat['p50']} ms   p90 {lat['p90']} ms   "
+          f"p99 {lat['p99']} ms   max {lat.get('max')} ms  (target p99 <= {p99_target:g} ms "
+          f"at {offered:g}/s: {verdict})")
+    print(f"        send lag {x['send_lag_ms']}  submit answered in {x['submit_answer_ms']}  "
+          f"in flight peak {x['peak_in_flight']}/{x['in_flight_limit']}"
+          + (f"  SUBMIT ERRORS {x['submit_errors']}" if x["submit_errors"] else ""))
+    print_phases(x)
+    print_cpu("rate", r.get("rate_cpu_seconds", {}), x["jobs"], "job")
+
+
+def print_cpu(label: str, seconds: dict[str, float], count: int, unit: str) -> None:
+    """CPU seconds per process in a round, and per job (or element) of it."""
+    if not seconds:
+        return
+    cpu = dict(seconds)
+    machine = cpu.pop("machine", None)
+    print(f"  CPU s ({label}) " + "  ".join(f"{k} {v}" for k, v in sorted(cpu.items())))
+    services = sum(cpu.values())
+    print(f"  CPU ms/{unit}   services and bench client {1000 * services / count:.2f}"
+          + (f", whole machine {1000 * machine / count:.2f} (the jobs' own "
+             "processes and the kernel's work for them included)" if machine else ""))
+    print(f"  CPU ms/{unit} by process  " + "  ".join(
+        f"{k} {1000 * v / count:.3f}" for k, v in sorted(cpu.items())))
 
 
 def main() -> int:
@@ -443,10 +429,23 @@ def main() -> int:
                     help="skip the naive-arq reference run (bench/naive_arq.py)")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="py-spy every service during the load round (collapsed stacks in DIR)")
+    ap.add_argument("--no-load", dest="load", action="store_false",
+                    help="skip the closed-loop load round")
+    ap.add_argument("--array", type=int, metavar="N",
+                    help="a round of one N-element array of `true` (target >= 1,000/s)")
+    ap.add_argument("--rate", type=float, metavar="R",
+                    help="an open-loop round: --jobs submits offered at R/s (target: "
+                         "submit->start p99 <= 1 s at 300/s)")
+    ap.add_argument("--in-flight", type=int, default=256,
+                    help="most unanswered submits in the --rate round")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     if args.url and not args.database_url:
         ap.error("--url needs --database-url (latencies come from PostgreSQL's timestamps)")
+    if args.profile and not args.load:
+        ap.error("--profile samples the load round: drop --no-load")
+    if (args.array is not None and args.array < 1) or (args.rate is not None and args.rate <= 0):
+        ap.error("--array and --rate must be positive")
     results = asyncio.run(run(args))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"e2e-{time.strftime('%Y%m%d-%H%M%S')}.json"
