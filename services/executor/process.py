@@ -1,5 +1,10 @@
 """Starting and watching job processes without asyncio's subprocess machinery.
 
+Jobs start from the executor's launcher (launcher.py, launcher_proc.py: one fork and one exec
+per job) in every containment mode but one: under the subreaper helper, which must wait for each
+job's every descendant, a job starts through the shell wrapper described here. `Spawned`, the
+pid and status files and adoption are the same for both.
+
 Spawning through asyncio under uvloop managed ~414 processes/s on our 2-core machine, against
 ~1,400/s for `os.posix_spawn`; so we posix_spawn a tiny bash wrapper and watch it through a pipe.
 
@@ -388,7 +393,8 @@ def belongs_to(pid: int | None, *, job_id: int, attempt: int, not_before: float)
 
 
 def adopt(jobdir: Path, child: int | None, wrapper: int | None, *,
-          alive_check: Callable[[int | None], bool]) -> Spawned:
+          alive_check: Callable[[int | None], bool],
+          wrapper_check: Callable[[int | None], bool] | None = None) -> Spawned:
     """Watch a job a previous executor started (we are not its parent): its status arrives in
     the status file, written by its wrapper, which outlived that executor. `child` is None when
     the job's own process is not known for sure (nothing will be signalled then)."""
@@ -401,14 +407,16 @@ def adopt(jobdir: Path, child: int | None, wrapper: int | None, *,
     else:
         sp.child_pid.set_result(child)
     sp.rusage.set_result(None)
-    task = loop.create_task(_watch_adopted(sp, jobdir, child, wrapper, alive_check))
+    task = loop.create_task(_watch_adopted(sp, jobdir, child, wrapper, alive_check=alive_check,
+                                           wrapper_check=wrapper_check or alive_check))
     _reapers.add(task)
     task.add_done_callback(_reapers.discard)
     return sp
 
 
-async def _watch_adopted(sp: Spawned, jobdir: Path, child: int | None, wrapper: int | None,
-                         alive_check: Callable[[int | None], bool]) -> None:
+async def _watch_adopted(sp: Spawned, jobdir: Path, child: int | None, wrapper: int | None, *,
+                         alive_check: Callable[[int | None], bool],
+                         wrapper_check: Callable[[int | None], bool]) -> None:
     """The wrapper's status file, once valid, is the answer. Without one: once the wrapper is
     gone (nothing will write it), or the job has been gone for a while, the answer is unknown
     (-1) and the supervisor decides."""
@@ -419,7 +427,7 @@ async def _watch_adopted(sp: Spawned, jobdir: Path, child: int | None, wrapper: 
             sp.status.set_result(status.value)
             return
         job_gone_polls = 0 if alive_check(child) else job_gone_polls + 1
-        if not alive_check(wrapper) or job_gone_polls > 2:
+        if not wrapper_check(wrapper) or job_gone_polls > 2:
             status = read_status(jobdir)  # one last look: the write may just have landed
             sp.status.set_result(status.value if status.value is not None else -1)
             return

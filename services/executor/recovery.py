@@ -30,6 +30,7 @@ import contextlib
 import logging
 import time
 
+from services.executor.launcher import is_launcher
 from services.executor.process import adopt, belongs_to
 from services.executor.runner import REQUEUE_REASON, Runner, RunningJob
 from shared.db import UNAVAILABLE
@@ -101,12 +102,17 @@ class Auditor:
         def mine(pid: int | None) -> bool:
             return belongs_to(pid, job_id=job.id, attempt=job.attempt, not_before=started)
 
+        def watched(pid: int | None) -> bool:
+            """The pid file's second pid: the job's wrapper, or the launcher that started it
+            (either records its status when it ends)."""
+            return mine(pid) or is_launcher(pid)
+
         status = read_status(jobdir)
         pids = read_pids(jobdir)
         child, wrapper = pids if pids else (None, None)
         if status.value is not None:
             outcome = "collected"
-        elif mine(child) or mine(wrapper):
+        elif mine(child) or watched(wrapper):
             outcome = "adopted"
         else:
             await r.isolation.containment.discard(jobdir.name)  # anything it left behind
@@ -125,7 +131,7 @@ class Auditor:
         await r.shipper.reset(tail)
         rj = RunningJob(job=job, jobdir=jobdir, tail=tail, launch=launch, adopted=True,
                         proc=adopt(jobdir, child if mine(child) else None, wrapper,
-                                   alive_check=mine),
+                                   alive_check=mine, wrapper_check=watched),
                         started=time.monotonic() - (time.time() - started))
         r._track(rj)
         if job.cancel_requested:

@@ -43,6 +43,7 @@ from services.executor.environment import (
     job_environment,
     shell_exports,
 )
+from services.executor.launcher import Launcher
 from services.executor.output import JobOutputShipper, JobTail
 from services.executor.privilege import Account
 from services.executor.process import (
@@ -135,6 +136,8 @@ class Runner:
         lease_valid: Callable[[], bool] = lambda: True, isolation: Isolation | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self.data_dir = data_dir.absolute()
+        self.launcher: Launcher | None = None
         # absolute: the wrapper changes directory. Until configure(): as the executor's user,
         # no containment (what a Runner built on its own, in a test, gets)
         self.configure(isolation or Isolation(jobs_dir=data_dir.absolute() / "jobs"))
@@ -160,6 +163,10 @@ class Runner:
         self.wrapper = Wrapper(entry_dirs=tuple(c.entry_dirs()),
                                subreaper=c.mode is Mode.SUBREAPER, setpriv=isolation.setpriv,
                                python=isolation.python)
+        # jobs start from the launcher (one fork and one exec each: launcher_proc.py), except
+        # under the subreaper helper, which waits for each job's every descendant
+        self.launcher = None if c.mode is Mode.SUBREAPER else Launcher(
+            python=isolation.python, log_path=self.data_dir / "launcher.log")
 
     def jobdir(self, job: Job) -> Path:
         """Named like its cgroup leaf: `<job id>.<attempt>`."""
@@ -291,16 +298,20 @@ class Runner:
         # 0700: executable, like a script its user runs (the wrapper does not exec it itself:
         # it runs the interpreter its #! line names, else bash; see scripts.py)
         self._write(jobdir / "script", normalise(job.script), 0o700, account)
-        if account is not None:
+        if account is not None and self.launcher is None:
             # what reaches the job's environment through the wrapper, past the root stages
             exports, skipped = shell_exports(env)
             self._write(jobdir / "env", exports, 0o600, account)
             if skipped:
                 log.warning("job %s: variables that are not shell names are not passed: %s",
                             job.id, ", ".join(skipped)[:200], extra={"job_id": job.id})
+        if account is not None:  # (the launcher gives the environment to the exec itself)
             os.chown(jobdir, account.uid, account.gid)
         await self.isolation.containment.prepare(jobdir.name, memory_mb=job.memory_mb,
                                                  pids_max=self.isolation.pids_max)
+        if self.launcher is not None:
+            return await self.launcher.spawn(jobdir, env, launch, account=account,
+                                             cgroups=self.wrapper.entry_dirs)
         return await spawn(jobdir, env, launch, wrapper=self.wrapper, account=account)
 
     @staticmethod
@@ -553,6 +564,11 @@ class Runner:
         known = {rj.jobdir.name for rj in self.running.values()}
         known.update(f"{j}.{a}" for j, a in self._launching)
         return known
+
+    async def close(self) -> None:
+        """Let go of the launcher (it exits once the jobs it still watches have ended)."""
+        if self.launcher is not None:
+            await self.launcher.close()
 
     async def wait_all(self, within_s: float) -> bool:
         tasks = [rj.task for rj in self.running.values() if rj.task is not None]

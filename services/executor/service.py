@@ -129,6 +129,7 @@ class Executor:
             for t in tasks.values():
                 t.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+            await self.runner.close()
             await self.heartbeat.deregister()
             self.close()
 

@@ -133,6 +133,7 @@ class Node:
                 await ex.runner.stop_all(JobState.NODE_FAIL, "test over")
             stop.set()
             await tend
+            await ex.runner.close()
             await ex.heartbeat.deregister()
             ex.close()
 
@@ -328,6 +329,7 @@ async def crash(ex: Executor) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await rj.task
     ex.runner.running.clear()
+    await ex.runner.close()
     await ex.heartbeat.deregister()
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import shutil
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -54,10 +55,12 @@ def shipper(redis: Redis, keys: Keys) -> JobOutputShipper:
 
 
 @pytest.fixture
-def runner(tmp_path: Path, shipper: JobOutputShipper) -> Runner:
-    return Runner(worker_id="w1.cluster", data_dir=tmp_path / "node",
-                  lifecycle=cast(Any, None), jobs=cast(Any, None), shipper=shipper,
-                  base_env=base_environment(os.environ), kill_grace_s=1.0)
+async def runner(tmp_path: Path, shipper: JobOutputShipper) -> AsyncIterator[Runner]:
+    r = Runner(worker_id="w1.cluster", data_dir=tmp_path / "node",
+               lifecycle=cast(Any, None), jobs=cast(Any, None), shipper=shipper,
+               base_env=base_environment(os.environ), kill_grace_s=1.0)
+    yield r
+    await r.close()
 
 
 async def run(runner: Runner, j: Job) -> tuple[int, str | None, dict[str, str]]:
@@ -227,4 +230,5 @@ async def test_executor_runs_output_files_and_fails_a_missing_workdir(
                                        stream="stderr")
         assert "cannot change to the working directory" in text
     finally:
+        await ex.runner.close()
         await ex.heartbeat.deregister()

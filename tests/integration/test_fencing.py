@@ -57,6 +57,7 @@ async def test_no_valid_lease_no_new_jobs(settings: Settings, redis: Redis, keys
     job = await JobStore(pool).get(job_id)
     assert job is not None and job.state is JobState.PENDING and job.attempt == 1
     assert not (tmp_path / "node" / "jobs" / f"{job_id}.1").exists()
+    await ex.runner.close()
     await ex.heartbeat.deregister()
 
 
@@ -80,6 +81,7 @@ async def test_a_lapsed_lease_stops_running_jobs(settings: Settings, redis: Redi
     await fence
     job = await JobStore(pool).get(job_id)
     assert job is not None and job.state is JobState.NODE_FAIL
+    await ex.runner.close()
     await ex.heartbeat.deregister()
 
 
@@ -139,4 +141,5 @@ async def test_a_stale_job_directory_is_moved_aside(settings: Settings, redis: R
     assert [p.name for p in old.parent.iterdir() if p.name.startswith(f"{job_id}.1.old-")]
     job = await JobStore(pool).get(job_id)
     assert job is not None and job.state is JobState.COMPLETED
+    await ex.runner.close()
     await ex.heartbeat.deregister()

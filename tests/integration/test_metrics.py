@@ -329,5 +329,6 @@ async def test_the_executor_observes_each_attempt_once(
     assert done is not None and done.state is JobState.COMPLETED
     assert await runner.launch(job.id, 1) is False  # after its end: the start's guard refuses
 
+    await runner.close()
     assert observed("scns_job_queue_wait_seconds") == waits + 1
     assert observed("scns_job_run_seconds", state="COMPLETED") == runs + 1
