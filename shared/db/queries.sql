@@ -27,6 +27,30 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
 ON CONFLICT (user_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
 
+-- name: insert_jobs
+-- transition: submit
+-- Jobs without an idempotency key, many in one statement: the submits a gateway receives
+-- together are one commit. Each row as insert_job makes it; the caller pairs the rows it gets
+-- back with its requests by their content (identical requests are interchangeable).
+INSERT INTO jobs (name, user_name, script, cpus, memory_mb, time_limit_s, env, submit_dir,
+                  partition, requeue, priority, dependency, state, reason, begin_at, retries,
+                  retry_delay_s, workdir, stdout_path, stderr_path, schedule_id)
+SELECT i.name, i.user_name, i.script, i.cpus, i.memory_mb, i.time_limit_s, i.env, i.submit_dir,
+       coalesce(i.partition, (SELECT name FROM partitions WHERE is_default), 'default'),
+       i.requeue, i.priority, i.dependency, 'PENDING',
+       CASE WHEN i.reason = 'Priority' AND i.begin_at > now() THEN 'BeginTime' ELSE i.reason END,
+       i.begin_at, i.retries, i.retry_delay_s, i.workdir, i.stdout_path, i.stderr_path,
+       i.schedule_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::int[],
+            $7::jsonb[], $8::text[], $9::text[], $10::boolean[], $11::int[], $12::text[],
+            $13::text[], $14::timestamptz[], $15::int[], $16::int[], $17::text[], $18::text[],
+            $19::text[], $20::bigint[]) WITH ORDINALITY
+     AS i(name, user_name, script, cpus, memory_mb, time_limit_s, env, submit_dir, partition,
+          requeue, priority, dependency, reason, begin_at, retries, retry_delay_s, workdir,
+          stdout_path, stderr_path, schedule_id, n)
+ORDER BY i.n
+RETURNING *;
+
 -- name: insert_array
 -- transition: submit
 -- An array in one statement: its record (script and environment, once) and every element, as

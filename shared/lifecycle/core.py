@@ -68,6 +68,8 @@ class LifecycleCore:
         self.store = TransitionStore(pool)
         self.jobs = JobStore(pool)
         # an executor's starts and ends that come together are written together (one commit)
+        # so are the submits a gateway receives together (those without an idempotency key)
+        self._inserts: Batcher[JobSpec, Job] = Batcher(self.store.insert_many)
         self._starts: Batcher[tuple[int, int, str], Job | None] = Batcher(self.store.start_many)
         self._finishes: Batcher[Finish, Ended | None] = Batcher(self.store.finish_many)
 
@@ -76,7 +78,10 @@ class LifecycleCore:
                      ) -> tuple[Job, bool]:
         """Durable before anything else; `created` is False for a repeat of an idempotency key
         (the job the first request made, announced again while it still waits)."""
-        if spec.array is None and spec.dependency_edges is None:
+        job: Job | None
+        if spec.array is None and spec.dependency_edges is None and idempotency_key is None:
+            job = await self._inserts(spec)
+        elif spec.array is None and spec.dependency_edges is None:
             job = await self.store.insert(spec, idempotency_key=idempotency_key)
         else:
             job = await self._insert_grouped(spec, idempotency_key)

@@ -108,6 +108,16 @@ class TransitionStore:
         row = await self.db.fetchrow(q("insert_job"), *self._insert_args(spec, idempotency_key))
         return Job.from_row(row) if row else None
 
+    async def insert_many(self, specs: Sequence[JobSpec]) -> list[Job]:
+        """Jobs without an idempotency key, one statement for all; the i-th job is the i-th
+        spec's (ids are taken in the order the statement inserts, which it fixes)."""
+        if not specs:
+            return []
+        columns = list(zip(*(self._insert_args(s, None) for s in specs), strict=True))
+        del columns[13:15]  # no idempotency key, no digest
+        rows = await self.db.fetch(q("insert_jobs"), *columns)
+        return [Job.from_row(r) for r in sorted(rows, key=lambda r: r["id"])]
+
     async def insert_array(self, spec: JobSpec, *, idempotency_key: str | None) -> Job:
         """Every element in one statement; returns the first (whose id is the array's). A
         repeated idempotency key raises asyncpg.UniqueViolationError (nothing is inserted)."""

@@ -183,3 +183,21 @@ async def test_racing_starts_through_the_lifecycle_batch_one_wins(wiring: Any) -
     await t.place([(job.id, 1, "w")])
     results = await asyncio.gather(*(wiring.lifecycle.start(job.id, 1, "w") for _ in range(20)))
     assert sum(r is not None for r in results) == 1
+
+
+async def test_submits_arriving_together_are_one_insert_each_getting_its_own_job(
+        wiring: Any) -> None:
+    """The gateway's group commit: concurrent submits (no idempotency key) become one
+    statement, and each caller gets the job made from its own request."""
+    specs = [JobSpec(script=f"echo {i}\n", name=f"n{i % 3}", cpus=1 + i % 4, user=f"u{i % 2}",
+                     priority=i, hold=i % 5 == 0, env={"I": str(i)}) for i in range(40)]
+    specs += [JobSpec(script="same\n")] * 3  # identical requests: still one job each
+    made = await asyncio.gather(*(wiring.lifecycle.submit(s) for s in specs))
+    jobs = [j for j, created in made if created]
+    assert len(jobs) == len(specs) and len({j.id for j in jobs}) == len(specs)
+    for spec, job in zip(specs, jobs, strict=True):
+        assert (job.script, job.name, job.cpus, job.user, job.priority, dict(job.env)) == (
+            spec.script, spec.name, spec.cpus, spec.user, spec.priority, dict(spec.env))
+        assert job.reason == ("Held" if spec.hold else "Priority")
+    stored = {j.id: j for j in [await JobStore(wiring.pool).get(j.id) for j in jobs] if j}
+    assert all(stored[j.id].script == j.script for j in jobs)
