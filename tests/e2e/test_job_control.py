@@ -147,9 +147,15 @@ def test_requeue_of_a_running_job_stops_it_then_runs_it_again(
 ) -> None:
     r = start_system(cpus=2)
     pidfile = tmp_path / "pid"
-    job = submit(r, f'if [ "$SCNS_ATTEMPT" = 1 ]; then echo $$ > {pidfile}; '
-                    "trap '' TERM; sleep 600; fi\necho done $SCNS_ATTEMPT\n")
+    job = submit(r, f'if [ "$SCNS_ATTEMPT" = 1 ]; then trap "" TERM; echo $$ > {pidfile}; '
+                    "sleep 600; fi\necho done $SCNS_ATTEMPT\n")
     wait_state(r, job["id"], {"RUNNING"})
+    # RUNNING is recorded before the script runs: the requeue must find SIGTERM ignored (the
+    # pid file is written after the trap), or the job would die of it instead of SIGKILL
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline, "the job's first line never ran"
+        time.sleep(0.05)
     reply = r.client.call("POST", f"/api/v1/jobs/{job['id']}/requeue")
     assert reply["state"] == "RUNNING" and reply["requeue_requested"] is True
     done = wait_state(r, job["id"], TERMINAL, r.settings.kill_grace_s + 20, attempt=2)
