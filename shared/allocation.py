@@ -20,6 +20,9 @@ from shared.keys import Keys
 from shared.lua import Scripts
 from shared.redis import aw
 
+# jobs per allocate.lua call: one call holds Redis for its duration (~2 ms per 250 jobs)
+BATCH = 250
+
 
 class Outcome(Enum):
     PLACED = "placed"  # allocated now, or already allocated to this attempt
@@ -80,30 +83,47 @@ class Allocator:
         """Place the job on the first candidate that is ready and has room."""
         if cpus < 1 or memory_mb < 0 or attempt < 1:
             raise ValueError("cpus >= 1, memory_mb >= 0 and attempt >= 1 are required")
-        k = self.keys
-        script_keys = [k.allocations, k.allocated_cpus, k.allocated_memory_mb, k.alloc_epoch]
-        for wid in candidates:
-            script_keys += [k.member(wid), k.worker_lease(wid), k.worker_alloc(wid)]
-        reply = await self.scripts.run(
-            "allocate", script_keys, [job_id, attempt, cpus, memory_mb, *candidates]
-        )
-        return _placement(reply)
+        keys, args = self._batch([(job_id, attempt, cpus, memory_mb, candidates)])
+        return _placement((await self.scripts.run("allocate", keys, args))[0])
 
     async def allocate_many(self, items: Sequence[tuple[int, int, int, int, str]]
                             ) -> list[Placement]:
-        """Pipelined `allocate` of (job, attempt, cpus, memory_mb, worker) each on one worker."""
+        """`allocate` of (job, attempt, cpus, memory_mb, worker) each on one worker, in order:
+        a script call per BATCH jobs (each names its workers once), pipelined."""
         if not items:
             return []
-        k = self.keys
         script = self.scripts.script("allocate")
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, attempt, cpus, mem, wid in items:
-                await script(
-                    keys=[k.allocations, k.allocated_cpus, k.allocated_memory_mb, k.alloc_epoch,
-                          k.member(wid), k.worker_lease(wid), k.worker_alloc(wid)],
-                    args=[job_id, attempt, cpus, mem, wid], client=pipe)
+            for i in range(0, len(items), BATCH):
+                keys, args = self._batch([(j, a, c, m, (w,))
+                                          for j, a, c, m, w in items[i:i + BATCH]])
+                await script(keys=keys, args=args, client=pipe)
             replies = await pipe.execute()
-        return [_placement(r) for r in replies]
+        seen: dict[tuple[Any, ...], Placement] = {}  # a page's answers repeat: parse each once
+        out = []
+        for chunk in replies:
+            for r in chunk:
+                key = tuple(r)
+                got = seen.get(key)
+                if got is None:
+                    got = seen[key] = _placement(r)
+                out.append(got)
+        return out
+
+    def _batch(self, jobs: Sequence[tuple[int, int, int, int, Sequence[str]]]
+               ) -> tuple[list[str], list[Any]]:
+        """allocate.lua's keys and arguments for these (job, attempt, cpus, memory_mb,
+        candidates): each worker named once, the jobs in one string."""
+        k = self.keys
+        at: dict[str, int] = {}  # worker -> its position (1-based) in the script's list
+        lines: list[str] = []
+        for job_id, attempt, cpus, mem, candidates in jobs:
+            where = " ".join([str(at.setdefault(w, len(at) + 1)) for w in candidates])
+            lines.append(f"{int(job_id)} {int(attempt)} {int(cpus)} {int(mem)} {where}")
+        keys = [k.allocations, k.allocated_cpus, k.allocated_memory_mb, k.alloc_epoch]
+        for w in at:
+            keys += [k.member(w), k.worker_lease(w), k.worker_alloc(w)]
+        return keys, [len(at), *at, ";".join(lines)]
 
     async def release(self, *, job_id: int, attempt: int, worker_id: str) -> int:
         """1 released, 0 nothing held (a repeat), -1 another attempt holds it, -2 held on

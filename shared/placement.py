@@ -18,7 +18,8 @@ covers): where no worker with room keeps them, the request waits with reason
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shared.states import PendingReason
@@ -76,10 +77,110 @@ def fits_somewhere(req: Request, nodes: Sequence[Node]) -> bool:
                and (req.workers is None or n.id in req.workers) for n in nodes)
 
 
-def _within(req: Request, wid: str, budget: Mapping[str, int]) -> bool:
-    """Do the budgets this request draws on, on this worker, hold its CPUs?"""
-    return all(budget[k] >= req.cpus for k, ws in req.budgets
-               if k in budget and (ws is None or wid in ws))
+class _Free:
+    """Some workers by free capacity: the best fit for a request (the fewest free CPUs that
+    hold it, then the least free memory that does, then the id) is a bisection in each
+    free-CPU level from the request's CPUs up, where a scan of every worker was O(W) per
+    request. Levels are few (a worker's CPUs bound them), so a lookup is ~O(log W)."""
+
+    __slots__ = ("buckets", "levels")
+
+    def __init__(self, ordered: Iterable[tuple[int, int, str]]) -> None:
+        self.levels: list[int] = []  # the free-CPU counts present, ascending
+        self.buckets: dict[int, list[tuple[int, str]]] = {}  # each: (free memory, id) ascending
+        for c, m, w in ordered:
+            b = self.buckets.get(c)
+            if b is None:
+                b = self.buckets[c] = []
+                self.levels.append(c)
+            b.append((m, w))
+
+    def best(self, cpus: int, memory_mb: int) -> tuple[int, int, str] | None:
+        levels, buckets = self.levels, self.buckets
+        for i in range(bisect_left(levels, cpus), len(levels)):
+            c = levels[i]
+            b = buckets[c]
+            j = bisect_left(b, (memory_mb, ""))
+            if j < len(b):
+                m, w = b[j]
+                return c, m, w
+        return None
+
+    def remove(self, c: int, m: int, w: str) -> None:
+        b = self.buckets[c]
+        del b[bisect_left(b, (m, w))]
+        if not b:
+            del self.buckets[c]
+            del self.levels[bisect_left(self.levels, c)]
+
+    def add(self, c: int, m: int, w: str) -> None:
+        b = self.buckets.get(c)
+        if b is None:
+            b = self.buckets[c] = []
+            insort(self.levels, c)
+        insort(b, (m, w))
+
+
+# the workers a request may be placed on: its own (None: any), less those where a budget it
+# draws on is spent (each the workers that budget covers)
+_Scope = tuple[frozenset[str] | None, tuple[frozenset[str], ...]]
+
+
+class _Workers:
+    """The free capacity as a plan spends it, indexed (_Free) once per scope that requests
+    look in: requests share a few scopes (their partitions' workers, their users' spent
+    budgets), so a placement updates a few indexes, not one per request."""
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.free: dict[str, list[int]] = {n.id: [n.cpus - n.cpus_used,
+                                                  n.memory_mb - n.memory_used_mb] for n in nodes}
+        self.reserved: set[str] = set()
+        self._indexes: dict[_Scope, _Free] = {}
+        self._holding: dict[str, list[_Free]] = {w: [] for w in self.free}
+
+    def index(self, scope: _Scope) -> _Free:
+        got = self._indexes.get(scope)
+        if got is None:
+            allowed, spent = scope
+            free, reserved = self.free, self.reserved
+            members = [w for w in (free if allowed is None else allowed)
+                       if w in free and w not in reserved]
+            if spent:
+                out = frozenset().union(*spent)
+                members = [w for w in members if w not in out]
+            ordered = [(free[w][0], free[w][1], w) for w in members]
+            ordered.sort()
+            got = self._indexes[scope] = _Free(ordered)
+            for w in members:
+                self._holding[w].append(got)
+        return got
+
+    def take(self, w: str, cpus: int, memory_mb: int) -> None:
+        f = self.free[w]
+        for idx in self._holding[w]:
+            idx.remove(f[0], f[1], w)
+            idx.add(f[0] - cpus, f[1] - memory_mb, w)
+        f[0] -= cpus
+        f[1] -= memory_mb
+
+    def reserve(self, w: str) -> None:
+        """No later request is placed on `w`: it leaves every index."""
+        self.reserved.add(w)
+        f = self.free[w]
+        for idx in self._holding.pop(w):
+            idx.remove(f[0], f[1], w)
+
+
+def _spent(req: Request, budget: Mapping[str, int]) -> tuple[frozenset[str], ...] | None:
+    """The workers of each budget this request draws on that cannot hold its CPUs; None when
+    such a budget covers every worker (the request fits under its limits nowhere)."""
+    out: list[frozenset[str]] = []
+    for k, ws in req.budgets:
+        if k in budget and budget[k] < req.cpus:
+            if ws is None:
+                return None
+            out.append(ws)
+    return tuple(out)
 
 
 def plan(
@@ -89,29 +190,19 @@ def plan(
     """`budgets`: the CPUs left under each limit (a user's running CPUs, or theirs within a
     partition); a request is placed only where every budget it draws on holds it (else it
     waits with reason QOSMaxCpuPerUserLimit), and then draws them down."""
-    free: dict[str, list[int]] = {n.id: [n.cpus_free, n.memory_free_mb] for n in nodes}
-    capacity = {n.id: (n.cpus, n.memory_mb) for n in nodes}
+    workers = _Workers(nodes)
+    free = workers.free
     budget = dict(budgets or {})
     out = Plan()
+    no_holders: set[tuple[frozenset[str] | None, int, int]] = set()  # reservations looked for
     for req in requests:
         allowed = req.workers
-        best: tuple[int, int, str] | None = None
-        limited = False
-        for wid, (fc, fm) in free.items():
-            if wid in out.reserved or req.cpus > fc or req.memory_mb > fm:
-                continue
-            if allowed is not None and wid not in allowed:
-                continue
-            if req.budgets and not _within(req, wid, budget):
-                limited = True
-                continue
-            key = (fc - req.cpus, fm - req.memory_mb, wid)
-            if best is None or key < best:
-                best = key
+        spent = _spent(req, budget) if req.budgets else ()
+        best = (None if spent is None
+                else workers.index((allowed, spent)).best(req.cpus, req.memory_mb))
         if best is not None:
             wid = best[2]
-            free[wid][0] -= req.cpus
-            free[wid][1] -= req.memory_mb
+            workers.take(wid, req.cpus, req.memory_mb)
             for k, ws in req.budgets:
                 if k in budget and (ws is None or wid in ws):
                     budget[k] -= req.cpus
@@ -119,7 +210,9 @@ def plan(
                                             worker_id=wid, cpus=req.cpus,
                                             memory_mb=req.memory_mb))
             continue
-        if limited:  # room, but not under its user's limits
+        limited = spent is None or bool(spent)
+        if limited and workers.index((allowed, ())).best(req.cpus, req.memory_mb) is not None:
+            # room, but not under its user's limits
             out.blocked[req.job_id] = PendingReason.QOS_MAX_CPU_PER_USER
             continue
         blocked_by_reservation = out.reserved and any(
@@ -127,12 +220,17 @@ def plan(
             and (allowed is None or w in allowed) for w in out.reserved)
         out.blocked[req.job_id] = (PendingReason.PRIORITY if blocked_by_reservation
                                    else PendingReason.RESOURCES)
+        looked = (allowed, req.cpus, req.memory_mb)
         if (reserve_after_s is not None and not out.reserved
-                and req.waited_s >= reserve_after_s):
+                and req.waited_s >= reserve_after_s and looked not in no_holders):
+            capacity = {n.id: (n.cpus, n.memory_mb) for n in nodes}
             holders = [w for w, (c, m) in capacity.items()
                        if req.cpus <= c and req.memory_mb <= m
                        and (allowed is None or w in allowed)]
             if holders:
                 target = max(holders, key=lambda w: (free[w][0], free[w][1], w))
                 out.reserved[target] = req.job_id
+                workers.reserve(target)
+            else:
+                no_holders.add(looked)
     return out

@@ -11,7 +11,9 @@ fixes: PostgreSQL first (a guarded batch UPDATE to ALLOCATED plus allocation row
 (the allocation script, pipelined), then the launch on the worker's arq queue, then
 `job-allocated` events. A placement the Redis step refuses (the worker filled up or left since
 the snapshot) is rolled back to PENDING. The reconciler repairs whatever gap a crash leaves
-between the steps.
+between the steps. A page's commit mostly waits (on PostgreSQL, then Redis), so it runs while
+the next page is read and planned, as though it succeeds; a refusal gives the refused jobs'
+budgets back and makes the pass read the snapshot again before its next page.
 
 Jobs waiting for a begin time are not in the queue a pass reads: each pass first promotes those
 whose time has come (an indexed statement, shared/lifecycle) and the loop sleeps no longer than
@@ -30,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
@@ -52,7 +56,7 @@ from shared.events import (
     WorkerLeft,
 )
 from shared.leader import SCHEDULER_LOCK_ID, Leadership
-from shared.lifecycle import Changed
+from shared.lifecycle import Changed, Placed
 from shared.partitions import Partition
 from shared.placement import Node, Placement, Request, plan
 from shared.priority import fair_share
@@ -89,9 +93,29 @@ def _after(nodes: list[Node], placed: list[Placement]) -> list[Node]:
     for x in placed:
         c, m = used.get(x.worker_id, (0, 0))
         used[x.worker_id] = (c + x.cpus, m + x.memory_mb)
-    return [replace(n, cpus_used=n.cpus_used + used.get(n.id, (0, 0))[0],
-                    memory_used_mb=n.memory_used_mb + used.get(n.id, (0, 0))[1])
+    return [n if n.id not in used else
+            replace(n, cpus_used=n.cpus_used + used[n.id][0],
+                    memory_used_mb=n.memory_used_mb + used[n.id][1])
             for n in nodes]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Where:
+    """Where a kind of head may run: its eligible partitions' workers, the budgets it draws
+    on and its tier (reason: why it may run nowhere)."""
+
+    reason: str | None
+    tier: int
+    workers: frozenset[str]
+    budgets: tuple[tuple[str, frozenset[str] | None], ...]
+
+
+def _drop(task: asyncio.Task[Any]) -> None:
+    """A read the pass no longer needs (it ended early, or failed): cancelled if still running,
+    and its outcome retrieved whenever it ends (an error in it is the pass's no more)."""
+    if not task.done():
+        task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def partition_key(user: str, partition: str) -> str:
@@ -110,6 +134,8 @@ class _Queue:
     labels: Mapping[str, Mapping[str, str]]
     budgets: dict[str, int]
     _members: dict[str, frozenset[str]] = field(default_factory=dict)
+    _unions: dict[tuple[str, ...], frozenset[str]] = field(default_factory=dict)
+    _judged: dict[tuple[str, str, int, int | None], _Where] = field(default_factory=dict)
 
     def members(self, p: Partition) -> frozenset[str]:
         got = self._members.get(p.name)
@@ -147,32 +173,57 @@ class _Queue:
                 keys.append((k, self.members(p)))
         return tuple(keys)
 
+    def _where(self, user: str, partition: str, cpus: int, limit: int | None) -> _Where:
+        """A page's heads share a few (user, partitions, CPUs, time limit): each is judged
+        once a pass, and its requests share one worker set (plan() indexes the workers per
+        set: one object, not an equal copy per request, keeps that a dictionary hit)."""
+        key = (user, partition, cpus, limit)
+        got = self._judged.get(key)
+        if got is None:
+            v = self.rank.verdict(user, partition, cpus, limit)
+            names = tuple(p.name for p in v.eligible)
+            workers = self._unions.get(names)
+            if workers is None:
+                workers = self._unions[names] = frozenset().union(
+                    *(self.members(p) for p in v.eligible))
+            got = self._judged[key] = _Where(
+                reason=None if v.eligible else v.reason, tier=v.tier, workers=workers,
+                budgets=self._budgets(user, v.eligible))
+        return got
+
     def requests(self, heads: Sequence[Head], reasons: dict[int, str]) -> list[Request]:
         scored: list[tuple[float, int, Request]] = []
         for h in heads:
-            v = self.rank.verdict(h.user, h.partition, h.cpus, h.time_limit_s)
-            if not v.eligible:
-                reasons[h.id] = v.reason
+            w = self._where(h.user, h.partition, h.cpus, h.time_limit_s)
+            if w.reason is not None:
+                reasons[h.id] = w.reason
                 continue
-            workers = frozenset().union(*(self.members(p) for p in v.eligible))
             f = self.rank.factors(user=h.user, waited_s=h.waited_s, priority=h.priority,
-                                  tier=v.tier)
+                                  tier=w.tier)
             scored.append((-f.score(self.rank.weights), h.id, Request(
                 job_id=h.id, attempt=h.attempt, cpus=h.cpus, memory_mb=h.memory_mb,
-                waited_s=h.waited_s, workers=workers, budgets=self._budgets(h.user, v.eligible))))
+                waited_s=h.waited_s, workers=w.workers, budgets=w.budgets)))
         scored.sort(key=lambda x: (x[0], x[1]))
         return [r for _, _, r in scored]
 
-    def spend(self, requests: Sequence[Request], placements: Sequence[Placement],
-              placed: set[int]) -> None:
-        """Draw the budgets down by what was placed (as plan() did on its own copy)."""
+    def spend(self, requests: Sequence[Request], placements: Sequence[Placement]
+              ) -> dict[int, list[tuple[str, int]]]:
+        """Draw the budgets down by what was planned (as plan() did on its own copy), before
+        the next page is planned; returns what each job drew, given back if its commit is
+        refused."""
         by_id = {r.job_id: r for r in requests}
+        drawn: dict[int, list[tuple[str, int]]] = {}
         for x in placements:
-            if x.job_id not in placed:
-                continue
             for k, ws in by_id[x.job_id].budgets:
                 if k in self.budgets and (ws is None or x.worker_id in ws):
-                    self.budgets[k] = max(self.budgets[k] - x.cpus, 0)
+                    left = max(self.budgets[k] - x.cpus, 0)
+                    drawn.setdefault(x.job_id, []).append((k, self.budgets[k] - left))
+                    self.budgets[k] = left
+        return drawn
+
+    def give_back(self, drawn: Sequence[tuple[str, int]]) -> None:
+        for k, cpus in drawn:
+            self.budgets[k] += cpus
 
     def next_cursors(self, heads: Sequence[Head], per_group: int
                      ) -> dict[tuple[str, str], tuple[int, int]]:
@@ -185,6 +236,74 @@ class _Queue:
             last[g] = h
         return {g: (h.priority, h.id) for g, h in last.items()
                 if count[g] >= per_group and self.budgets.get(h.user, 1) > 0}
+
+
+class _Placer(Protocol):
+    async def place(self, plan: Sequence[tuple[int, int, str]]) -> Placed: ...
+
+
+class _Commits:
+    """The commits of a pass's pages (lifecycle.place: PostgreSQL, Redis, the launch, the
+    events), each begun as soon as its page is planned and while the next page is read and
+    planned: a commit mostly waits on PostgreSQL, and the pass would otherwise wait with it.
+    At most DEPTH are in flight; the next page is planned as though they succeed (the Redis
+    step still refuses a worker that has no room). A refusal marks the snapshot stale: the
+    pass reads it again before the next page, and the refused jobs' budgets are given back."""
+
+    DEPTH = 2  # with the next page's read, 3 of the scheduler's 4 pooled connections
+
+    def __init__(self, lifecycle: _Placer, queue: _Queue, result: PassResult) -> None:
+        self.lifecycle = lifecycle
+        self.queue = queue
+        self.result = result
+        self.stale = False
+        self._running: deque[tuple[asyncio.Task[Placed], dict[int, list[tuple[str, int]]]]] \
+            = deque()
+
+    async def start(self, placements: Sequence[Placement],
+                    drawn: dict[int, list[tuple[str, int]]]) -> None:
+        while len(self._running) >= self.DEPTH:
+            await self._finish_one()
+        task = asyncio.create_task(self.lifecycle.place(
+            [(x.job_id, x.attempt, x.worker_id) for x in placements]))
+        self._running.append((task, drawn))
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    async def harvest(self) -> None:
+        """Take in the commits that have ended (their refusals, their budgets given back)."""
+        while self._running and self._running[0][0].done():
+            await self._finish_one()
+
+    async def settle(self) -> None:
+        """Wait for every commit in flight."""
+        while self._running:
+            await self._finish_one()
+
+    async def abandon(self) -> None:
+        """After an error (or the pass's cancellation): the commits in flight run to their end,
+        as a commit awaited in turn would have; their own errors add nothing to the first."""
+        if self._running:
+            await asyncio.gather(*(t for t, _ in self._running), return_exceptions=True)
+            self._running.clear()
+
+    async def _finish_one(self) -> None:
+        task, drawn = self._running[0]
+        done = await task
+        self._running.popleft()
+        placed, back = len(done.placed), done.rolled_back
+        PLACED.inc(placed)
+        ROLLED_BACK.inc(back)
+        self.result.placed += placed
+        self.result.rolled_back += back
+        if back:
+            won = {a.job_id for a in done.placed}
+            for job_id, d in drawn.items():
+                if job_id not in won:
+                    self.queue.give_back(d)
+            self.stale = True
 
 
 class Scheduler:
@@ -253,15 +372,20 @@ class Scheduler:
     async def run_pass(self) -> PassResult:
         result = PassResult()
         with PASSES.time():
-            await self._resolve()
-            self.next_begin_s = await self.lifecycle.promote_due()
-            if not await self.allocator.ready():
-                # Redis lost its records; the reconciler rebuilds them from PostgreSQL first
-                log.warning("placement paused: allocation records are being rebuilt",
-                            extra={"event": "not-ready"})
-                return result
-            fair = await self.fair_share()  # rolled up on its own period, busy or idle
-            nodes, labels = await self.nodes()
+            # the workers' capacity (Redis) is read while PostgreSQL settles the queue
+            snapshot = asyncio.create_task(self.nodes())
+            try:
+                await self._resolve()
+                self.next_begin_s = await self.lifecycle.promote_due()
+                if not await self.allocator.ready():
+                    # Redis lost its records; the reconciler rebuilds them from PostgreSQL first
+                    log.warning("placement paused: allocation records are being rebuilt",
+                                extra={"event": "not-ready"})
+                    return result
+                fair = await self.fair_share()  # rolled up on its own period, busy or idle
+                nodes, labels = await snapshot
+            finally:
+                _drop(snapshot)
             if not sum(max(n.cpus_free, 0) for n in nodes):
                 return result  # every CPU is taken: nothing can be placed, reasons stand
             groups = await self.queue.groups()
@@ -283,35 +407,42 @@ class Scheduler:
         """Read the groups' heads page by page, best score first, and place what fits."""
         reasons: dict[int, str] = {}
         cursors = {g: (MAX_PRIORITY, 0) for g in groups}  # before every job
-        for _ in range(MAX_PAGES):
-            free = sum(max(n.cpus_free, 0) for n in nodes)
-            if free == 0 or not cursors:
-                break
-            # at most `free` jobs can start; a few more let backfill look past wide ones
-            limit = min(self.settings.scheduler_batch, free + 64)
-            per_group = min(limit, max(32, -(-limit // len(cursors))))
-            heads = await self.queue.heads(
-                [(u, p, prio, last) for (u, p), (prio, last) in cursors.items()], per_group)
-            if not heads:
-                break
-            result.considered += len(heads)
-            requests = queue.requests(heads, reasons)
-            p = plan(requests, nodes, reserve_after_s=self.settings.reserve_after_s,
-                     budgets=queue.budgets)
-            reasons.update(p.blocked)
-            if p.placements:
-                done = await self.lifecycle.place(
-                    [(x.job_id, x.attempt, x.worker_id) for x in p.placements])
-                placed, back = len(done.placed), done.rolled_back
-                PLACED.inc(placed)
-                ROLLED_BACK.inc(back)
-                result.placed += placed
-                result.rolled_back += back
-                queue.spend(requests, p.placements, {a.job_id for a in done.placed})
-                # a rollback means our snapshot was stale: read it again; otherwise
-                # account for what was just placed without another round trip
-                nodes = (await self.nodes())[0] if back else _after(nodes, p.placements)
-            cursors = queue.next_cursors(heads, per_group)
+        commits = _Commits(self.lifecycle, queue, result)
+        pages = 0
+        try:
+            while pages < MAX_PAGES and cursors:
+                await commits.harvest()
+                if commits.stale:  # a placement was refused: the snapshot is stale, read it again
+                    await commits.settle()
+                    nodes = (await self.nodes())[0]
+                    commits.stale = False
+                free = sum(max(n.cpus_free, 0) for n in nodes)
+                if free == 0:
+                    if not commits.busy:
+                        break
+                    await commits.settle()  # a refusal among them would leave room after all
+                    continue
+                pages += 1
+                # at most `free` jobs can start; a few more let backfill look past wide ones
+                limit = min(self.settings.scheduler_batch, free + 64)
+                per_group = min(limit, max(32, -(-limit // len(cursors))))
+                heads = await self.queue.heads(
+                    [(u, p, prio, last) for (u, p), (prio, last) in cursors.items()], per_group)
+                if not heads:
+                    break
+                result.considered += len(heads)
+                requests = queue.requests(heads, reasons)
+                p = plan(requests, nodes, reserve_after_s=self.settings.reserve_after_s,
+                         budgets=queue.budgets)
+                reasons.update(p.blocked)
+                if p.placements:
+                    await commits.start(p.placements, queue.spend(requests, p.placements))
+                    # account for what is being placed without another round trip
+                    nodes = _after(nodes, p.placements)
+                cursors = queue.next_cursors(heads, per_group)
+            await commits.settle()
+        finally:
+            await commits.abandon()
         await self.lifecycle.set_reasons(reasons)
 
     # --- the loop ------------------------------------------------------------------------
