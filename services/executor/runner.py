@@ -163,10 +163,13 @@ class Runner:
         self.wrapper = Wrapper(entry_dirs=tuple(c.entry_dirs()),
                                subreaper=c.mode is Mode.SUBREAPER, setpriv=isolation.setpriv,
                                python=isolation.python)
-        # jobs start from the launcher (one fork and one exec each: launcher_proc.py), except
-        # under the subreaper helper, which waits for each job's every descendant
-        self.launcher = None if c.mode is Mode.SUBREAPER else Launcher(
-            python=isolation.python, log_path=self.data_dir / "launcher.log")
+        # Jobs that run as another user (a root executor) start from the launcher: one fork
+        # and one exec each (launcher_proc.py); they cannot signal it. A job running as the
+        # executor's own user could, and would take every job's status with it: such jobs
+        # keep a wrapper of their own, as do jobs under the subreaper helper (which waits for
+        # each job's every descendant).
+        self.launcher = None if c.mode is Mode.SUBREAPER or isolation.users.default is None \
+            else Launcher(python=isolation.python, log_path=self.data_dir / "launcher.log")
 
     def jobdir(self, job: Job) -> Path:
         """Named like its cgroup leaf: `<job id>.<attempt>`."""
@@ -450,9 +453,12 @@ class Runner:
         finally:
             self.running.pop(job.id, None)
             RUNNING.set(len(self.running))
-        log.info("job finished", extra={"event": "job-finished", "job_id": job.id,
-                                        "attempt": job.attempt, "state": str(state),
-                                        "exit_code": exit_code, "signal": sig})
+        # a job the node failed (it could not start, or its supervision broke) is worth a
+        # warning; one that ended by its own exit status is the user's business
+        level = logging.WARNING if state is JobState.FAILED and reason else logging.INFO
+        log.log(level, "job finished%s", f": {reason}" if reason else "",
+                extra={"event": "job-finished", "job_id": job.id, "attempt": job.attempt,
+                       "state": str(state), "exit_code": exit_code, "signal": sig})
 
     async def _usage(self, rj: RunningJob) -> Usage:
         ru = None
