@@ -117,15 +117,22 @@ def discover(cgroup_text: str, mountinfo_text: str) -> list[Hierarchy]:
     return found
 
 
-def read_text(path: Path) -> str | None:
+def read_text(path: Path | str) -> str | None:
+    """A small kernel file (cgroupfs, /proc): one read, no buffered text layer (this runs a
+    few times per job)."""
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read(65536)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, 65536).decode("ascii", errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def write_text(path: Path, value: str) -> None:
+def write_text(path: Path | str, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
@@ -156,6 +163,10 @@ class Base:
     @property
     def memory_only(self) -> bool:
         return self.memory and not (self.pids or self.kill or self.freeze or self.version == 2)
+
+    @property
+    def dir(self) -> str:
+        return str(self.path)  # (pathlib keeps it: no work after the first time)
 
 
 def _mkdir(path: Path) -> bool:
@@ -265,17 +276,24 @@ class CgroupTree:
 
     # --- one job -------------------------------------------------------------------------
     def _leaves(self, leaf: str) -> list[tuple[Base, Path]]:
-        return [(b, b.path / leaf) for b in self.bases if (b.path / leaf).is_dir()]
+        # os.path on strings: pathlib's joins cost more than the stat itself, several per job
+        return [(b, Path(path)) for b in self.bases
+                if os.path.isdir(path := os.path.join(b.dir, leaf))]
 
     async def prepare(self, leaf: str, *, memory_mb: int | None, pids_max: int | None) -> None:
         """Fresh leaves for a job about to start, its limits written; OSError if a limit cannot
         be set (the job must not run without it)."""
-        if self._leaves(leaf):  # left by an earlier cluster on this data directory
+        try:
+            self._make_leaves(leaf, memory_mb=memory_mb, pids_max=pids_max)
+        except FileExistsError:  # left by an earlier cluster on this data directory
             await self.discard(leaf)
+            self._make_leaves(leaf, memory_mb=memory_mb, pids_max=pids_max)
+
+    def _make_leaves(self, leaf: str, *, memory_mb: int | None, pids_max: int | None) -> None:
         for b in self.bases:
             if b.memory_only and not memory_mb:
                 continue
-            path = b.path / leaf
+            path = os.path.join(b.dir, leaf)
             try:
                 os.mkdir(path)
             except FileNotFoundError:  # our base was removed as empty meanwhile
@@ -286,15 +304,15 @@ class CgroupTree:
             if b.memory and memory_mb:
                 limit = str(memory_mb << 20)
                 if b.version == 2:
-                    write_text(path / "memory.max", limit)
+                    write_text(f"{path}/memory.max", limit)
                     with contextlib.suppress(OSError):
-                        write_text(path / "memory.swap.max", "0")
+                        write_text(f"{path}/memory.swap.max", "0")
                 else:
-                    write_text(path / "memory.limit_in_bytes", limit)
+                    write_text(f"{path}/memory.limit_in_bytes", limit)
                     with contextlib.suppress(OSError):  # absent without swap accounting
-                        write_text(path / "memory.memsw.limit_in_bytes", limit)
+                        write_text(f"{path}/memory.memsw.limit_in_bytes", limit)
             if b.pids and pids_max:
-                write_text(path / "pids.max", str(pids_max))
+                write_text(f"{path}/pids.max", str(pids_max))
 
     def procs(self, leaf: str) -> list[int] | None:
         """The processes in the job's cgroup; None when it has none of ours."""
@@ -304,9 +322,9 @@ class CgroupTree:
                 return [int(p) for p in text.split() if p.isdigit()]
         return None
 
-    def oom_killed(self, leaf: str) -> bool:
+    def oom_killed(self, leaf: str, *, leaves: list[tuple[Base, Path]] | None = None) -> bool:
         """Did the kernel kill a process of this job for memory?"""
-        for b, path in self._leaves(leaf):
+        for b, path in self._leaves(leaf) if leaves is None else leaves:
             if not b.memory:
                 continue
             if b.version == 2:
@@ -319,10 +337,21 @@ class CgroupTree:
                 return True
         return False
 
-    async def kill(self, leaf: str, *, within_s: float = EMPTY_WAIT_S) -> bool:
+    async def end(self, leaf: str) -> bool:
+        """A job's end: everything of it killed, its leaves removed; whether the kernel killed
+        one of its processes for memory (the counters outlive the processes). Its leaves are
+        looked up once."""
+        leaves = self._leaves(leaf)
+        await self.kill(leaf, leaves=leaves)
+        oom = self.oom_killed(leaf, leaves=leaves)
+        await self.remove(leaf, leaves=leaves)
+        return oom
+
+    async def kill(self, leaf: str, *, within_s: float = EMPTY_WAIT_S,
+                   leaves: list[tuple[Base, Path]] | None = None) -> bool:
         """SIGKILL every process of the job's cgroup and wait until it is empty; False if
         something was still there after `within_s`."""
-        leaves = self._leaves(leaf)
+        leaves = self._leaves(leaf) if leaves is None else leaves
         if not leaves:
             return True
         killer = next((p for b, p in leaves if b.kill), None)
@@ -364,10 +393,10 @@ class CgroupTree:
                 with contextlib.suppress(OSError):
                     write_text(state, off)
 
-    async def remove(self, leaf: str) -> bool:
+    async def remove(self, leaf: str, *, leaves: list[tuple[Base, Path]] | None = None) -> bool:
         """Remove the job's (empty) leaves; False if one stayed."""
         ok = True
-        for _, path in self._leaves(leaf):
+        for _, path in self._leaves(leaf) if leaves is None else leaves:
             for attempt in range(20):
                 try:
                     os.rmdir(path)

@@ -192,10 +192,7 @@ class Containment:
         one of its processes for memory."""
         if self.cgroups is None:
             return False
-        await self.cgroups.kill(leaf)
-        oom = self.cgroups.oom_killed(leaf)  # the counters outlive the processes
-        await self.cgroups.remove(leaf)
-        return oom
+        return await self.cgroups.end(leaf)
 
     async def discard(self, leaf: str) -> None:
         if self.cgroups is not None:

@@ -113,7 +113,7 @@ async def test_what_a_job_cgroup_is_given(tmp_path: Path, monkeypatch: pytest.Mo
                                           ) -> None:
     writes: dict[str, str] = {}
     monkeypatch.setattr(cgroups, "write_text",
-                        lambda p, v: writes.__setitem__(str(p.relative_to(tmp_path)), v))
+                        lambda p, v: writes.__setitem__(os.path.relpath(p, tmp_path), v))
     v2 = Base(version=2, path=tmp_path / "v2", memory=True, pids=True, kill=True)
     for b in (v2,):
         b.path.mkdir()
