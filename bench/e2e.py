@@ -111,14 +111,28 @@ class Sampler:
                     rss += c.memory_full_info().uss
         return rss
 
+    def _add_launchers(self) -> None:
+        """Each executor's job launcher (its child, started with its first job of another
+        user's): counted on its own, as the parent of the jobs, not one of their processes."""
+        for name, p in list(self.procs.items()):
+            if not name.startswith("executor"):
+                continue
+            with contextlib.suppress(psutil.Error):
+                for c in p.children():
+                    if c.cmdline()[-1:] == ["scns-launcher"]:
+                        launcher = name.replace("executor", "launcher", 1)
+                        self.procs[launcher] = c
+                        self.peak.setdefault(launcher, 0)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            for name in self.procs:
+            for name in list(self.procs):
                 with contextlib.suppress(psutil.Error):
                     self.peak[name] = max(self.peak[name], self._memory(name))
             self._stop.wait(0.1)
 
     def cpu_totals(self) -> dict[str, float]:
+        self._add_launchers()
         totals = {}
         for n in self.procs:
             with contextlib.suppress(psutil.Error):
