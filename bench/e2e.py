@@ -159,7 +159,9 @@ def cpu_used(sampler: Sampler | None) -> Iterator[dict[str, float]]:
     yield used
     if sampler:
         after = sampler.cpu_totals()
-        used.update({n: round(after[n] - before[n], 2) for n in after if n in before})
+        # a launcher started during the block (with its executor's first job) counts from 0
+        used.update({n: round(after[n] - before.get(n, 0.0), 2) for n in after
+                     if n in before or n.startswith("launcher")})
         used["bench-client"] = round(sum(os.times()[:2]) - me0, 2)
         # everything: the services, the jobs' own processes (their wrappers, shells), the
         # kernel's work for them, and whatever else runs here
