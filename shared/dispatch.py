@@ -10,12 +10,14 @@ from its source and issues, and how we use it:
   and a requeued job's new attempt is never blocked by the old id.
 * orjson, not pickle, serialises the job (arguments are two integers).
 * Results are not kept (keep_result=0), so an id is never blocked by a stored result.
-* Enqueue is one Lua step per job (arq's own check-then-set, without WATCH/MULTI round trips) and
-  is pipelined for a whole scheduling batch.
-* A batch of enqueues also publishes a wake-up hint on each of its workers' channels; the worker
-  polls its queue when the hint arrives, and every `poll_delay` seconds (SCNS_ARQ_POLL_S) as a
-  safety net, since a hint may be lost. arq's own loop only polls, which put up to a poll delay
-  into every job's submit->start time.
+* Enqueue is arq's own check-then-set, without WATCH/MULTI round trips, in one Lua step for a
+  whole scheduling batch (enqueue.lua, up to BATCH launches a call): a step per launch, even
+  pipelined, was the largest part of the scheduler's own work per placement (redis-py packs and
+  parses every command).
+* The same step publishes a wake-up hint on the channel of each worker it gave a launch; the
+  worker polls its queue when the hint arrives, and every `poll_delay` seconds (SCNS_ARQ_POLL_S)
+  as a safety net, since a hint may be lost. arq's own loop only polls, which put up to a poll
+  delay into every job's submit->start time.
 * arq claims a due launch with WATCH, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC: four round trips
   per launch, one launch after another, which capped a worker at ~100 launches/s under load.
   `LaunchWorker.start_jobs` claims a whole read in one Lua step (claim.lua) with the same
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 LAUNCH = "launch"
 JOB_EXPIRY_MS = 7 * 86_400_000  # a launch waits up to a week for its worker to come back
+BATCH = 1_000  # launches per enqueue.lua call (a page: SCNS_SCHEDULER_BATCH at most, 500)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,24 +87,36 @@ class ArqDispatcher:
         self.scripts = scripts or Scripts(redis)
 
     async def enqueue(self, items: Sequence[Dispatch]) -> list[bool]:
+        """Put launches on their workers' queues: True for each one enqueued now, False for one
+        that already was (a repeat of its attempt)."""
         if not items:
             return []
         now = int(time.time() * 1000)
         script = self.scripts.script("enqueue")
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for it in items:
-                arq_id = self.keys.arq_job_id(it.job_id, it.attempt)
-                payload = serialize_job(LAUNCH, (it.job_id, it.attempt), {}, None, now,
-                                        serializer=_dumps)
-                await script(
-                    keys=[job_key_prefix + arq_id, result_key_prefix + arq_id,
-                          self.keys.arq_queue(it.worker_id)],
-                    args=[arq_id, payload, now, JOB_EXPIRY_MS], client=pipe,
-                )
-            for worker_id in dict.fromkeys(it.worker_id for it in items):
-                pipe.publish(self.keys.wakeup(launch_topic(worker_id)), "launch")
-            results = await pipe.execute()
-        return [int(r) == 1 for r in results[:len(items)]]
+        out: list[bool] = []
+        # one call a batch, each awaited in turn: a pipeline of scripts would first ask Redis
+        # whether it knows them (a round trip of its own), and a page is one batch anyway
+        for i in range(0, len(items), BATCH):
+            keys, args = self._batch(items[i:i + BATCH], now)
+            replies = await script(keys=keys, args=args)
+            out += [int(r) == 1 for r in replies]
+        return out
+
+    def _batch(self, items: Sequence[Dispatch], now: int) -> tuple[list[str], list[Any]]:
+        """enqueue.lua's keys and arguments: each worker's queue and channel named once, the
+        launches in one argument (one per launch cost more to send than the script to run)."""
+        at: dict[str, int] = {}  # worker -> its position (1-based) among the queues
+        launch_keys: list[str] = []
+        lines: list[bytes] = []
+        for it in items:
+            arq_id = self.keys.arq_job_id(it.job_id, it.attempt)
+            launch_keys += [job_key_prefix + arq_id, result_key_prefix + arq_id]
+            job = serialize_job(LAUNCH, (it.job_id, it.attempt), {}, None, now,
+                                serializer=_dumps)
+            lines.append(b"%d %s\n" % (at.setdefault(it.worker_id, len(at) + 1), job))
+        keys = [self.keys.arq_queue(w) for w in at] + launch_keys
+        channels = [self.keys.wakeup(launch_topic(w)) for w in at]
+        return keys, [len(at), now, JOB_EXPIRY_MS, job_key_prefix, *channels, b"".join(lines)]
 
     async def withdraw(self, item: Dispatch) -> None:
         """Remove a launch that must not run (its job was cancelled or handed back)."""

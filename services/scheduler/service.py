@@ -136,6 +136,7 @@ class _Queue:
     _members: dict[str, frozenset[str]] = field(default_factory=dict)
     _unions: dict[tuple[str, ...], frozenset[str]] = field(default_factory=dict)
     _judged: dict[tuple[str, str, int, int | None], _Where] = field(default_factory=dict)
+    _spent: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     def members(self, p: Partition) -> frozenset[str]:
         got = self._members.get(p.name)
@@ -227,15 +228,27 @@ class _Queue:
 
     def next_cursors(self, heads: Sequence[Head], per_group: int
                      ) -> dict[tuple[str, str], tuple[int, int]]:
-        """The groups that may hold more (a full page) and whose user may still take CPUs."""
+        """The groups that may hold more (a full page) and whose user may still take CPUs;
+        those whose user may not are set aside, for `resume`."""
         count: dict[tuple[str, str], int] = {}
         last: dict[tuple[str, str], Head] = {}
         for h in heads:  # a group's rows come in its order
             g = (h.user, h.partition)
             count[g] = count.get(g, 0) + 1
             last[g] = h
-        return {g: (h.priority, h.id) for g, h in last.items()
-                if count[g] >= per_group and self.budgets.get(h.user, 1) > 0}
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for g, h in last.items():
+            if count[g] >= per_group:
+                (out if self.budgets.get(h.user, 1) > 0 else self._spent)[g] = (h.priority, h.id)
+        return out
+
+    def resume(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """The groups set aside for want of their user's CPUs whose user has some again (a
+        refused commit gave them back), where they stopped."""
+        back = {g: c for g, c in self._spent.items() if self.budgets.get(g[0], 1) > 0}
+        for g in back:
+            del self._spent[g]
+        return back
 
 
 class _Placer(Protocol):
@@ -250,7 +263,11 @@ class _Commits:
     step still refuses a worker that has no room). A refusal marks the snapshot stale: the
     pass reads it again before the next page, and the refused jobs' budgets are given back."""
 
-    DEPTH = 2  # with the next page's read, 3 of the scheduler's 4 pooled connections
+    # A commit's PostgreSQL step is about half its time, its three Redis round trips the rest:
+    # with 3 in flight one's Redis steps overlap the others' statements, where with 2 the pass
+    # mostly waited for a slot (bench/scheduler.py: ~20,000 -> ~21,500 jobs/s). With the next
+    # page's read, 4 of the scheduler's 5 pooled connections.
+    DEPTH = 3
 
     def __init__(self, lifecycle: _Placer, queue: _Queue, result: PassResult) -> None:
         self.lifecycle = lifecycle
@@ -410,12 +427,20 @@ class Scheduler:
         commits = _Commits(self.lifecycle, queue, result)
         pages = 0
         try:
-            while pages < MAX_PAGES and cursors:
+            while pages < MAX_PAGES:
                 await commits.harvest()
                 if commits.stale:  # a placement was refused: the snapshot is stale, read it again
                     await commits.settle()
                     nodes = (await self.nodes())[0]
                     commits.stale = False
+                    # and its jobs' CPUs went back to their users: groups that stopped for want
+                    # of them read on
+                    cursors.update(queue.resume())
+                if not cursors:
+                    if not commits.busy:
+                        break
+                    await commits.settle()  # a refusal among them would give CPUs back
+                    continue
                 free = sum(max(n.cpus_free, 0) for n in nodes)
                 if free == 0:
                     if not commits.busy:
@@ -429,7 +454,8 @@ class Scheduler:
                 heads = await self.queue.heads(
                     [(u, p, prio, last) for (u, p), (prio, last) in cursors.items()], per_group)
                 if not heads:
-                    break
+                    cursors = {}
+                    continue
                 result.considered += len(heads)
                 requests = queue.requests(heads, reasons)
                 p = plan(requests, nodes, reserve_after_s=self.settings.reserve_after_s,
@@ -535,7 +561,7 @@ async def _main() -> int:
         # a standby replica is ready too: it takes over the moment the leader's lock frees
         return {"redis": (await service.ready_if_reachable(ctx))["redis"]}
 
-    async with service.started("scheduler", pool_size=4, ready=ready) as ctx:
+    async with service.started("scheduler", pool_size=5, ready=ready) as ctx:
         scheduler = Scheduler(ctx.wiring)
         log.info("scheduler started", extra={"event": "started"})
         async with Leadership(ctx.settings.database_url, lock_id=SCHEDULER_LOCK_ID,

@@ -293,8 +293,8 @@ class LifecycleCore:
         if not events and not release and not withdraw and wake is None:
             return
         try:
-            if len(events) == 1 and not release and not withdraw and wake is None:
-                await self.bus.publish(events[0])  # one command: no pipeline to build
+            if not release and not withdraw and wake is None:
+                await self.bus.publish_many(events)  # one step: no pipeline to build
                 return
             async with self.redis.pipeline(transaction=False) as pipe:
                 for slot in release:

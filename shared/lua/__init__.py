@@ -29,6 +29,7 @@ NAMES = (
     "restore",
     "record",
     "recount",
+    "publish",
 )
 
 

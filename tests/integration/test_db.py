@@ -14,7 +14,7 @@ import pytest
 
 from shared.db.jobs import JobSpec, JobStore, Usage
 from shared.db.migrate import current_version, load_migrations, migrate
-from shared.db.pool import create_pool
+from shared.db.pool import connect, create_pool
 from shared.errors import ConductorError
 from shared.lifecycle.store import Finish, TransitionStore
 from shared.states import JobState
@@ -122,6 +122,22 @@ async def test_a_stale_attempt_cannot_write(pool: asyncpg.Pool[Any]) -> None:
                           usage=Usage(), again_after_s=None, retry=False) is None
     assert await t.start(job.id, 1, "w") is None
     assert (await JobStore(pool).get(job.id)).attempt == 2  # type: ignore[union-attr]
+
+
+async def test_our_connections_run_without_jit(database_url: str) -> None:
+    """JIT compiled a per-pass statement for tens of milliseconds (shared/db/pool.py): every
+    connection we open turns it off, and keeps its application name."""
+    pool = await create_pool(database_url, min_size=1, max_size=1, application_name="scns-a")
+    conn = await connect(database_url, application_name="scns-b")
+    try:
+        async with pool.acquire() as pooled:
+            assert await pooled.fetchval("SHOW jit") == "off"
+            assert await pooled.fetchval("SHOW application_name") == "scns-a"
+        assert await conn.fetchval("SHOW jit") == "off"
+        assert await conn.fetchval("SHOW application_name") == "scns-b"
+    finally:
+        await conn.close()
+        await pool.close()
 
 
 async def test_pool_release_rolls_back_an_abandoned_transaction(database_url: str) -> None:

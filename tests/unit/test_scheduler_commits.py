@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from services.scheduler.service import PassResult, _Commits, _Queue
+from shared.db.partitions import Head
 from shared.lifecycle import Placed
 from shared.lifecycle.store import Allocated
 from shared.placement import Placement, Request
@@ -96,21 +97,22 @@ async def test_harvest_takes_in_only_what_has_ended() -> None:
 
 
 async def test_at_most_depth_commits_are_in_flight() -> None:
-    gates = [asyncio.Event() for _ in range(5)]
+    depth = _Commits.DEPTH
+    gates = [asyncio.Event() for _ in range(depth + 3)]
     fake = FakeLifecycle(gates=gates)
     commits = _Commits(fake, queue({}), PassResult())
-    for j in range(2):
+    for j in range(depth):
         await commits.start(*page(commits.queue, [j]))
-    third = asyncio.create_task(commits.start(*page(commits.queue, [2])))
+    next_one = asyncio.create_task(commits.start(*page(commits.queue, [depth])))
     await asyncio.sleep(0.01)
-    assert not third.done() and len(fake.calls) == 2  # waits for the first to end
+    assert not next_one.done() and len(fake.calls) == depth  # waits for the first to end
     gates[0].set()
-    await third
+    await next_one
     for g in gates:
         g.set()
     await commits.settle()
-    assert fake.most_in_flight == _Commits.DEPTH
-    assert fake.calls == [[0], [1], [2]]
+    assert fake.most_in_flight == depth
+    assert fake.calls == [[j] for j in range(depth + 1)]
 
 
 async def test_an_error_waits_for_the_other_commits_then_stands() -> None:
@@ -129,3 +131,21 @@ async def test_an_error_waits_for_the_other_commits_then_stands() -> None:
     gates[1].set()
     await second
     assert fake.in_flight == 0 and result.placed == 0
+
+
+def head(job: int, user: str) -> Head:
+    return Head(id=job, attempt=1, cpus=2, memory_mb=0, priority=0, reason=None, user=user,
+                partition="", time_limit_s=None, waited_s=0.0)
+
+
+def test_a_group_stopped_for_want_of_cpus_reads_on_when_a_refusal_gives_them_back() -> None:
+    """Commits in flight may still be refused after a user's budget ran out: the pass must not
+    end their groups for good (it would leave the CPUs given back unused until the next one)."""
+    q = queue({"ann": 4})
+    pages = [head(1, "ann"), head(2, "ann"), head(3, "bob"), head(4, "bob")]
+    _, drawn = page(q, [1, 2])  # ann's 4 CPUs, in a commit still in flight
+    assert q.next_cursors(pages, per_group=2) == {("bob", ""): (0, 4)}
+    assert q.resume() == {}  # nothing given back yet
+    q.give_back(drawn[2])  # the commit refused job 2
+    assert q.resume() == {("ann", ""): (0, 2)}
+    assert q.resume() == {}  # once
