@@ -94,10 +94,10 @@ def fail(errw: int, jobdir: str, kind: str, why: str) -> NoReturn:
     os._exit(1)
 
 
-def become_job(req: dict[str, Any], errw: int) -> NoReturn:
+def become_job(req: dict[str, Any], errw: int, ignored: tuple[int, ...]) -> NoReturn:
     """Never returns: execs the job, or exits reporting why it could not."""
     jobdir: str = req["jobdir"]
-    reset_signals()
+    reset_signals(ignored)
     os.setsid()
     enter_cgroups(req["cgroups"], jobdir, errw)
     with contextlib.suppress(OSError):
@@ -125,13 +125,13 @@ def write_to(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def reset_signals() -> None:
-    """What this process ignores or catches, the job must not inherit."""
+def reset_signals(ignored: tuple[int, ...]) -> None:
+    """What this process ignores, the job must not inherit (an exec resets caught signals to
+    their default itself, but not ignored ones)."""
     signal.set_wakeup_fd(-1)
-    for s in signal.valid_signals():
-        if s not in (signal.SIGKILL, signal.SIGSTOP):
-            with contextlib.suppress(OSError, ValueError):
-                signal.signal(s, signal.SIG_DFL)
+    for s in ignored:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(s, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
@@ -210,6 +210,10 @@ class Launcher:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         for s in IGNORED:
             signal.signal(s, signal.SIG_IGN)
+        # ignored here (ours, Python's own SIGPIPE and SIGXFSZ, what we inherited): reset in
+        # each job before its exec
+        self.ignored = tuple(s for s in signal.valid_signals()
+                             if signal.getsignal(s) is signal.SIG_IGN)
         self.sel.register(sock, selectors.EVENT_READ)
         self.sel.register(self.wake_r, selectors.EVENT_READ)
 
@@ -269,7 +273,7 @@ class Launcher:
         if pid == 0:
             try:
                 os.close(errr)
-                become_job(req, errw)
+                become_job(req, errw, self.ignored)
             finally:
                 os._exit(127)
         os.close(errw)
