@@ -54,6 +54,16 @@ class Placed:
     rolled_back: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class _Steps:
+    """One operation's Redis steps (LifecycleCore._emit)."""
+
+    events: tuple[Event, ...]
+    release: tuple[Dispatch, ...]
+    withdraw: tuple[Dispatch, ...]
+    wake: str | None
+
+
 class LifecycleCore:
     """The operations the system itself drives; controls.py adds the users' controls."""
 
@@ -72,6 +82,8 @@ class LifecycleCore:
         self._inserts: Batcher[JobSpec, Job] = Batcher(self.store.insert_many)
         self._starts: Batcher[tuple[int, int, str], Job | None] = Batcher(self.store.start_many)
         self._finishes: Batcher[Finish, Ended | None] = Batcher(self.store.finish_many)
+        # and so are the Redis steps that follow them
+        self._redis_steps: Batcher[_Steps, None] = Batcher(self._emit_many)
 
     # --- submit ----------------------------------------------------------------------------
     async def submit(self, spec: JobSpec, *, idempotency_key: str | None = None
@@ -285,17 +297,28 @@ class LifecycleCore:
 
     async def _emit(self, events: Sequence[Event], *, release: Sequence[Dispatch] = (),
                     withdraw: Sequence[Dispatch] = (), wake: str | None = None) -> None:
-        """The Redis steps after PostgreSQL, in their order and one round trip: capacity
-        released, launches withdrawn, events, the scheduler's wake-up. Redis being away loses
-        nothing: the reconciler releases what PostgreSQL released and withdraws nothing that
-        could run (the start fence refuses it), and the scheduler's timer finds what the events
-        would have announced."""
+        """The Redis steps after PostgreSQL, in their order: capacity released, launches
+        withdrawn, events, the scheduler's wake-up. The steps of the operations that end
+        together (an executor's starts and ends, a gateway's submits) go in one round trip,
+        each operation's in its own order. Redis being away loses nothing: the reconciler
+        releases what PostgreSQL released and withdraws nothing that could run (the start
+        fence refuses it), and the scheduler's timer finds what the events would have
+        announced."""
         if not events and not release and not withdraw and wake is None:
             return
+        await self._redis_steps(_Steps(events=tuple(events), release=tuple(release),
+                                       withdraw=tuple(withdraw), wake=wake))
+
+    async def _emit_many(self, items: Sequence[_Steps]) -> list[None]:
+        release = [d for it in items for d in it.release]
+        withdraw = [d for it in items for d in it.withdraw]
+        events = [e for it in items for e in it.events]
+        # one hint is enough: the scheduler reads its queue, not the hint's text
+        wake = next((it.wake for it in reversed(items) if it.wake is not None), None)
         try:
             if not release and not withdraw and wake is None:
                 await self.bus.publish_many(events)  # one step: no pipeline to build
-                return
+                return [None] * len(items)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for slot in release:
                     await self.allocator.release_in(pipe, job_id=slot.job_id,
@@ -312,6 +335,7 @@ class LifecycleCore:
         except RedisError as e:
             log.warning("recorded in PostgreSQL, but Redis did not take the rest (the "
                         "reconciler repairs it): %s", e, extra={"event": "redis-step-lost"})
+        return [None] * len(items)
 
     async def _control(self, job: Job, *, requeue: bool) -> None:
         """Ask the executor running `job` to stop it (a stream: it survives the executor's
