@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1.7
 # SCNS Conductor: one image for every service (`scns run registry|scheduler|executor|gateway|
 # reconciler`). Multi-arch: python:3.11-slim is an official multi-arch image and every runtime
-# dependency has manylinux wheels for both aarch64 and x86_64, so
+# dependency has manylinux wheels for both aarch64 and x86_64, whose hashes are all in
+# requirements.lock, so
 #   docker buildx build --platform linux/arm64,linux/amd64 -t REGISTRY/scns-conductor:TAG .
 # works unchanged. No step downloads anything arch-specific.
 #
@@ -18,16 +19,19 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 
-# Dependencies first, read from pyproject.toml alone, so a code change reuses this layer.
-# --only-binary: wheels exist for both arches; the slim image has no compiler, and we want a
-# missing wheel to fail loudly rather than try to build from source.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
- && pip install --only-binary=:all: -r /tmp/requirements.txt
+# Dependencies first, from the lock file alone, so a code change reuses this layer.
+# requirements.lock (`make lock`) pins every runtime dependency and every one they pull in, with
+# the sha256 of each file PyPI has for that version (aarch64 and x86_64 wheels alike).
+# --require-hashes: a file whose hash is not in the lock (a re-uploaded or tampered release, a
+# mirror's own build) fails the build. --no-deps: the lock is the whole closure, so pip resolves
+# nothing itself and cannot pull in an unpinned package. --only-binary: wheels exist for both
+# arches; the slim image has no compiler, and we want a missing wheel to fail loudly rather
+# than try to build from source.
+COPY requirements.lock ./
+RUN pip install --require-hashes --only-binary=:all: --no-deps -r requirements.lock
 
 # The project itself: runtime only (no local/test/dev extras). --no-deps: installed above.
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 RUN pip install --no-deps . \

@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install browser test test-fast lint up bench clean
+.PHONY: help install browser test test-fast lint lock up bench clean
 
 help:
 	@echo "make up      run the whole system on this machine"
 	@echo "make test    install everything and run the whole test suite"
 	@echo "make lint    ruff + mypy (strict on shared/ and services/)"
+	@echo "make lock    regenerate requirements.lock (the image's hashed runtime dependencies)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version.split()[0]'
@@ -55,6 +56,19 @@ test-fast: $(STAMP) browser
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# requirements.lock: the runtime dependencies ([project].dependencies) and everything they pull
+# in, each pinned == with the sha256 of every file PyPI has for that version; the Dockerfile
+# installs from it with --require-hashes. --universal: one lock for every platform, markers kept
+# (so it installs on linux/arm64 and linux/amd64 alike); --no-build: wheels only, as the image
+# installs them; --no-config: no uv.toml (uv reads no pip.conf either), so the index is uv's
+# default, PyPI, and the hashes are PyPI's.
+# Rerun after changing [project].dependencies (tests/deploy/test_lockfile.py tells). uv keeps the
+# lock's other pins where it can: delete requirements.lock first to take the newest releases.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	    --no-build --no-config --custom-compile-command 'make lock' --quiet \
+	    --output-file requirements.lock
 
 up: $(STAMP)
 	$(BIN)/scns up
