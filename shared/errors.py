@@ -15,6 +15,11 @@ class InfraError(ConductorError):
     """Redis or PostgreSQL could not be reached or started."""
 
 
+class PreflightError(ConductorError):
+    """A datastore is set up in a way we refuse to run on (shared/preflight.py); the message
+    says what to change. Entry points exit with status 78 (EX_CONFIG) on it, no traceback."""
+
+
 class EventDecodeError(ConductorError):
     """A stream entry could not be decoded into a known event (poison message)."""
 

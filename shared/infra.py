@@ -56,3 +56,12 @@ async def open_database(
                 await migrate(dsn)
             return await create_pool(dsn, max_size=max_size, application_name=application_name)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def migrate_patiently(dsn: str, *, give_up_after_s: float | None = None) -> list[int]:
+    """`migrate`, retrying while PostgreSQL does not answer (not on a refusal: a role that may
+    not change the schema fails at once, see shared/db/migrate.py)."""
+    async for attempt in _retrying("postgresql", give_up_after_s):
+        with attempt:
+            return await migrate(dsn)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from shared.errors import ConfigError, PreflightError
+
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +65,22 @@ def run(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
             return runner.run(main()) or 0
     except KeyboardInterrupt:
         return 130
+    except (ConfigError, PreflightError) as e:
+        return fatal(e)
+
+
+EX_CONFIG = 78  # sysexits.h: the configuration or the environment is wrong
+
+
+def fatal(error: Exception) -> int:
+    """A refusal to start: one line (through the log once it is configured, else on stderr),
+    no traceback, status 78. In Kubernetes, terminationMessagePolicy FallbackToLogsOnError
+    shows the line in `kubectl describe pod`."""
+    if logging.getLogger().handlers:
+        log.critical("%s", error, extra={"event": "refused-to-start"})
+    else:
+        print(f"scns: fatal: {error}", file=sys.stderr, flush=True)
+    return EX_CONFIG
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

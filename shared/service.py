@@ -13,10 +13,10 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import failpoints, logs, runtime
+from shared import failpoints, logs, preflight, runtime
 from shared.db import UNAVAILABLE
 from shared.health import HealthServer
-from shared.infra import open_database, wait_for_redis
+from shared.infra import migrate_patiently, open_database, wait_for_redis
 from shared.redis import connect
 from shared.settings import Settings
 from shared.wiring import Wiring
@@ -52,16 +52,32 @@ async def started(
     name: str, *, pool_size: int, label: str | None = None, ready: ReadyCheck | None = None,
     health: bool = True,
 ) -> AsyncIterator[Context]:
-    """Configure, connect (waiting for Redis and PostgreSQL, migrating), then install the
+    """Configure, connect (waiting for Redis and PostgreSQL), check both (shared/preflight.py:
+    a refusal is a PreflightError), migrate or wait for the schema, then install the
     SIGTERM/SIGINT handlers: before that point the default action (exit) is right, there is
     nothing to hand back yet."""
     settings = Settings.from_env()
     logs.configure(label or name, level=settings.log_level, fmt=settings.log_format)
     failpoints.configure(settings.failpoint)
     redis = connect(settings.redis_url, name=f"scns-{name}")
-    await wait_for_redis(redis)
-    pool = await open_database(settings.database_url, application_name=f"scns-{name}",
-                               max_size=pool_size)
+    try:
+        await wait_for_redis(redis)
+        await preflight.check_redis(redis)
+        pool = await open_database(settings.database_url, application_name=f"scns-{name}",
+                                   max_size=pool_size, run_migrations=False)
+    except BaseException:
+        await redis.aclose()
+        raise
+    try:
+        await preflight.check_postgres(pool, settings.database_url)
+        if settings.migrate_on_start:
+            await migrate_patiently(settings.database_url)
+        else:
+            await preflight.wait_for_schema(pool)
+    except BaseException:
+        await pool.close()
+        await redis.aclose()
+        raise
     stop = asyncio.Event()
     runtime.stop_on_signals(stop)
     ctx = Context(settings=settings, redis=redis, pool=pool, stop=stop,

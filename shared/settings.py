@@ -36,6 +36,9 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/scns"
     key_prefix: str = "{scns}:"
+    # false in production: `scns migrate` (a Job, with a role that may change the schema) does
+    # it, and services wait until the schema is at their version (shared/preflight.py)
+    migrate_on_start: bool = True
 
     worker_id: str = field(default_factory=platform.node)
     worker_cpus: int | None = None
@@ -104,9 +107,10 @@ class Settings:
         p = _Parser(env)
         d = cls()
         values: dict[str, object] = {
-            "redis_url": p.text("SCNS_REDIS_URL", d.redis_url),
-            "database_url": p.text("SCNS_DATABASE_URL", d.database_url),
+            "redis_url": p.secret("SCNS_REDIS_URL", d.redis_url),
+            "database_url": p.secret("SCNS_DATABASE_URL", d.database_url),
             "key_prefix": p.text("SCNS_KEY_PREFIX", d.key_prefix),
+            "migrate_on_start": p.value("SCNS_MIGRATE_ON_START", _bool, d.migrate_on_start),
             "worker_id": p.text("SCNS_WORKER_ID", env.get("NODE_NAME") or platform.node()),
             "worker_cpus": p.optional("SCNS_WORKER_CPUS", _positive_int),
             "worker_memory_mb": p.optional("SCNS_WORKER_MEMORY_MB", _positive_int),
@@ -319,3 +323,29 @@ class _Parser:
 
     def optional(self, name: str, parse: Callable[[str], T]) -> T | None:
         return self.value(name, parse, None)
+
+    def secret(self, name: str, default: str) -> str:
+        """`NAME`, or the contents of the file `NAME_FILE` names (a mounted Kubernetes Secret),
+        stripped of surrounding whitespace. Both set to different values is an error."""
+        return read_secret(self.env, name, default, self.errors)
+
+
+def read_secret(env: Mapping[str, str], name: str, default: str, errors: list[str]) -> str:
+    """See `_Parser.secret`; problems are appended to `errors` (the default is returned)."""
+    direct = env.get(name, "").strip()
+    path = env.get(name + "_FILE", "").strip()
+    if not path:
+        return direct or default
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        errors.append(f"{name}_FILE={path!r}: cannot read it ({e.__class__.__name__}: "
+                      f"{e.strerror if isinstance(e, OSError) else e})")
+        return direct or default
+    if not value:
+        errors.append(f"{name}_FILE={path!r}: the file is empty")
+        return direct or default
+    if direct and direct != value:
+        errors.append(f"set {name} or {name}_FILE, not both (they differ)")
+    return value

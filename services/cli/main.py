@@ -598,10 +598,19 @@ def workers(per_node: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("worker_id")
-def drain(worker_id: str) -> None:
+@click.option("--wait", is_flag=True, help="then wait, with progress, until no job runs on "
+              "the worker (the step before replacing it)")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="with --wait: give up after this many seconds (exit status 1)")
+def drain(worker_id: str, wait: bool, timeout: float | None) -> None:
     """Stop placing jobs on a worker (running jobs continue; survives its restart)."""
-    w = client().call("POST", f"/api/v1/workers/{worker_id}/drain")
+    from services.cli.drain import wait_drained
+
+    c = client()
+    w = c.call("POST", f"/api/v1/workers/{worker_id}/drain")
     click.echo(f"worker {w['id']}: {w['state']}")
+    if wait:
+        sys.exit(wait_drained(c, worker_id, timeout=timeout))
 
 
 @cli.command()
@@ -637,16 +646,30 @@ def run_service(service: str) -> None:
 
 
 @cli.command("migrate")
-def migrate_cmd() -> None:
-    """Bring the database (SCNS_DATABASE_URL) to the newest schema."""
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="wait up to this many seconds for PostgreSQL to answer")
+@click.option("--grant-to", "grant_to", envvar="SCNS_APP_ROLE", metavar="ROLE",
+              help="then grant this role (the services' own) the runtime privileges on every "
+              "table and sequence: rows only, no schema changes [SCNS_APP_ROLE]")
+def migrate_cmd(wait_s: float, grant_to: str | None) -> None:
+    """Bring the database to the newest schema, as SCNS_MIGRATE_DATABASE_URL (a role that may
+    change the schema; else SCNS_DATABASE_URL). Each also reads a file: *_FILE."""
     import asyncio
 
-    from shared.db.migrate import migrate
-    from shared.settings import Settings
+    from services.cli.admin import migrate_database
 
-    settings = Settings.from_env()
-    applied = asyncio.run(migrate(settings.database_url))
-    click.echo(f"applied migrations: {applied}" if applied else "schema is up to date")
+    sys.exit(asyncio.run(migrate_database(wait_s=wait_s, grant_to=grant_to)))
+
+
+@cli.command("check")
+def check_cmd() -> None:
+    """Run the services' start-up checks of Redis and PostgreSQL (SCNS_REDIS_URL,
+    SCNS_DATABASE_URL) and the schema version, and say what is wrong."""
+    import asyncio
+
+    from services.cli.admin import check_datastores
+
+    sys.exit(asyncio.run(check_datastores()))
 
 
 @cli.command()

@@ -33,6 +33,8 @@ from shared.wiring import Wiring
 
 log = logging.getLogger(__name__)
 
+STOPPING = web.AppKey("stopping", asyncio.Event)  # set on SIGTERM: /readyz answers 503
+
 REQUESTS = Counter("scns_gateway_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("scns_gateway_request_seconds", "Server time per request", ["route"],
                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
@@ -94,6 +96,11 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready while this gateway serves, whatever its datastores do: with PostgreSQL (or Redis)
+    away it still answers what it can and 503 `unavailable` for the rest (README, "Degraded
+    dependencies"), which beats taking every gateway out of the Service and leaving clients
+    with refused connections. `degraded` and `checks` say what is missing. Not ready once it
+    is stopping (SIGTERM), so the endpoints drop it before it closes."""
     g = request.app[GATEWAY]
     checks = {"redis": True, "postgresql": True}
     try:
@@ -104,8 +111,9 @@ async def readyz(request: web.Request) -> web.Response:
         await g.pool.fetchval("SELECT 1")
     except UNAVAILABLE:
         checks["postgresql"] = False
-    ok = all(checks.values())
-    return json({"ready": ok, "checks": checks}, status=200 if ok else 503)
+    stopping = request.app[STOPPING].is_set()
+    return json({"ready": not stopping, "degraded": not all(checks.values()),
+                 "stopping": stopping, "checks": checks}, status=503 if stopping else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -122,6 +130,7 @@ def create_app(wiring: Wiring) -> web.Application:
     app = web.Application(middlewares=[api_errors, auth.middleware(cache)],
                           client_max_size=MAX_BODY)
     app[GATEWAY] = Gateway(wiring=wiring)
+    app[STOPPING] = asyncio.Event()
     app[auth.TOKEN_CACHE] = cache
     app[schedules.FIRING] = schedules.firing(wiring)
     app.add_routes(jobs.routes)
@@ -145,7 +154,9 @@ async def _main() -> int:
 
     async with service.started("gateway", pool_size=20, health=False) as ctx:
         settings = ctx.settings
-        runner = web.AppRunner(create_app(ctx.wiring), access_log=None)
+        app = create_app(ctx.wiring)
+        app[STOPPING] = ctx.stop
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, settings.gateway_host, settings.gateway_port).start()
         log.info("gateway listening on http://%s:%d", settings.gateway_host,

@@ -503,7 +503,8 @@ def components() -> Schema:
             "half_life_s": {"type": "number"}, "updated_at": when,
             "weights": ref("Weights")}),
         "Explanation": explanation_schema(),
-        "Readiness": obj({"ready": {"type": "boolean"}, "checks": obj({
+        "Readiness": obj({"ready": {"type": "boolean"}, "degraded": {"type": "boolean"},
+                          "stopping": {"type": "boolean"}, "checks": obj({
             "redis": {"type": "boolean"}, "postgresql": {"type": "boolean"}})}),
     }
     return {"schemas": schemas,
@@ -838,8 +839,11 @@ def service_paths() -> dict[str, Schema]:
     return {
         "/healthz": {"get": op("healthz", "service", "Liveness.", {
             200: answer("Alive.", obj({"status": {"const": "ok"}}))}, (), **public)},
-        "/readyz": {"get": op("readyz", "service", "Readiness: Redis and PostgreSQL answer.", {
-            200: answer("Ready.", ref("Readiness")), 503: answer("Not ready.", ref("Readiness"))},
+        "/readyz": {"get": op("readyz", "service", "Readiness: ready while this gateway "
+            "serves, with Redis or PostgreSQL away too (`degraded`, `checks`: it answers 503 "
+            "for what needs them); not ready once it is stopping.", {
+            200: answer("Serving.", ref("Readiness")),
+            503: answer("Stopping.", ref("Readiness"))},
             (), **public)},
         "/metrics": {"get": op("metrics", "service", "Prometheus metrics (any valid token).", {
             200: answer("Text exposition format.", {"type": "string"}, media="text/plain")}, ())},

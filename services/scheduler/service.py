@@ -555,6 +555,7 @@ class Scheduler:
 
 
 async def _main() -> int:
+    from services.scheduler import demand
     from shared import runtime, service
 
     async def ready(ctx: service.Context) -> dict[str, bool]:
@@ -567,8 +568,8 @@ async def _main() -> int:
         async with Leadership(ctx.settings.database_url, lock_id=SCHEDULER_LOCK_ID,
                               name="scheduler",
                               exclusive=ctx.settings.scheduler_exclusive) as leadership:
-            await runtime.supervise({"scheduler": scheduler.run(ctx.stop, leadership)},
-                                    ctx.stop)
+            await runtime.supervise({"scheduler": scheduler.run(ctx.stop, leadership),
+                                     "demand": demand.run(ctx.pool, ctx.stop)}, ctx.stop)
     return 0
 
 def main() -> int:

@@ -1,8 +1,16 @@
 """Apply the ordered SQL files in `migrations/` once each, safely from many processes at once.
 
-Every service may run this at start-up: a session-level PostgreSQL advisory lock (scoped to the
-database) serialises the runners, and the `scns_schema_version` table records what was applied
-with a checksum, so a migration edited after it shipped is refused instead of silently skipped.
+Every service may run this at start-up (SCNS_MIGRATE_ON_START, the default): a session-level
+PostgreSQL advisory lock (scoped to the database) serialises the runners, and the
+`scns_schema_version` table records what was applied with a checksum, so a migration edited
+after it shipped is refused instead of silently skipped.
+
+In production the schema belongs to a role the services do not have: `scns migrate` runs with
+it (a Kubernetes Job) and then grants the runtime role what `grants.sql` lists, read and write
+rows and nothing else; the services start with SCNS_MIGRATE_ON_START=0 and wait for the
+schema (shared/preflight.py). Against an up-to-date schema this module changes nothing, so a
+runtime role with migrations left on is harmless; one that would have to migrate is refused
+with a message, not retried.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any
 import asyncpg
 
 from shared.db.pool import connect
-from shared.errors import ConductorError
+from shared.errors import ConductorError, PreflightError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,20 @@ async def migrate(dsn: str) -> list[int]:
 async def migrate_conn(conn: asyncpg.Connection[Any]) -> list[int]:
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
+        return await _apply(conn)
+    except asyncpg.InsufficientPrivilegeError as e:
+        user = await conn.fetchval("SELECT current_user")
+        raise PreflightError(
+            f"the database role {user!r} may not change the schema ({e}); migrations need the "
+            "schema owner's role: set SCNS_MIGRATE_ON_START=0 for the services and run `scns "
+            "migrate` with SCNS_MIGRATE_DATABASE_URL set to the owner's URL") from e
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+async def _apply(conn: asyncpg.Connection[Any]) -> list[int]:
+    # CREATE ... IF NOT EXISTS needs the right to create even when the table exists.
+    if not await conn.fetchval("SELECT to_regclass('scns_schema_version') IS NOT NULL"):
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS scns_schema_version (
                    version    integer PRIMARY KEY,
@@ -68,33 +90,53 @@ async def migrate_conn(conn: asyncpg.Connection[Any]) -> list[int]:
                    checksum   text NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
-        rows = await conn.fetch("SELECT version, checksum FROM scns_schema_version")
-        applied = {r["version"]: r["checksum"] for r in rows}
-        done: list[int] = []
-        for m in load_migrations():
-            if m.version in applied:
-                if applied[m.version] != m.checksum:
-                    raise ConductorError(
-                        f"migration {m.version:04d}_{m.name} changed after it was applied; "
-                        "add a new migration instead of editing a shipped one"
-                    )
-                continue
-            async with conn.transaction():
-                await conn.execute(m.sql)
-                await conn.execute(
-                    "INSERT INTO scns_schema_version (version, name, checksum) "
-                    "VALUES ($1, $2, $3)",
-                    m.version, m.name, m.checksum,
+    rows = await conn.fetch("SELECT version, checksum FROM scns_schema_version")
+    applied = {r["version"]: r["checksum"] for r in rows}
+    done: list[int] = []
+    for m in load_migrations():
+        if m.version in applied:
+            if applied[m.version] != m.checksum:
+                raise ConductorError(
+                    f"migration {m.version:04d}_{m.name} changed after it was applied; "
+                    "add a new migration instead of editing a shipped one"
                 )
-            log.info("applied migration %04d_%s", m.version, m.name,
-                     extra={"event": "migration-applied", "version": m.version})
-            done.append(m.version)
-        return done
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+            continue
+        async with conn.transaction():
+            await conn.execute(m.sql)
+            await conn.execute(
+                "INSERT INTO scns_schema_version (version, name, checksum) "
+                "VALUES ($1, $2, $3)",
+                m.version, m.name, m.checksum,
+            )
+        log.info("applied migration %04d_%s", m.version, m.name,
+                 extra={"event": "migration-applied", "version": m.version})
+        done.append(m.version)
+    return done
 
 
-async def current_version(conn: asyncpg.Connection[Any]) -> int:
+def grants_sql() -> str:
+    return resources.files("shared.db").joinpath("grants.sql").read_text("utf-8")
+
+
+async def grant_runtime(conn: asyncpg.Connection[Any], role: str) -> None:
+    """Give `role` (the services' runtime role) what grants.sql lists on every table and
+    sequence of the current schema: idempotent, so it runs after every `scns migrate`."""
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+    if not exists:
+        raise PreflightError(f"no database role {role!r} to grant the runtime privileges to; "
+                             "create it first (deploy/sql/roles.sql)")
+    names = await conn.fetchrow("SELECT quote_ident($1) AS role, "
+                                "quote_ident(current_schema()) AS schema", role)
+    assert names is not None
+    sql = grants_sql().replace("{role}", names["role"]).replace("{schema}", names["schema"])
+    async with conn.transaction():
+        await conn.execute(sql)
+    log.info("granted the runtime privileges to %s", role,
+             extra={"event": "grants-applied", "role": role})
+
+
+async def current_version(
+        conn: asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]) -> int:
     exists = await conn.fetchval("SELECT to_regclass('scns_schema_version') IS NOT NULL")
     if not exists:
         return 0

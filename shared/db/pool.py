@@ -9,14 +9,17 @@ import orjson
 
 
 def server_settings(application_name: str) -> dict[str, str]:
-    """Session settings of every connection we open. JIT is off: our statements are short and
-    indexed, and PostgreSQL's estimate for one that reads little can still pass jit_above_cost
-    (throttled_arrays' per-array counts over a large queue did, on every pass): compiling took
-    10-50 ms of a statement that runs in under one."""
-    return {"application_name": application_name, "jit": "off"}
+    """Startup parameters of every connection we open: only those a pooler passes on
+    (PgBouncer refuses a connection whose startup packet names any other setting)."""
+    return {"application_name": application_name}
 
 
 async def _init(conn: asyncpg.Connection[Any]) -> None:
+    # JIT off, for the session: our statements are short and indexed, and PostgreSQL's estimate
+    # for one that reads little can still pass jit_above_cost (throttled_arrays' per-array
+    # counts over a large queue did, on every pass): compiling took 10-50 ms of a statement
+    # that runs in under one. A SET rather than a startup parameter, which PgBouncer refuses.
+    await conn.execute("SET jit = off")
     await conn.set_type_codec(
         "jsonb",
         encoder=lambda v: orjson.dumps(v).decode(),

@@ -1126,3 +1126,18 @@ SELECT worker_id, cpus, coalesce(memory_mb, 0) AS memory_mb,
        END::float8 AS ends_in_s
 FROM jobs
 WHERE state IN ('ALLOCATED', 'RUNNING') AND worker_id = ANY($1::text[]);
+
+-- ====================================== scheduler demand ======================================
+
+-- name: scheduler_demand
+-- The autoscaling signal the scheduler exports (services/scheduler/demand.py), one round trip:
+-- CPUs of PENDING jobs per reason (none recorded: Priority), of jobs holding CPUs (ALLOCATED,
+-- RUNNING), and the CPUs ready workers offer per `pool` label ('' without one).
+SELECT 'pending' AS kind, coalesce(reason, 'Priority') AS label, sum(cpus)::bigint AS cpus
+FROM jobs WHERE state = 'PENDING' GROUP BY 2
+UNION ALL
+SELECT 'busy', '', coalesce(sum(cpus), 0)::bigint FROM jobs
+WHERE state IN ('ALLOCATED', 'RUNNING')
+UNION ALL
+SELECT 'workers', coalesce(labels->>'pool', ''), sum(cpus)::bigint FROM workers
+WHERE state = 'ready' GROUP BY 2;

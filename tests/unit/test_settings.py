@@ -79,3 +79,45 @@ def test_as_env_round_trips() -> None:
 
 def test_parse_labels_ignores_empty_items() -> None:
     assert parse_labels("a=1,,b=") == {"a": "1", "b": ""}
+
+
+# --- URLs from mounted files (Kubernetes Secrets as files) --------------------------------------
+def test_urls_are_read_from_files(tmp_path: Path) -> None:
+    (tmp_path / "redis-url").write_text("rediss://:pw@r:6380/0\n")
+    (tmp_path / "database-url").write_text("  postgresql://app:pw@pg:5432/scns \n")
+    s = Settings.from_env({"SCNS_REDIS_URL_FILE": str(tmp_path / "redis-url"),
+                           "SCNS_DATABASE_URL_FILE": str(tmp_path / "database-url")})
+    assert (s.redis_url, s.database_url) == ("rediss://:pw@r:6380/0",
+                                             "postgresql://app:pw@pg:5432/scns")
+    # what as_env() hands a child (the URL itself) beside the inherited *_FILE agrees
+    again = Settings.from_env({"SCNS_REDIS_URL_FILE": str(tmp_path / "redis-url"),
+                               **s.as_env()})
+    assert again.redis_url == s.redis_url
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, r"SCNS_DATABASE_URL_FILE='.*missing': cannot read it \(FileNotFoundError"),
+    ("\n", "SCNS_DATABASE_URL_FILE=.*: the file is empty"),
+    ("postgresql://a@b/c", "set SCNS_DATABASE_URL or SCNS_DATABASE_URL_FILE, not both"),
+])
+def test_bad_url_files_are_named(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / ("missing" if content is None else "database-url")
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"SCNS_DATABASE_URL_FILE": str(path),
+                           "SCNS_DATABASE_URL": "postgresql://other@x/y"})
+
+
+def test_a_url_file_is_checked_like_the_variable(tmp_path: Path) -> None:
+    (tmp_path / "u").write_text("mysql://nope")
+    with pytest.raises(ConfigError, match="SCNS_DATABASE_URL must start with postgresql://"):
+        Settings.from_env({"SCNS_DATABASE_URL_FILE": str(tmp_path / "u")})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", True), ("0", False), ("false", False),
+                                               ("1", True), ("yes", True)])
+def test_migrate_on_start(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"SCNS_MIGRATE_ON_START": raw}).migrate_on_start is expected
+    with pytest.raises(ConfigError, match="SCNS_MIGRATE_ON_START='maybe': must be true or"):
+        Settings.from_env({"SCNS_MIGRATE_ON_START": "maybe"})
