@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from services.cli.client import Client
+from services.gateway.app import STOPPING
 from shared.keys import Keys
 from tests.integration.conftest import bearer
 
@@ -241,5 +242,12 @@ async def test_health_endpoints(http: TestClient[Any, Any]) -> None:
     assert (await http.get("/healthz")).status == 200
     ready = await http.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["checks"] == {"redis": True, "postgresql": True}
+    body = await ready.json()
+    assert body["checks"] == {"redis": True, "postgresql": True}
+    assert (body["ready"], body["degraded"], body["stopping"]) == (True, False, False)
     assert "scns_gateway_requests_total" in await (await http.get("/metrics")).text()
+    # once stopping (SIGTERM), not ready: the Service's endpoints drop it before it closes
+    http.app[STOPPING].set()
+    stopping = await http.get("/readyz")
+    assert stopping.status == 503
+    assert (await stopping.json())["stopping"] is True
