@@ -4,8 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# checkov (the manifests' policy check, tests/deploy/test_checkov.py) lives in a venv of its own:
+# checkov 3.3.30 wants packaging<24 and pytest 9.2 packaging>=24, so one venv cannot hold both.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV    ?= .venv-checkov
+CHECKOV         := $(CHECKOV_VENV)/bin/checkov
 
-.PHONY: help install browser test test-fast lint lock up bench clean
+.PHONY: help install browser checkov test test-fast lint lock up bench clean
 
 help:
 	@echo "make up      run the whole system on this machine"
@@ -47,8 +52,16 @@ browser:
 	  echo "error: apt-get installed chromium, but /usr/bin/chromium or /usr/bin/chromedriver is still missing" >&2; exit 1; }
 
 # The suite finds or starts Redis and PostgreSQL itself (see tests/infra.py).
-test: $(STAMP) browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+$(CHECKOV): | $(BIN)/python
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+
+checkov: $(CHECKOV)
+
+# SCNS_CHECKOV: the test runs this checkov and fails (rather than skips) if it cannot.
+test: $(STAMP) browser $(CHECKOV)
+	SCNS_CHECKOV=$(abspath $(CHECKOV)) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
@@ -74,4 +87,4 @@ up: $(STAMP)
 	$(BIN)/scns up
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
