@@ -6,6 +6,7 @@ role that may not change the schema (deploy/sql/roles.sql, `scns migrate --grant
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -152,3 +153,30 @@ def test_the_system_runs_as_a_role_that_cannot_change_the_schema(
             r.system.stop()
 
     asyncio.run(provision_and_run())
+
+
+def test_scale_in_lets_running_jobs_finish_then_the_executor_exits(
+        start_system: Factory, tmp_path: Path) -> None:
+    """What a pool's scale-in (or an unprepared pod deletion) does: SIGTERM. The executor takes
+    nothing new, its running job finishes on its own (COMPLETED, not NODE_FAIL), and it exits
+    as soon as that job has ended, long before its drain grace."""
+    r = start_system(cpus=2, drain_grace_s=120.0)
+    marker = tmp_path / "go"
+    running = submit(r, f"while [ ! -e {marker} ]; do sleep 0.1; done; echo finished", cpus=1)
+    wait_state(r, running["id"], {"RUNNING"})
+    executor = r.system.child("executor")
+    executor.proc.send_signal(signal.SIGTERM)
+    until("the worker is leaving", lambda: all(
+        w["state"] != "ready" for w in r.client.call("GET", "/api/v1/workers")["items"]))
+    late = submit(r, "echo too late", cpus=1)  # room on the worker, but it is leaving
+    time.sleep(1.0)
+    assert r.client.call("GET", f"/api/v1/jobs/{late['id']}")["state"] == "PENDING"
+    assert r.client.call("GET", f"/api/v1/jobs/{running['id']}")["state"] == "RUNNING"
+    assert executor.proc.poll() is None
+    marker.touch()
+    started = time.monotonic()
+    assert executor.proc.wait(30) == 0
+    assert time.monotonic() - started < 30  # not the 120 s grace
+    done = wait_state(r, running["id"], {"COMPLETED", "FAILED", "NODE_FAIL"})
+    assert (done["state"], done["attempt"]) == ("COMPLETED", 1), done
+    assert r.client.call("GET", f"/api/v1/jobs/{late['id']}")["state"] == "PENDING"
