@@ -78,7 +78,9 @@ def with_component(component: str) -> list[str]:
 
 
 def _generated_kustomization(target: Target, where: Path) -> str:
-    """Like an overlay of a user's own: relative paths (kustomize refuses absolute ones)."""
+    """Like an overlay of a user's own: relative paths (kustomize refuses absolute ones), and
+    no `namespace:` (a user following a component's instructions may not set one either, so
+    the components name their namespace themselves)."""
     def rel(path: Path) -> str:
         return os.path.relpath(path, where)
 
@@ -87,7 +89,6 @@ def _generated_kustomization(target: Target, where: Path) -> str:
     return yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "namespace": NAMESPACE,
         "resources": [rel(below)],
         "components": [rel(COMPONENTS / c) for c in target.adds],
     })
