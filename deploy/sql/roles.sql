@@ -2,7 +2,7 @@
 -- managed service's master user, or `postgres`), e.g.
 --   psql "postgresql://ADMIN@PG_HOST:5432/postgres" -f deploy/sql/roles.sql
 -- then set the two passwords (\password scns_owner, \password scns_app) and store the URLs
--- in the Kubernetes Secret `scns-connection` (docs/operations.md, "Datastores"):
+-- in the Kubernetes Secret `scns-connection` (docs/operations.md, "First install"):
 --   migrate-database-url  postgresql://scns_owner:...@PG_HOST:5432/scns   (the migration Job)
 --   database-url          postgresql://scns_app:...@PG_HOST:5432/scns     (every service)
 --
