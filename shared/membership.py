@@ -146,6 +146,10 @@ class Membership:
             for i, wid in enumerate(ids)
         ]
 
+    async def ids(self) -> tuple[set[str], set[str]]:
+        """The worker ids Redis knows (with a lease), and those it has live records of."""
+        return await self._ids()
+
     async def _ids(self) -> tuple[set[str], set[str]]:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.smembers(self.keys.workers_known)

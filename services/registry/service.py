@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
 from shared.db import UNAVAILABLE
-from shared.db.workers import WorkerStore
+from shared.db.workers import WorkerRow, WorkerStore
 from shared.keys import STREAM_TYPES
 from shared.membership import Lease, Member, Observed
 from shared.redis import aw
@@ -160,10 +160,32 @@ class Registry:
                 await self.workers.left(worker_id=m.worker_id, incarnation=m.incarnation,
                                         reason=m.left_reason or "expired", at_ms=m.left_at)
         await self.workers.heartbeats(beats)
-        drained = [w.id for w in await self.workers.list() if w.drain]
+        rows = await self.workers.list()
+        await self._lost_unseen(rows, {o.worker_id for o in observed})
+        drained = [w.id for w in rows if w.drain]
         if drained:
             await aw(self.redis.sadd(self.keys.workers_drained, *drained))
         self._db_dirty = False
+
+    async def _lost_unseen(self, rows: list[WorkerRow], seen: set[str]) -> None:
+        """Workers PostgreSQL has up that Redis knows nothing of: Redis lost everything (a
+        restart without persistence) while they were gone, so no lease will ever lapse for
+        them. Once they have not heartbeaten for a lease's TTL plus a heartbeat period (the
+        PostgreSQL record lags the lease by up to one sync), record them down, and the
+        reconciler handles their jobs as for any lost worker. One that comes back simply
+        joins again (and the reconciler spares workers live in Redis)."""
+        unseen = [w.id for w in rows if w.state != WorkerState.DOWN and w.id not in seen]
+        if not unseen:
+            return
+        known, live = await self.membership.ids()  # still unknown now, not just joined
+        unseen = [w for w in unseen if w not in known and w not in live]
+        lost = await self.workers.lost_unseen(
+            unseen, self.settings.worker_ttl_s + self.settings.heartbeat_s)
+        for wid in lost:
+            ANNOUNCED.labels("worker-left", "lost").inc()
+            log.warning("worker %s is gone: PostgreSQL had it up, Redis has no record of it and "
+                        "it has not heartbeaten since; recorded down", wid,
+                        extra={"event": "worker-lost", "worker_id": wid})
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:

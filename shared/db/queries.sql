@@ -730,6 +730,16 @@ WHERE workers.incarnation IS DISTINCT FROM EXCLUDED.incarnation
 UPDATE workers SET state = 'down', left_at = $3, left_reason = $4, updated_at = now()
 WHERE id = $1 AND incarnation = $2 AND state <> 'down';
 
+-- name: workers_lost_unseen
+-- Workers PostgreSQL records as up that Redis has no record of at all, and whose last recorded
+-- heartbeat is older than $2 seconds: Redis lost everything while they were gone, so no lease
+-- lapsed for the registry to announce. Recorded down ('lost'), which starts the reconciler's
+-- grace (lost_workers) like any other departure. $1: the ids Redis does not know.
+UPDATE workers SET state = 'down', left_at = now(), left_reason = 'lost', updated_at = now()
+WHERE id = ANY($1::text[]) AND state <> 'down'
+  AND coalesce(last_heartbeat, joined_at, updated_at) < now() - make_interval(secs => $2)
+RETURNING id;
+
 -- name: worker_set_drain
 UPDATE workers SET
     drain = $2,

@@ -64,6 +64,14 @@ class WorkerStore:
                 q("worker_heartbeats"), [w for w, _ in beats], [from_ms(t) for _, t in beats]
             )
 
+    async def lost_unseen(self, worker_ids: Sequence[str], after_s: float) -> list[str]:
+        """Record as down ('lost') those of `worker_ids` (workers Redis has no record of) that
+        PostgreSQL still has up and that have not heartbeaten for `after_s`; their ids."""
+        if not worker_ids:
+            return []
+        rows = await self.db.fetch(q("workers_lost_unseen"), list(worker_ids), after_s)
+        return [str(r["id"]) for r in rows]
+
     async def list(self) -> list[WorkerRow]:
         return [WorkerRow.from_row(r) for r in await self.db.fetch(q("list_workers"))]
 

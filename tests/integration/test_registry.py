@@ -154,3 +154,40 @@ async def test_sync_repairs_postgres_after_a_missed_write(
     await reg.sync_db()
     row = await WorkerStore(pool).get("n6")
     assert row is not None and row.state == "ready" and row.last_heartbeat is not None
+
+
+async def test_a_worker_redis_forgot_while_it_was_gone_is_recorded_lost(
+        redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool[Any]) -> None:
+    """Redis lost everything (a restart without persistence) while a worker was gone: no lease
+    will ever lapse for it, so the registry's sync downs it from PostgreSQL's record alone,
+    once it has not heartbeaten for a TTL and a heartbeat; the reconciler's grace follows."""
+    reg = Registry(wire(settings, redis, pool))
+    store = WorkerStore(pool)
+    ttl = settings.worker_ttl_s + settings.heartbeat_s
+    for wid, silent_s in (("gone", ttl + 30), ("just-quiet", 0.0)):
+        await pool.execute(
+            "INSERT INTO workers (id, incarnation, hostname, state, cpus, memory_mb, "
+            "joined_at, last_heartbeat) VALUES ($1, 'i1', 'h', 'ready', 4, 512, "
+            "now() - interval '1 hour', now() - make_interval(secs => $2))", wid, silent_s)
+    hb = client(reg.membership, "alive")
+    await hb.register()
+    await reg.sweep()
+    await pool.execute("UPDATE workers SET last_heartbeat = now() - interval '1 hour' "
+                       "WHERE id = 'alive'")  # a stale record, but Redis knows it: untouched
+
+    await reg.sync_db()
+    gone, quiet, alive = [await store.get(w) for w in ("gone", "just-quiet", "alive")]
+    assert gone is not None and (gone.state, gone.left_reason) == ("down", "lost")
+    assert quiet is not None and quiet.state == "ready"  # within the TTL: maybe on its way back
+    assert alive is not None and alive.state == "ready"
+    left_at = gone.left_at
+    await reg.sync_db()  # idempotent: written once
+    again = await store.get("gone")
+    assert again is not None and again.left_at == left_at
+
+    # it comes back: it simply joins again
+    back = client(reg.membership, "gone")
+    await back.register()
+    assert (await reg.sweep()).joined == ["gone"]
+    row = await store.get("gone")
+    assert row is not None and row.state == "ready" and row.left_at is None
