@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from shared.localinfra import Server, free_port, port_open, start_redis
 from shared.settings import Settings
 from tests.helpers import open_for_jobs
 from tests.infra import Infra
-from tests.procs import Proc, start_service
+from tests.procs import ROOT, Proc, start_service
 
 
 @pytest.fixture
@@ -203,3 +204,26 @@ async def _no_tables(url: str) -> None:
         assert await conn.fetchval("SELECT to_regclass('jobs')") is None
     finally:
         await conn.close()
+
+
+def _scns_check(redis_url: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "check"], cwd=ROOT, capture_output=True,
+        text=True, timeout=60, check=False,
+        env={**os.environ, "SCNS_REDIS_URL": redis_url, "SCNS_DATABASE_URL": database_url})
+
+
+def test_scns_check_reports_each_datastore(own_redis: Server, database_url: str,
+                                           empty_database_url: str) -> None:
+    good = _scns_check(own_redis.url, database_url)
+    assert good.returncode == 0, good
+    assert [line.split()[:2] for line in good.stdout.splitlines()] == [
+        ["ok", "redis"], ["ok", "postgresql"], ["ok", "schema"]], good.stdout
+    asyncio.run(_set_policy(own_redis.url, "allkeys-lru"))
+    bad = _scns_check(own_redis.url, empty_database_url)
+    assert bad.returncode == 1, bad
+    assert "FAIL  redis: Redis maxmemory-policy is allkeys-lru" in bad.stdout, bad.stdout
+    assert "ok    postgresql" in bad.stdout
+    assert f"FAIL  schema: at version 0, this build needs {preflight.needed_version()}" in \
+        bad.stdout, bad.stdout
+    assert "2 check(s) failed" in bad.stderr and "Traceback" not in bad.stderr
