@@ -34,17 +34,22 @@ class Context:
 ReadyCheck = Callable[[Context], Awaitable[dict[str, bool]]]
 
 
-async def ready_if_reachable(ctx: Context) -> dict[str, bool]:
+async def reachable(redis: Redis, pool: asyncpg.Pool[Any]) -> dict[str, bool]:
+    """Whether each datastore answers now (the `checks` of every `/readyz`)."""
     checks = {"redis": True, "postgresql": True}
     try:
-        await ctx.redis.ping()
+        await redis.ping()
     except RedisError:
         checks["redis"] = False
     try:
-        await ctx.pool.fetchval("SELECT 1")
+        await pool.fetchval("SELECT 1")
     except UNAVAILABLE:
         checks["postgresql"] = False
     return checks
+
+
+async def ready_if_reachable(ctx: Context) -> dict[str, bool]:
+    return await reachable(ctx.redis, ctx.pool)
 
 
 @asynccontextmanager

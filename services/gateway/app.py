@@ -29,6 +29,7 @@ from services.gateway.dashboard import routes as dashboard_routes
 from services.gateway.validation import RequestError
 from shared.db import UNAVAILABLE
 from shared.health import metrics_response
+from shared.service import reachable
 from shared.wiring import Wiring
 
 log = logging.getLogger(__name__)
@@ -102,15 +103,7 @@ async def readyz(request: web.Request) -> web.Response:
     with refused connections. `degraded` and `checks` say what is missing. Not ready once it
     is stopping (SIGTERM), so the endpoints drop it before it closes."""
     g = request.app[GATEWAY]
-    checks = {"redis": True, "postgresql": True}
-    try:
-        await g.redis.ping()
-    except RedisError:
-        checks["redis"] = False
-    try:
-        await g.pool.fetchval("SELECT 1")
-    except UNAVAILABLE:
-        checks["postgresql"] = False
+    checks = await reachable(g.redis, g.pool)
     stopping = request.app[STOPPING].is_set()
     return json({"ready": not stopping, "degraded": not all(checks.values()),
                  "stopping": stopping, "checks": checks}, status=503 if stopping else 200)
