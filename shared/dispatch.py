@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +44,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from shared import clock
 from shared.db import UNAVAILABLE
 from shared.keys import Keys
 from shared.lua import Scripts, source
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 LAUNCH = "launch"
 JOB_EXPIRY_MS = 7 * 86_400_000  # a launch waits up to a week for its worker to come back
+CLOCK_TOLERANCE_MS = 60_000  # see ArqDispatcher._batch
 BATCH = 1_000  # launches per enqueue.lua call (a page: SCNS_SCHEDULER_BATCH at most, 500)
 
 
@@ -91,7 +92,7 @@ class ArqDispatcher:
         that already was (a repeat of its attempt)."""
         if not items:
             return []
-        now = int(time.time() * 1000)
+        now = clock.now_ms()
         script = self.scripts.script("enqueue")
         out: list[bool] = []
         # one call a batch, each awaited in turn: a pipeline of scripts would first ask Redis
@@ -116,7 +117,13 @@ class ArqDispatcher:
             lines.append(b"%d %s\n" % (at.setdefault(it.worker_id, len(at) + 1), job))
         keys = [self.keys.arq_queue(w) for w in at] + launch_keys
         channels = [self.keys.wakeup(launch_topic(w)) for w in at]
-        return keys, [len(at), now, JOB_EXPIRY_MS, job_key_prefix, *channels, b"".join(lines)]
+        # the score is when a launch becomes due by the *worker's* clock (arq polls its queue
+        # up to its own now): back-dated, so that a worker whose clock is behind the
+        # scheduler's by up to CLOCK_TOLERANCE_MS still takes it at once; the order of
+        # launches (by score) is kept
+        score = now - CLOCK_TOLERANCE_MS
+        return keys, [len(at), score, JOB_EXPIRY_MS, job_key_prefix, *channels,
+                      b"".join(lines)]
 
     async def withdraw(self, item: Dispatch) -> None:
         """Remove a launch that must not run (its job was cancelled or handed back)."""

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from redis.exceptions import RedisError
 
+from shared import clock
 from shared.capacity import Capacity
 from shared.errors import WorkerIdConflict
 from shared.keys import Keys
@@ -32,7 +33,7 @@ BYE_TTL_MS = 600_000
 
 
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.now_ms()
 
 
 class HeartbeatClient:
@@ -57,6 +58,7 @@ class HeartbeatClient:
         self.hostname = hostname or socket.gethostname()
         self.incarnation = uuid.uuid4().hex[:16]
         self._last_ok: float | None = None
+        self._held_since: float | None = None
         self.lease_recreated = 0
 
     @property
@@ -71,6 +73,13 @@ class HeartbeatClient:
         """True while the last successful heartbeat is younger than the TTL."""
         return self._last_ok is not None and time.monotonic() - self._last_ok < self.ttl_s
 
+    def lease_held_since(self, since: float) -> bool:
+        """True when the lease has been valid without a break from monotonic time `since` until
+        now: the cluster cannot have declared this worker gone in between (a start whose
+        answer came back late, after a partition, must not run: shared/fencing.py)."""
+        return self._held_since is not None and self._held_since <= since \
+            and self.lease_valid()
+
     async def beat(self) -> int:
         sent = time.monotonic()
         result = await self.membership.heartbeat(
@@ -83,6 +92,11 @@ class HeartbeatClient:
                 f"worker id {self.worker_id!r} is held by a live process on another host; "
                 "set SCNS_WORKER_ID to a unique name"
             )
+        received = time.monotonic()
+        if self._last_ok is None or received - self._last_ok >= self.ttl_s:
+            # the lease may have lapsed between the previous renewal and this one (Redis ran
+            # this one at some moment before `received`): it is held without a break from here
+            self._held_since = received
         self._last_ok = sent
         return result
 

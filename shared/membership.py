@@ -9,7 +9,7 @@ join and each departure is announced exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +132,11 @@ class Membership:
     async def observe(self) -> list[Observed]:
         """Every worker id that has a lease or a live record, with both sides."""
         known, live = await self._ids()
-        ids = sorted(known | live)
+        return await self.observe_ids(known | live)
+
+    async def observe_ids(self, worker_ids: Iterable[str]) -> list[Observed]:
+        """These worker ids, each with its lease and its record (either may be None)."""
+        ids = sorted(worker_ids)
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:

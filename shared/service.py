@@ -13,7 +13,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import failpoints, logs, preflight, runtime
+from shared import clock, failpoints, logs, preflight, runtime
 from shared.db import UNAVAILABLE
 from shared.health import HealthServer
 from shared.infra import migrate_patiently, open_database, wait_for_redis
@@ -64,6 +64,7 @@ async def started(
     settings = Settings.from_env()
     logs.configure(label or name, level=settings.log_level, fmt=settings.log_format)
     failpoints.configure(settings.failpoint)
+    clock.configure(settings.clock_skew_s)
     redis = connect(settings.redis_url, name=f"scns-{name}")
     try:
         await wait_for_redis(redis)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from shared.errors import ConfigError
+from shared.fencing import fence_problems
 from shared.priority import Weights
 
 T = TypeVar("T")
@@ -74,6 +75,9 @@ class Settings:
     arq_poll_s: float = 0.02
     arq_max_jobs: int = 64
     kill_grace_s: float = 10.0
+    # an executor cut off from the cluster has SIGKILLed its jobs this long before the cluster
+    # may declare them lost and run them again (shared/fencing.py)
+    fence_margin_s: float = 5.0
     drain_grace_s: float = 30.0
     audit_s: float = 30.0
     output_ttl_s: int = 7 * 86_400
@@ -99,6 +103,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "auto"
     failpoint: str = ""  # tests only: see shared/failpoints.py
+    clock_skew_s: float = 0.0  # tests only: offset of this process's wall clock (shared/clock.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -158,6 +163,8 @@ class Settings:
             "arq_poll_s": p.value("SCNS_ARQ_POLL_S", _positive_float, d.arq_poll_s),
             "arq_max_jobs": p.value("SCNS_ARQ_MAX_JOBS", _positive_int, d.arq_max_jobs),
             "kill_grace_s": p.value("SCNS_KILL_GRACE_S", _positive_float, d.kill_grace_s),
+            "fence_margin_s": p.value("SCNS_FENCE_MARGIN_S", _positive_float,
+                                      d.fence_margin_s),
             "drain_grace_s": p.value("SCNS_DRAIN_GRACE_S", _non_negative_float,
                                      d.drain_grace_s),
             "audit_s": p.value("SCNS_AUDIT_S", _positive_float, d.audit_s),
@@ -183,6 +190,7 @@ class Settings:
             "log_level": p.text("SCNS_LOG_LEVEL", d.log_level).upper(),
             "log_format": p.text("SCNS_LOG_FORMAT", d.log_format).lower(),
             "failpoint": p.text("SCNS_FAILPOINT", ""),
+            "clock_skew_s": p.value("SCNS_TEST_CLOCK_SKEW_S", float, d.clock_skew_s),
         }
         settings = cls(**values)  # type: ignore[arg-type]
         p.errors.extend(settings.problems())
@@ -215,6 +223,7 @@ class Settings:
                 "SCNS_WORKER_TTL_S must be greater than SCNS_HEARTBEAT_S "
                 f"(got {self.worker_ttl_s:g} <= {self.heartbeat_s:g})"
             )
+        out += fence_problems(self)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             out.append(f"SCNS_REDIS_URL must start with redis://, rediss:// or unix:// "
                        f"(got {self.redis_url!r})")
@@ -239,7 +248,10 @@ class Settings:
         out: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or (f.name == "failpoint" and not value):
+            if value is None or (f.name in ("failpoint", "clock_skew_s") and not value):
+                continue
+            if f.name == "clock_skew_s":
+                out["SCNS_TEST_CLOCK_SKEW_S"] = str(value)
                 continue
             if f.name == "worker_labels":
                 value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))

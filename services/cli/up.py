@@ -122,8 +122,12 @@ class System:
     def __init__(self, settings: Settings, env: Mapping[str, str], *, workers: int,
                  cpus: int | None, echo: bool = True,
                  health_ports: Mapping[str, int] | None = None,
-                 labels: Sequence[Mapping[str, str]] | None = None) -> None:
+                 labels: Sequence[Mapping[str, str]] | None = None,
+                 child_env: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self.settings = settings
+        # child name -> extra variables applied last when it is started, and again on each
+        # restart (tests: a child's own SCNS_REDIS_URL through a proxy, its clock skew)
+        self.child_env = {name: dict(extra) for name, extra in (child_env or {}).items()}
         self.labels = list(labels or [])  # executor i's labels (else SCNS_WORKER_LABELS)
         # each child's own /healthz and /metrics port: given, or SCNS_HEALTH_PORT, +1, +2, ...
         # in start order (one port cannot serve several processes); none when both are unset
@@ -145,6 +149,9 @@ class System:
             click.echo(text, err=True)
 
     def start(self) -> str:
+        problems = self.settings.problems()
+        if problems:  # each child would refuse them: say so once, before starting any
+            raise InfraError("invalid configuration:\n  " + "\n  ".join(problems))
         data = self.settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -203,6 +210,7 @@ class System:
     def _spawn(self, name: str, module: str, env: Mapping[str, str]) -> Child:
         if name != "gateway":  # the gateway serves its health and metrics on its API port
             env = {**env, "SCNS_HEALTH_PORT": str(self._health_port(name))}
+        env = {**env, **self.child_env.get(name, {})}
         log = self.logs / f"{name}.log"
         out = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env},

@@ -33,6 +33,7 @@ import time
 from services.executor.launcher import is_launcher
 from services.executor.process import adopt, belongs_to
 from services.executor.runner import REQUEUE_REASON, Runner, RunningJob
+from shared import clock
 from shared.db import UNAVAILABLE
 from shared.db.jobs import Job
 from shared.jobfiles import read_pids, read_status
@@ -89,15 +90,15 @@ class Auditor:
         r = self.runner
         key = (job.id, job.attempt)
         if key in r._unconfirmed:
-            r._unconfirmed.discard(key)
+            sent = r._unconfirmed.pop(key)
             r._launching.add(key)  # a retried launch of it now finds it being started
             try:
-                await r._run(job)
+                await r.run_fenced(job, sent)
             finally:
                 r._launching.discard(key)
             return "started"
         jobdir = r.jobdir(job)
-        started = job.started_at.timestamp() if job.started_at else time.time()
+        started = job.started_at.timestamp() if job.started_at else clock.time()
 
         def mine(pid: int | None) -> bool:
             return belongs_to(pid, job_id=job.id, attempt=job.attempt, not_before=started)
@@ -132,7 +133,7 @@ class Auditor:
         rj = RunningJob(job=job, jobdir=jobdir, tail=tail, launch=launch, adopted=True,
                         proc=adopt(jobdir, child if mine(child) else None, wrapper,
                                    alive_check=mine, wrapper_check=watched),
-                        started=time.monotonic() - (time.time() - started))
+                        started=time.monotonic() - (clock.time() - started))
         r._track(rj)
         if job.cancel_requested:
             r.stop(rj, JobState.CANCELLED, "cancelled")

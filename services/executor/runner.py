@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -57,7 +57,7 @@ from services.executor.process import (
 )
 from services.executor.scripts import normalise, plan, setup_failure, sources
 from services.executor.usage import Sample, Stat, combine, read_stat, scan, total, tree
-from shared import failpoints
+from shared import clock, failpoints
 from shared.db import UNAVAILABLE
 from shared.db.jobs import Job, JobStore, Usage
 from shared.dispatch import Dispatch
@@ -107,7 +107,7 @@ def observe_run_time(job: Job, state: JobState, ended: Ended | None) -> None:
     if job.started_at is None:
         return
     end = ended.job.finished_at if ended is not None and not ended.again else None
-    elapsed = ((end or datetime.now(UTC)) - job.started_at).total_seconds()
+    elapsed = ((end or clock.utcnow()) - job.started_at).total_seconds()
     RUN_TIME.labels(str(ended.state if ended is not None else state)).observe(max(elapsed, 0.0))
 
 
@@ -133,7 +133,9 @@ class Runner:
     def __init__(
         self, *, worker_id: str, data_dir: Path, lifecycle: Lifecycle, jobs: JobStore,
         shipper: JobOutputShipper, base_env: Mapping[str, str], kill_grace_s: float,
-        lease_valid: Callable[[], bool] = lambda: True, isolation: Isolation | None = None,
+        lease_valid: Callable[[], bool] = lambda: True,
+        lease_held_since: Callable[[float], bool] = lambda _: True,
+        isolation: Isolation | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.data_dir = data_dir.absolute()
@@ -147,12 +149,13 @@ class Runner:
         self.base_env = dict(base_env)
         self.kill_grace_s = kill_grace_s
         self.lease_valid = lease_valid
+        self.lease_held_since = lease_held_since
         self.running: dict[int, RunningJob] = {}
         self._cancel_before_start: dict[tuple[int, int], bool] = {}  # -> requeue?
         self._launching: set[tuple[int, int]] = set()
         # starts this process committed (or may have) without hearing the answer: it never
-        # spawned them, so it may still do so (see launch())
-        self._unconfirmed: set[tuple[int, int]] = set()
+        # spawned them, so it may still do so (see launch()); each with when it was sent
+        self._unconfirmed: dict[tuple[int, int], float] = {}
         self._ended: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     def configure(self, isolation: Isolation) -> None:
@@ -218,6 +221,7 @@ class Runner:
             log.warning("launch refused: this worker's lease is not valid",
                         extra={"event": "launch-fenced", "job_id": job_id})
             return False
+        sent = time.monotonic()
         try:
             job = await self.lifecycle.start(job_id, attempt, self.worker_id)
             failpoints.raise_once("executor:start-answer-lost",
@@ -225,18 +229,33 @@ class Runner:
         except UNAVAILABLE:
             # the start may have committed: if so, the row says RUNNING here and nothing runs;
             # the retried launch (or the audit) finds it through _unconfirmed
-            self._unconfirmed.add(key)
+            self._unconfirmed.setdefault(key, sent)
             raise
         if job is None and key in self._unconfirmed:
             job = await self._own_lost_start(job_id, attempt)
-        self._unconfirmed.discard(key)
+        sent = self._unconfirmed.pop(key, sent)
         if job is None:
             DROPPED.inc()
             log.info("launch dropped: the attempt is not ALLOCATED to this worker",
                      extra={"event": "launch-dropped", "job_id": job_id, "attempt": attempt})
             return False
-        await self._run(job)
+        await self.run_fenced(job, sent)
         return True
+
+    async def run_fenced(self, job: Job, sent: float) -> None:
+        """Run an attempt whose start (sent at monotonic time `sent`) committed, if this
+        worker's lease held from then until now. Otherwise the answer came back after a lapse
+        (a partition): the cluster may have declared the worker lost meanwhile and run the job
+        again elsewhere, so it must not start here; it ends NODE_FAIL (requeued if it asked),
+        guarded by its attempt like any end (shared/fencing.py)."""
+        if self.lease_held_since(sent):
+            await self._run(job)
+            return
+        DROPPED.inc()
+        log.warning("a start answered after this worker's lease lapsed: not running it",
+                    extra={"event": "launch-fenced", "job_id": job.id, "attempt": job.attempt})
+        await self._record(job, JobState.NODE_FAIL,
+                           reason="the worker's lease lapsed while the job was starting")
 
     async def _own_lost_start(self, job_id: int, attempt: int) -> Job | None:
         """Our earlier start of this attempt committed but its answer was lost: the row says

@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Mapping
 
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from services.executor import containment
@@ -31,12 +32,16 @@ from shared.bus import Consumer, Delivery
 from shared.db import UNAVAILABLE
 from shared.dispatch import ArqIntake
 from shared.events import CancelRequested, Event
+from shared.fencing import CHECK_S, Fence
 from shared.heartbeat import HeartbeatClient
 from shared.settings import Settings
 from shared.states import JobState
 from shared.wiring import Wiring
 
 log = logging.getLogger(__name__)
+
+FENCED = Counter("scns_executor_fenced_jobs_total",
+                 "Running jobs stopped because the lease was not renewed in time")
 
 _PG_ERRORS = UNAVAILABLE
 
@@ -61,7 +66,9 @@ class Executor:
                                      cap_bytes=settings.output_cap_bytes,
                                      ttl_s=settings.output_ttl_s),
             base_env=base_environment(executor_env), kill_grace_s=settings.kill_grace_s,
-            lease_valid=self.heartbeat.lease_valid)
+            lease_valid=self.heartbeat.lease_valid,
+            lease_held_since=self.heartbeat.lease_held_since)
+        self.fence = Fence.of(settings)
         self.auditor = Auditor(self.runner)
         self.intake = ArqIntake(settings.redis_url, self.keys, self.worker_id, self._launch,
                                 max_jobs=settings.arq_max_jobs, poll_delay_s=settings.arq_poll_s)
@@ -80,12 +87,6 @@ class Executor:
     async def _on_control(self, event: Event, delivery: Delivery) -> None:
         if isinstance(event, CancelRequested):
             await self.runner.cancel(event.job_id, event.attempt, requeue=event.requeue)
-
-    @property
-    def fence_kill_after_s(self) -> float:
-        """Without a lease renewal for this long, the registry has declared this worker gone
-        and the reconciler has NODE_FAILed its jobs: stop running them."""
-        return self.settings.worker_ttl_s + self.settings.node_fail_grace_s
 
     async def start(self) -> None:
         s = self.settings
@@ -143,16 +144,25 @@ class Executor:
                 await asyncio.sleep(1)
 
     async def _fence(self, stop: asyncio.Event) -> None:
+        """Without a lease renewal for `fence.term_after_s`, stop every running job: SIGTERM
+        now, SIGKILL a kill grace later, done a margin before the cluster may declare them lost
+        and run them again (shared/fencing.py). Jobs end NODE_FAIL, recorded once PostgreSQL
+        answers (the reconciler may have recorded it first: the attempt guard keeps one)."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await asyncio.wait_for(stop.wait(), timeout=CHECK_S)
             lapsed = self.heartbeat.seconds_since_renewal()
-            if self.runner.running and lapsed > self.fence_kill_after_s:
-                log.error("lease not renewed for %.0f s: stopping %d running jobs (the cluster "
-                          "has declared them NODE_FAIL)", lapsed, len(self.runner.running),
-                          extra={"event": "fenced"})
-                for rj in list(self.runner.running.values()):
-                    self.runner.stop(rj, JobState.NODE_FAIL, "lease lost")
+            if lapsed < self.fence.term_after_s:
+                continue
+            fenced = [rj for rj in self.runner.running.values() if rj.stop_state is None]
+            if fenced:
+                log.error("lease not renewed for %.1f s: stopping %d running jobs before the "
+                          "cluster may declare them lost (at %.0f s)", lapsed, len(fenced),
+                          self.fence.lost_after_s,
+                          extra={"event": "fenced", "jobs": [rj.job.id for rj in fenced]})
+                FENCED.inc(len(fenced))
+            for rj in fenced:
+                self.runner.stop(rj, JobState.NODE_FAIL, "lease lost")
 
     async def _consume_control(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

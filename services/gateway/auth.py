@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway.common import PRINCIPAL, Principal, error, state
+from shared import clock
 from shared.db.tokens import TokenRow, TokenStore
 from shared.lifecycle import Role
 
@@ -62,7 +63,7 @@ class TokenCache:
     def put(self, token: str, principal: Principal, row: TokenRow) -> None:
         until = time.monotonic() + self.ttl_s
         if row.expires_at is not None:  # never past its own expiry
-            left = row.expires_at.timestamp() - time.time()
+            left = row.expires_at.timestamp() - clock.time()
             until = min(until, time.monotonic() + max(left, 0.0))
         self._items[token] = (principal, until)
         self._items.move_to_end(token)

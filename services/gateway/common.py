@@ -12,6 +12,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from services.gateway.validation import MAX_ID, RequestError
+from shared import clock
 from shared.allocation import Allocator
 from shared.arrays import SpecError, parse_ref
 from shared.db.jobs import Attempt, Job, JobStore
@@ -131,7 +132,7 @@ def job_json(job: Job, *, full: bool = False) -> dict[str, Any]:
 def attempt_json(a: Attempt) -> dict[str, Any]:
     elapsed = None
     if a.started_at is not None:
-        end = a.finished_at or datetime.now(UTC)
+        end = a.finished_at or clock.utcnow()
         elapsed = round((end - a.started_at).total_seconds(), 3)
     return {
         "attempt": a.attempt, "worker_id": a.worker_id, "cpus": a.cpus,

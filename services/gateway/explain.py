@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 
 from services.gateway.common import iso, json, state, target
 from services.gateway.partitions import partitions_of
+from shared import clock
 from shared.db.jobs import MAX_PRIORITY, Job
 from shared.db.partitions import Head, LimitStore, QueueStore, ShareStore
 from shared.db.queries import q
@@ -119,7 +120,7 @@ async def explain(request: web.Request, job: Job) -> dict[str, Any]:
     reasons = _own(job)
     if not verdict.eligible:
         reasons.append(_reason(verdict.reason, verdict.message))
-    f = rank.factors(user=job.user, waited_s=(datetime.now(UTC) - job.submitted_at)
+    f = rank.factors(user=job.user, waited_s=(clock.utcnow() - job.submitted_at)
                      .total_seconds(), priority=job.priority, tier=verdict.tier)
     score = f.score(settings.weights)
     out["priority"] = {"score": round(score, 3), "factors": f.as_json(),
@@ -201,7 +202,7 @@ async def _estimate(request: web.Request, job: Job, out: dict[str, Any],
         out["estimate"] = ("no estimate: a job it waits for has no time limit (its end is "
                            "unknown)")
         return
-    at = datetime.now(UTC) + timedelta(seconds=start + (time.monotonic() - started))
+    at = clock.utcnow() + timedelta(seconds=start + (time.monotonic() - started))
     out["estimated_start_at"] = iso(at)
     out["estimate"] = (f"from the time limits of {len(busy)} running job(s) and "
                        f"{len(ahead)} job(s) ahead of it")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -25,6 +25,7 @@ from services.gateway.validation import (
     query_id,
     query_int,
 )
+from shared import clock
 from shared.arrays import SpecError
 from shared.cron import CronError, next_fire
 from shared.db.schedules import NewSchedule, Run, Schedule, ScheduleStore, job_to_json
@@ -158,7 +159,7 @@ async def create(request: web.Request) -> web.Response:
     _check_role(request, parsed)
     assert parsed.job is not None  # POST requires it
     await admit(request, replace(parsed.job, user=owner), pending=False)
-    next_run = _next_run(parsed.cron, parsed.timezone, datetime.now(UTC)) if parsed.enabled \
+    next_run = _next_run(parsed.cron, parsed.timezone, clock.utcnow()) if parsed.enabled \
         else None
     made = await _store(request).create(NewSchedule(
         name=parsed.name, user=owner, cron=parsed.cron, timezone=parsed.timezone,
@@ -225,7 +226,7 @@ async def update(request: web.Request) -> web.Response:
     if parsed.job is not None:
         await admit(request, replace(parsed.job, user=s.user), pending=False)
     moved = (parsed.cron, parsed.timezone) != (s.cron, s.timezone)
-    next_run = _next_run(parsed.cron, parsed.timezone, datetime.now(UTC)) \
+    next_run = _next_run(parsed.cron, parsed.timezone, clock.utcnow()) \
         if moved and s.enabled else None
     job = job_to_json(parsed.job) if parsed.job is not None else s.job
     try:
@@ -256,7 +257,7 @@ async def enable(request: web.Request) -> web.Response:
     caught up); the failure streak and the disabled reason are cleared."""
     s = await _schedule(request)
     try:
-        next_run = next_fire(s.cron, s.timezone, datetime.now(UTC))
+        next_run = next_fire(s.cron, s.timezone, clock.utcnow())
     except CronError as e:  # stored before a tzdata or parser change
         raise RequestError(409, "invalid_cron", f"schedule {s.id} cannot be enabled: {e}; "
                                                 "PATCH its cron or timezone") from e

@@ -30,13 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 
 import orjson
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
+from shared import clock
 from shared.allocation import AllocationRecord
 from shared.db import UNAVAILABLE
 from shared.db.jobs import Job
@@ -97,9 +97,11 @@ class Reconciler:
             await self._counters(r)  # before re-creating: free capacity must be right
             for row in missing:
                 await self._recreate(r, row)
-            live = {m.worker_id for m in await self.membership.live_members()}
+            # PostgreSQL before Redis (see _gone): who is down, then what runs, then who is back
+            lost = await self.repairs.lost_workers(self.settings.node_fail_grace_s)
             active = await self.repairs.active()
-            await self._lost_workers(r, live, active)
+            live = {m.worker_id for m in await self.membership.live_members()}
+            await self._lost_workers(r, await self._gone(lost, live), active)
             await self._deliveries(r, live, active)
         for kind, n in r.counts().items():
             if n:
@@ -119,7 +121,7 @@ class Reconciler:
         rows = [x for x in await self.repairs.unreleased() if x.current]
         records = [AllocationRecord(job_id=x.job_id, worker_id=x.worker_id, cpus=x.cpus,
                                     memory_mb=x.memory_mb, attempt=x.attempt) for x in rows]
-        restored = await self.allocator.restore(records, epoch=str(time.time()))
+        restored = await self.allocator.restore(records, epoch=str(clock.time()))
         r.restored_records = max(restored, 0)
         if restored >= 0:
             r.notes.append("allocation records rebuilt from PostgreSQL; placement resumed")
@@ -177,8 +179,29 @@ class Reconciler:
             r.counters_fixed += await self.allocator.recount(ids)
 
     # --- 3. jobs on workers that are gone ------------------------------------------------
-    async def _lost_workers(self, r: Report, live: set[str], active: list[Active]) -> None:
-        lost = await self.repairs.lost_workers(self.settings.node_fail_grace_s) - live
+    async def _gone(self, lost: dict[str, int | None], live: set[str]) -> set[str]:
+        """Of the workers PostgreSQL has had down for the grace period (read first), those
+        Redis, read after, still shows gone: not live, no lease being renewed (a worker whose
+        partition healed renews its lease before the registry records its return), and no
+        departure PostgreSQL has not recorded yet (a worker that came back and left again
+        while the registry could not write: its new departure restarts the grace).
+
+        The order is what makes this safe (shared/fencing.py): a job read as RUNNING on a
+        worker that Redis, afterwards, shows without a lease was started before that worker's
+        last renewal; its executor, without a renewal for TTL + grace since, has SIGKILLed it
+        a margin ago, and if it renews later, that is after the kill."""
+        candidates = [w for w in lost if w not in live]
+        gone: set[str] = set()
+        for o in await self.membership.observe_ids(candidates):
+            if o.lease is not None and not o.lease.bye:
+                continue
+            m = o.member
+            if m is not None and (m.live or m.left_at != lost[o.worker_id]):
+                continue
+            gone.add(o.worker_id)
+        return gone
+
+    async def _lost_workers(self, r: Report, lost: set[str], active: list[Active]) -> None:
         gone = [a.job for a in active if a.job.worker_id in lost]
         unstarted = [j for j in gone if j.state is JobState.ALLOCATED]
         r.handed_back_lost_worker += await self.lifecycle.hand_back(
@@ -233,7 +256,7 @@ class Reconciler:
 
     async def _answer(self, request_id: str, report: Report) -> None:
         """On-demand passes leave their report where the requester can read it."""
-        body = orjson.dumps({"request": request_id, "at": time.time(), **report.counts(),
+        body = orjson.dumps({"request": request_id, "at": clock.time(), **report.counts(),
                              "notes": report.notes})
         await aw(self.redis.set(self.keys.reconcile_report(request_id), body, ex=600))
 

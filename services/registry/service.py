@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
+from shared import clock
 from shared.db import UNAVAILABLE
 from shared.db.workers import WorkerRow, WorkerStore
 from shared.keys import STREAM_TYPES
@@ -43,7 +43,7 @@ _PG_ERRORS = UNAVAILABLE
 
 
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.now_ms()
 
 
 @dataclass(slots=True)
@@ -63,6 +63,7 @@ class Registry:
         self.bus = wiring.bus
         self.wakeups = Wakeups(wiring.redis, self.keys.wakeup("registry"))
         self._db_dirty = True
+        self._beats: dict[str, int] = {}  # the lease heartbeat each last_heartbeat is for
 
     # --- one pass ------------------------------------------------------------------------
     async def sweep(self) -> SweepResult:
@@ -105,8 +106,7 @@ class Registry:
         state = WorkerState.DRAINING if drained else WorkerState.READY
         await self._record(self.workers.joined(
             worker_id=lease.worker_id, incarnation=lease.incarnation, hostname=lease.hostname,
-            state=state, cpus=event.cpus, memory_mb=event.memory_mb, labels=event.labels,
-            at_ms=at))
+            state=state, cpus=event.cpus, memory_mb=event.memory_mb, labels=event.labels))
 
     async def _leave(self, member: Member, reason: str, result: SweepResult) -> None:
         at = now_ms()
@@ -117,9 +117,11 @@ class Registry:
         ANNOUNCED.labels("worker-left", reason).inc()
         log.info("worker left", extra={"event": "worker-left", "worker_id": member.worker_id,
                                        "incarnation": member.incarnation, "reason": reason})
+        # PostgreSQL records the departure at its own now(); `at` (this registry's clock, also
+        # in the member record) only names it
         await self._record(self.workers.left(worker_id=member.worker_id,
                                              incarnation=member.incarnation, reason=reason,
-                                             at_ms=at))
+                                             mark=at))
 
     async def _restore_drain_flag(self, worker_id: str) -> None:
         """Drain flags live in PostgreSQL too: after Redis lost its data a drained worker must
@@ -144,7 +146,7 @@ class Registry:
         """Make PostgreSQL's rows agree with Redis's records (idempotent, writes only what
         differs) and refresh `last_heartbeat` of live workers."""
         observed = await self.membership.observe()
-        beats: list[tuple[str, int]] = []
+        beats: dict[str, int] = {}
         for o in observed:
             m = o.member
             if m is None:
@@ -152,14 +154,17 @@ class Registry:
             if m.live:
                 await self.workers.joined(
                     worker_id=m.worker_id, incarnation=m.incarnation, hostname=m.hostname,
-                    state=m.state, cpus=m.cpus, memory_mb=m.memory_mb, labels=m.labels,
-                    at_ms=m.joined_at)
+                    state=m.state, cpus=m.cpus, memory_mb=m.memory_mb, labels=m.labels)
                 if o.lease is not None and o.lease.incarnation == m.incarnation:
-                    beats.append((m.worker_id, o.lease.heartbeat_at))
+                    beats[m.worker_id] = o.lease.heartbeat_at
             else:
                 await self.workers.left(worker_id=m.worker_id, incarnation=m.incarnation,
-                                        reason=m.left_reason or "expired", at_ms=m.left_at)
-        await self.workers.heartbeats(beats)
+                                        reason=m.left_reason or "expired", mark=m.left_at)
+        # last_heartbeat is PostgreSQL's now() when it learns of a renewal (the lease's own
+        # heartbeat_at is the worker's clock): only the leases renewed since the last sync
+        await self.workers.heartbeats([w for w, at in beats.items()
+                                       if self._beats.get(w) != at])
+        self._beats = beats
         rows = await self.workers.list()
         await self._lost_unseen(rows, {o.worker_id for o in observed})
         drained = [w.id for w in rows if w.drain]

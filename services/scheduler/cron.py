@@ -18,12 +18,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from shared import clock
 from shared.cron import next_fire
 from shared.db import UNAVAILABLE
 from shared.leader import Leadership
@@ -45,7 +46,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return clock.utcnow()
 
 
 @dataclass(slots=True)

@@ -706,36 +706,47 @@ SELECT *, extract(epoch FROM now() - coalesce(allocated_at, submitted_at))::floa
 FROM jobs WHERE state IN ('ALLOCATED', 'RUNNING') ORDER BY id;
 
 -- name: lost_workers
--- Workers the registry declared gone, and not back, for longer than the grace period.
-SELECT id FROM workers
+-- Workers the registry declared gone, and not back, for longer than the grace period (left_at
+-- and now() both PostgreSQL's clock); with the departure they were declared gone by.
+SELECT id, left_mark FROM workers
 WHERE state = 'down' AND left_at < now() - make_interval(secs => $1);
 
 -- ========================================== workers ===========================================
 
 -- name: worker_joined
--- Upsert the durable record of a worker incarnation the registry has just announced.
+-- Upsert the durable record of a worker incarnation the registry has just announced. Times are
+-- PostgreSQL's (shared/fencing.py): the registry's clock is never compared with now().
 INSERT INTO workers (id, incarnation, hostname, state, drain, cpus, memory_mb, labels,
-                     joined_at, left_at, left_reason, last_heartbeat, updated_at)
-VALUES ($1, $2, $3, $4, $4 = 'draining', $5, $6, $7, $8, NULL, NULL, $8, now())
+                     joined_at, left_at, left_reason, left_mark, last_heartbeat, updated_at)
+VALUES ($1, $2, $3, $4, $4 = 'draining', $5, $6, $7, now(), NULL, NULL, NULL, now(), now())
 ON CONFLICT (id) DO UPDATE SET
     incarnation = EXCLUDED.incarnation, hostname = EXCLUDED.hostname, state = EXCLUDED.state,
     drain = EXCLUDED.drain, cpus = EXCLUDED.cpus, memory_mb = EXCLUDED.memory_mb,
     labels = EXCLUDED.labels, joined_at = EXCLUDED.joined_at, left_at = NULL,
-    left_reason = NULL, last_heartbeat = EXCLUDED.last_heartbeat, updated_at = now()
+    left_reason = NULL, left_mark = NULL, last_heartbeat = EXCLUDED.last_heartbeat,
+    updated_at = now()
 WHERE workers.incarnation IS DISTINCT FROM EXCLUDED.incarnation
    OR workers.state IS DISTINCT FROM EXCLUDED.state;
 
 -- name: worker_left
--- Guarded by incarnation: a late write about an old incarnation never downs a new one.
-UPDATE workers SET state = 'down', left_at = $3, left_reason = $4, updated_at = now()
-WHERE id = $1 AND incarnation = $2 AND state <> 'down';
+-- A departure, at PostgreSQL's now(): no earlier than the lease's expiry, which the registry
+-- observed before writing this, so the reconciler's grace (lost_workers) counts from a time
+-- every executor's fence is ahead of. $3 names the departure (the registry's record of it): a
+-- new departure of the same incarnation (it left, came back, and PostgreSQL missed the return)
+-- restarts the grace; repeating the same one changes nothing. Guarded by incarnation: a late
+-- write about an old incarnation never downs a new one.
+UPDATE workers SET state = 'down', left_at = now(), left_reason = $4, left_mark = $3,
+                   updated_at = now()
+WHERE id = $1 AND incarnation = $2
+  AND (state <> 'down' OR left_mark IS DISTINCT FROM $3);
 
 -- name: workers_lost_unseen
 -- Workers PostgreSQL records as up that Redis has no record of at all, and whose last recorded
 -- heartbeat is older than $2 seconds: Redis lost everything while they were gone, so no lease
 -- lapsed for the registry to announce. Recorded down ('lost'), which starts the reconciler's
 -- grace (lost_workers) like any other departure. $1: the ids Redis does not know.
-UPDATE workers SET state = 'down', left_at = now(), left_reason = 'lost', updated_at = now()
+UPDATE workers SET state = 'down', left_at = now(), left_reason = 'lost', left_mark = NULL,
+                   updated_at = now()
 WHERE id = ANY($1::text[]) AND state <> 'down'
   AND coalesce(last_heartbeat, joined_at, updated_at) < now() - make_interval(secs => $2)
 RETURNING id;
@@ -749,10 +760,10 @@ WHERE id = $1
 RETURNING *;
 
 -- name: worker_heartbeats
--- Batch refresh of last_heartbeat for live workers: ids $1, times $2 (parallel arrays).
-UPDATE workers AS w SET last_heartbeat = v.at
-FROM unnest($1::text[], $2::timestamptz[]) AS v(id, at)
-WHERE w.id = v.id AND w.last_heartbeat IS DISTINCT FROM v.at;
+-- The workers $1, seen by the registry with a renewed lease: last_heartbeat = now(), the time
+-- PostgreSQL learnt of it (never a worker's own clock: workers_lost_unseen compares it with
+-- now()). It lags the renewal by up to a sync, on the safe side.
+UPDATE workers SET last_heartbeat = now() WHERE id = ANY($1::text[]) AND state <> 'down';
 
 -- name: list_workers
 SELECT * FROM workers ORDER BY id;

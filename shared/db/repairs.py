@@ -52,8 +52,11 @@ class RepairStore:
         return [Active(job=Job.from_row(r), age_s=r["age_s"])
                 for r in await self.db.fetch(q("active_jobs"))]
 
-    async def lost_workers(self, grace_s: float) -> set[str]:
-        return {r["id"] for r in await self.db.fetch(q("lost_workers"), grace_s)}
+    async def lost_workers(self, grace_s: float) -> dict[str, int | None]:
+        """Workers down for longer than `grace_s`, each with the departure it is down by
+        (its `left_mark`; None when recorded lost without a registry record)."""
+        return {r["id"]: r["left_mark"] for r in await self.db.fetch(q("lost_workers"),
+                                                                     grace_s)}
 
     async def drained_workers(self) -> set[str]:
         return {r["id"] for r in await self.db.fetch(q("worker_drain_flags"))}

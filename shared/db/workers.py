@@ -44,25 +44,27 @@ class WorkerStore:
 
     async def joined(
         self, *, worker_id: str, incarnation: str, hostname: str, state: str, cpus: int,
-        memory_mb: int, labels: Mapping[str, str], at_ms: int,
+        memory_mb: int, labels: Mapping[str, str],
     ) -> None:
+        """Record an announced join (at PostgreSQL's now(); a repeat changes nothing)."""
         await self.db.execute(
             q("worker_joined"), worker_id, incarnation, hostname, state, cpus, memory_mb,
-            dict(labels), from_ms(at_ms),
+            dict(labels),
         )
 
-    async def left(self, *, worker_id: str, incarnation: str, reason: str, at_ms: int) -> None:
-        await self.db.execute(q("worker_left"), worker_id, incarnation, from_ms(at_ms), reason)
+    async def left(self, *, worker_id: str, incarnation: str, reason: str, mark: int) -> None:
+        """Record an announced departure at PostgreSQL's now(); `mark` names it (the
+        registry's record of it), so repeating it changes nothing."""
+        await self.db.execute(q("worker_left"), worker_id, incarnation, mark, reason)
 
     async def set_drain(self, worker_id: str, drain: bool) -> WorkerRow | None:
         row = await self.db.fetchrow(q("worker_set_drain"), worker_id, drain)
         return WorkerRow.from_row(row) if row else None
 
-    async def heartbeats(self, beats: Sequence[tuple[str, int]]) -> None:
-        if beats:
-            await self.db.execute(
-                q("worker_heartbeats"), [w for w, _ in beats], [from_ms(t) for _, t in beats]
-            )
+    async def heartbeats(self, worker_ids: Sequence[str]) -> None:
+        """These workers renewed their leases since the last call: last_heartbeat = now()."""
+        if worker_ids:
+            await self.db.execute(q("worker_heartbeats"), list(worker_ids))
 
     async def lost_unseen(self, worker_ids: Sequence[str], after_s: float) -> list[str]:
         """Record as down ('lost') those of `worker_ids` (workers Redis has no record of) that

@@ -14,7 +14,6 @@ requeue, update) live in controls.py on the same object.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import failpoints
+from shared import clock, failpoints
 from shared.allocation import AllocationRecord, Allocator, Outcome
 from shared.batching import Batcher
 from shared.bus import StreamBus
@@ -221,7 +220,7 @@ class LifecycleCore:
                 job_id=job.id, attempt=job.attempt, worker_id=job.worker_id,
                 state=str(ended.state), exit_code=exit_code, signal=signal,
                 reason=ended.job.reason if not ended.again else reason,
-                elapsed_s=round(time.time() - started, 3) if started else None,
+                elapsed_s=round(clock.time() - started, 3) if started else None,
                 next_attempt=ended.job.attempt if ended.again else None))
             if ended.again:
                 log.info("job %s goes on as attempt %d", job.id, ended.job.attempt,

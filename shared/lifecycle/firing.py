@@ -34,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from shared import failpoints
+from shared import clock, failpoints
 from shared.cron import CronError, due_fires, next_fire, parse_cron, zone
 from shared.db.jobs import Job, JobSpec
 from shared.db.queries import q
@@ -119,7 +119,7 @@ class Firing:
             if row is None:
                 raise NotFound(f"schedule {schedule_id} does not exist")
             s = Schedule.from_row(row)
-            at = now or datetime.now(UTC)
+            at = now or clock.utcnow()
             out = _Outcome()
             await self._make(conn, s, [(at, "manual")], out)
             await self._record(conn, s, out, next_run_at=None)

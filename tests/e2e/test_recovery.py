@@ -16,7 +16,10 @@ from shared.keys import Keys
 from tests.e2e.conftest import TERMINAL, Factory, submit, wait_state
 from tests.helpers import allocated_cpus_released
 
-FAST = {"reconcile_s": 1.0, "repair_grace_s": 1.0, "node_fail_grace_s": 2.0}
+# a lost worker's jobs are failed 2 s after its departure: the fence must fit in that
+# (shared/fencing.py), so the kill grace and the margin are short too
+FAST = {"reconcile_s": 1.0, "repair_grace_s": 1.0, "node_fail_grace_s": 2.0,
+        "kill_grace_s": 0.5, "fence_margin_s": 1.0}
 
 
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 from redis.asyncio import Redis
 
@@ -32,7 +35,8 @@ async def executor(settings: Settings, redis: Redis, pool: asyncpg.Pool[Any],
                    tmp_path: Path) -> Executor:
     s = dataclasses.replace(settings, worker_id="fenced", data_dir=tmp_path / "node",
                             worker_cpus=4, worker_memory_mb=1024, kill_grace_s=1.0,
-                            node_fail_grace_s=1.0)
+                            node_fail_grace_s=3.0, fence_margin_s=1.0)
+    assert not s.problems()
     ex = Executor(wire(s, redis, pool), dict(os.environ))
     await ex.start()
     return ex
@@ -70,7 +74,7 @@ async def test_a_lapsed_lease_stops_running_jobs(settings: Settings, redis: Redi
     assert await ex.runner.launch(job_id, 1) is True
     rj = ex.runner.running[job_id]
     await rj.proc.child_pid
-    ex.heartbeat._last_ok = time.monotonic() - (ex.fence_kill_after_s + 1)
+    ex.heartbeat._last_ok = time.monotonic() - (ex.fence.term_after_s + 0.1)
     stop = asyncio.Event()
     fence = asyncio.create_task(ex._fence(stop))
     deadline = time.monotonic() + 10
@@ -143,3 +147,77 @@ async def test_a_stale_job_directory_is_moved_aside(settings: Settings, redis: R
     assert job is not None and job.state is JobState.COMPLETED
     await ex.runner.close()
     await ex.heartbeat.deregister()
+
+
+async def test_the_fence_kills_a_job_that_ignores_sigterm(
+    settings: Settings, redis: Redis, keys: Keys, pool: asyncpg.Pool[Any], tmp_path: Path
+) -> None:
+    """SIGTERM, then SIGKILL a kill grace later: the fence does not wait for the job."""
+    await open_epoch(redis, keys)
+    ex = await executor(settings, redis, pool, tmp_path)
+    job_id = await allocated(pool, "trap '' TERM\nwhile :; do sleep 0.2; done\n")
+    assert await ex.runner.launch(job_id, 1) is True
+    pgid = await ex.runner.running[job_id].proc.child_pid
+    ex.heartbeat._last_ok = time.monotonic() - (ex.fence.term_after_s + 0.1)
+    stop = asyncio.Event()
+    fence = asyncio.create_task(ex._fence(stop))
+    deadline = time.monotonic() + 30
+    while job_id in ex.runner.running:
+        assert time.monotonic() < deadline, "the fence did not kill the job"
+        await asyncio.sleep(0.1)
+    stop.set()
+    await fence
+    assert not psutil.pid_exists(pgid) or psutil.Process(pgid).status() == psutil.STATUS_ZOMBIE
+    job = await JobStore(pool).get(job_id)
+    assert job is not None and job.state is JobState.NODE_FAIL and job.signal == 9
+    await ex.runner.close()
+    await ex.heartbeat.deregister()
+
+
+@pytest.mark.parametrize("lapsed", [False, True])
+async def test_a_start_answered_after_a_lapse_does_not_run(
+    settings: Settings, redis: Redis, keys: Keys, pool: asyncpg.Pool[Any], tmp_path: Path,
+    lapsed: bool,
+) -> None:
+    """The start committed, but its answer came back after the lease may have lapsed (a
+    partition): meanwhile the cluster may have declared the worker lost and run the job
+    elsewhere. It must not run here: NODE_FAIL, requeued as it asked."""
+    await open_epoch(redis, keys)
+    ex = await executor(settings, redis, pool, tmp_path)
+    t = TransitionStore(pool)
+    spec = await t.insert(JobSpec(script="echo ran\n", requeue=True), idempotency_key=None)
+    assert spec is not None and await t.place([(spec.id, 1, "fenced")])
+    sent = time.monotonic()
+    job = await ex.lifecycle.start(spec.id, 1, "fenced")
+    assert job is not None
+    if lapsed:  # renewed only after a gap longer than the TTL
+        ex.heartbeat._last_ok = time.monotonic() - 3600
+        await ex.heartbeat.beat()
+    await ex.runner.run_fenced(job, sent)
+    jobdir = tmp_path / "node" / "jobs" / f"{spec.id}.1"
+    if lapsed:
+        assert not jobdir.exists()
+        row = await JobStore(pool).get(spec.id)
+        assert row is not None and row.state is JobState.PENDING and row.attempt == 2
+    else:
+        deadline = time.monotonic() + 10
+        while spec.id in ex.runner.running or not jobdir.exists():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        row = await JobStore(pool).get(spec.id)
+        assert row is not None and row.state is JobState.COMPLETED and row.attempt == 1
+    await ex.runner.close()
+    await ex.heartbeat.deregister()
+
+
+@pytest.mark.parametrize("module", ["services.executor", "services.reconciler"])
+def test_a_service_with_margins_that_do_not_fit_refuses_to_start(module: str) -> None:
+    """Before it connects to anything: one clear line, exit 78 (EX_CONFIG)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCNS_")}
+    env |= {"SCNS_NODE_FAIL_GRACE_S": "5", "SCNS_KILL_GRACE_S": "10",
+            "SCNS_REDIS_URL": "redis://127.0.0.1:1/0"}
+    done = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 78, done.stderr
+    assert "SCNS_NODE_FAIL_GRACE_S=5 is too short for SCNS_KILL_GRACE_S=10" in done.stderr
+    assert "Traceback" not in done.stderr

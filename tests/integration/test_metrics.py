@@ -114,8 +114,8 @@ async def test_gauges_count_the_queue_the_workers_and_a_groups_lag(
     workers = WorkerStore(pool)
     for wid in ("gone", "big"):
         await workers.joined(worker_id=wid, incarnation="old", hostname="h", state="ready",
-                             cpus=2, memory_mb=512, labels={}, at_ms=1_000)
-        await workers.left(worker_id=wid, incarnation="old", reason="expired", at_ms=2_000)
+                             cpus=2, memory_mb=512, labels={})
+        await workers.left(worker_id=wid, incarnation="old", reason="expired", mark=2_000)
 
     # a group two entries behind the job-submitted stream, with two delivered unacknowledged
     stream = keys.stream(JobSubmitted.TYPE)

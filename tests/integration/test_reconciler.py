@@ -40,7 +40,8 @@ class World:
 
 async def world(settings: Settings, redis: Redis, keys: Keys, pool: asyncpg.Pool[Any],
                 **overrides: Any) -> World:
-    s = dataclasses.replace(settings, repair_grace_s=0.0, node_fail_grace_s=0.0, **overrides)
+    s = dataclasses.replace(settings, **{"repair_grace_s": 0.0, "node_fail_grace_s": 0.0,
+                                         **overrides})
     wiring = wire(s, redis, pool)
     w = World(settings=s, redis=redis, keys=keys, pool=pool, reconciler=Reconciler(wiring),
               scheduler=Scheduler(wiring), jobs=JobStore(pool))
@@ -49,7 +50,7 @@ async def world(settings: Settings, redis: Redis, keys: Keys, pool: asyncpg.Pool
         lease = await add_worker(membership, wid, cpus=4, memory_mb=4096)
         await WorkerStore(pool).joined(worker_id=wid, incarnation=lease.incarnation,
                                        hostname="h", state="ready", cpus=4, memory_mb=4096,
-                                       labels={}, at_ms=0)
+                                       labels={})
     first = await w.reconciler.run_pass()  # opens the allocation epoch
     assert first.notes and first.restored_records == 0
     return w
@@ -167,7 +168,7 @@ async def test_jobs_on_a_lost_worker(
     await redis.delete(keys.worker_lease("w1"))
     await Membership(redis, keys).leave(member, reason="expired", now_ms=0)
     await WorkerStore(pool).left(worker_id="w1", incarnation=member.incarnation,
-                                 reason="expired", at_ms=0)
+                                 reason="expired", mark=0)
     report = await w.reconciler.run_pass()
     assert report.node_failed == 2 and report.requeued == 1
     assert report.handed_back_lost_worker == len(waiting)
@@ -228,3 +229,90 @@ async def test_only_one_reconciler_replica_acts_at_a_time(database_url: str) -> 
     finally:
         await a.close()
         await b.close()
+
+
+async def _declare_gone(w: World, wid: str, *, mark: int) -> str:
+    """The registry's two steps for a lapsed lease: the departure in Redis (stamped `mark`),
+    then in PostgreSQL (at PostgreSQL's now(), named by `mark`). Returns the incarnation."""
+    membership = Membership(w.redis, w.keys)
+    member = await membership.member(wid)
+    assert member is not None
+    await w.redis.delete(w.keys.worker_lease(wid))
+    assert await membership.leave(member, reason="expired", now_ms=mark) is not None
+    await WorkerStore(w.pool).left(worker_id=wid, incarnation=member.incarnation,
+                                   reason="expired", mark=mark)
+    return member.incarnation
+
+
+async def _running_on_w1(w: World) -> int:
+    ids = await place(w, 8)
+    on_w1 = [j for j in ids if (await w.jobs.get(j)).worker_id == "w1"]  # type: ignore[union-attr]
+    job_id = on_w1[0]
+    assert await TransitionStore(w.pool).start(job_id, 1, "w1") is not None
+    return job_id
+
+
+async def test_a_worker_renewing_its_lease_again_is_not_judged_lost(
+    settings: Settings, redis: Redis, keys: Keys, pool: asyncpg.Pool[Any]
+) -> None:
+    """A partition healed: the worker's heartbeat re-created its lease, but the registry has
+    not recorded its return yet (PostgreSQL still has it down past the grace). Redis is read
+    after PostgreSQL, and a lease being renewed means its jobs still run there: spared. Once
+    the lease is gone again, they are NODE_FAIL."""
+    w = await world(settings, redis, keys, pool)
+    job_id = await _running_on_w1(w)
+    incarnation = await _declare_gone(w, "w1", mark=1_000)
+    await Membership(redis, keys).heartbeat(
+        worker_id="w1", incarnation=incarnation, hostname="h", cpus=4, memory_mb=4096,
+        labels={}, ttl_ms=60_000, now_ms=2_000)
+    report = await w.reconciler.run_pass()
+    assert report.node_failed == 0
+    assert (await w.jobs.get(job_id)).state is JobState.RUNNING  # type: ignore[union-attr]
+
+    await redis.delete(keys.worker_lease("w1"))  # it lapsed again: gone
+    report = await w.reconciler.run_pass()
+    assert report.node_failed == 1
+    assert (await w.jobs.get(job_id)).state is JobState.NODE_FAIL  # type: ignore[union-attr]
+
+
+async def test_a_departure_postgresql_has_not_recorded_yet_restarts_the_grace(
+    settings: Settings, redis: Redis, keys: Keys, pool: asyncpg.Pool[Any]
+) -> None:
+    """The worker left (recorded), came back and left again while the registry could not
+    write to PostgreSQL: PostgreSQL's left_at is the first departure's, older than the
+    worker's latest renewal. The reconciler sees Redis name another departure and waits for
+    PostgreSQL to record it (at its own now(), restarting the grace)."""
+    w = await world(settings, redis, keys, pool, node_fail_grace_s=3600.0)
+    job_id = await _running_on_w1(w)
+    incarnation = await _declare_gone(w, "w1", mark=1_000)
+    # the first departure is long past its grace
+    await pool.execute("UPDATE workers SET left_at = now() - interval '2 hours' "
+                       "WHERE id = 'w1'")
+    # back (Redis only), then gone again (Redis only: PostgreSQL missed both)
+    membership = Membership(redis, keys)
+    lease = await add_worker(membership, "w1", cpus=4, memory_mb=4096)
+    assert lease.incarnation == incarnation
+    member = await membership.member("w1")
+    assert member is not None and member.live
+    await redis.delete(keys.worker_lease("w1"))
+    assert await membership.leave(member, reason="expired", now_ms=5_000) is not None
+
+    report = await w.reconciler.run_pass()
+    assert report.node_failed == 0
+    assert (await w.jobs.get(job_id)).state is JobState.RUNNING  # type: ignore[union-attr]
+
+    # the registry's sync records the second departure: now(), so the grace starts again
+    await WorkerStore(pool).left(worker_id="w1", incarnation=incarnation, reason="expired",
+                                 mark=5_000)
+    fresh = await pool.fetchval("SELECT now() - left_at < interval '1 minute' FROM workers "
+                                "WHERE id = 'w1'")
+    assert fresh is True
+    assert (await w.reconciler.run_pass()).node_failed == 0  # within the (hour's) grace
+    # repeating the same departure (the periodic sync) does not move it
+    before = await pool.fetchval("SELECT left_at FROM workers WHERE id = 'w1'")
+    await WorkerStore(pool).left(worker_id="w1", incarnation=incarnation, reason="expired",
+                                 mark=5_000)
+    assert await pool.fetchval("SELECT left_at FROM workers WHERE id = 'w1'") == before
+    await pool.execute("UPDATE workers SET left_at = now() - interval '2 hours' "
+                       "WHERE id = 'w1'")
+    assert (await w.reconciler.run_pass()).node_failed == 1

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.registry.service import Registry
+from shared import clock
 from shared.capacity import Capacity
 from shared.db.workers import WorkerStore
 from shared.errors import WorkerIdConflict
@@ -191,3 +192,53 @@ async def test_a_worker_redis_forgot_while_it_was_gone_is_recorded_lost(
     assert (await reg.sweep()).joined == ["gone"]
     row = await store.get("gone")
     assert row is not None and row.state == "ready" and row.left_at is None
+
+
+async def test_postgresql_records_membership_times_on_its_own_clock(
+    redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool[Any]
+) -> None:
+    """A registry whose clock is an hour behind (and the worker's too) still records joins,
+    heartbeats and departures at PostgreSQL's now(): the reconciler compares them with
+    PostgreSQL's now(), and an hour-old left_at would fail the worker's jobs at once."""
+    clock.configure(-3600.0)
+    try:
+        reg = Registry(wire(settings, redis, pool))
+        hb = client(reg.membership, "skewed", ttl_s=0.3)
+        await hb.register()
+        await reg.sweep()
+        await reg.sync_db()
+        ages = await pool.fetchrow(
+            "SELECT extract(epoch FROM now() - joined_at) AS joined, "
+            "extract(epoch FROM now() - last_heartbeat) AS beat FROM workers WHERE id = $1",
+            "skewed")
+        assert ages is not None and abs(ages["joined"]) < 60 and abs(ages["beat"]) < 60
+        await asyncio.sleep(0.4)  # no heartbeat: the lease expires
+        assert (await reg.sweep()).left == [("skewed", "expired")]
+        age = await pool.fetchval("SELECT extract(epoch FROM now() - left_at) FROM workers "
+                                  "WHERE id = $1", "skewed")
+        assert age is not None and abs(age) < 60
+        # the periodic sync writes the same departure again: left_at does not move
+        before = await pool.fetchval("SELECT left_at FROM workers WHERE id = $1", "skewed")
+        await reg.sync_db()
+        assert await pool.fetchval("SELECT left_at FROM workers WHERE id = $1",
+                                   "skewed") == before
+    finally:
+        clock.configure(0.0)
+
+
+async def test_a_lease_is_held_without_a_break_only_between_renewals_within_the_ttl(
+    redis: Redis, keys: Keys
+) -> None:
+    hb = client(Membership(redis, keys), "held", ttl_s=0.3)
+    before = time.monotonic()
+    await hb.register()
+    assert not hb.lease_held_since(before)  # held from the first renewal's answer on
+    since = time.monotonic()
+    assert hb.lease_held_since(since)
+    await hb.beat()  # renewed well within the TTL: no break
+    assert hb.lease_held_since(since)
+    await asyncio.sleep(0.4)  # longer than the TTL without a renewal: it may have lapsed
+    assert not hb.lease_held_since(since)
+    await hb.beat()
+    assert not hb.lease_held_since(since)  # renewed, but after a possible lapse
+    assert hb.lease_held_since(time.monotonic())
