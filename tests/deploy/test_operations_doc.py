@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from services.cli.main import cli
+from shared.fencing import CHECK_S, Fence
 from shared.settings import Settings
 from tests.deploy.kube import (
     COMPONENTS,
@@ -46,6 +47,7 @@ TITLES = (
     "Scale",
     "Back up and restore PostgreSQL",
     "When Redis is lost",
+    "Partitions, clocks and fencing",
     "Troubleshooting",
 )
 # What the guide operates: production, and production with the autoscaling component added the
@@ -473,7 +475,14 @@ def number_problems(doc: Doc, objs: tuple[Obj, ...]) -> Problems:
     default = Settings()
     ttl = int(config.get("SCNS_WORKER_TTL_S", default.worker_ttl_s))
     fail = int(config.get("SCNS_NODE_FAIL_GRACE_S", default.node_fail_grace_s))
-    formula("When Redis is lost", f"({ttl} + {fail} = {ttl + fail} s")
+    _, _, kill = executor_numbers(executor)
+    margin = int(config.get("SCNS_FENCE_MARGIN_S", default.fence_margin_s))
+    fence = Fence(ttl_s=ttl, grace_s=fail, kill_grace_s=kill, margin_s=margin)
+    assert not fence.problems(), fence.problems()
+    formula("When Redis is lost",
+            f"({ttl} + {fail} - {kill} - {margin} - {CHECK_S:g} = {fence.term_after_s:g} s")
+    for when in (fence.term_after_s, fence.killed_by_s, fence.lost_after_s):
+        formula("Partitions, clocks and fencing", f"({when:g})")
     need("When Redis is lost", "SCNS_RECONCILE_S",
          int(config.get("SCNS_RECONCILE_S", default.reconcile_s)))
     # the placeholders an unedited production overlay carries, quoted by Troubleshooting
@@ -489,7 +498,7 @@ def number_problems(doc: Doc, objs: tuple[Obj, ...]) -> Problems:
 
 
 # --- the tests ----------------------------------------------------------------------------------
-def test_the_sections_are_the_nine_in_order() -> None:
+def test_the_sections_are_the_ten_in_order() -> None:
     assert title_problems(guide()) == []
 
 
@@ -574,7 +583,8 @@ MISTAKES = [
     ("numbers", f"9 {TIMES} 20 s", f"5 {TIMES} 20 s"),
     ("numbers", "the threshold being 14 CPUs", "the threshold being 16 CPUs"),
     ("numbers", "(0 to 20)", "(0 to 50)"),
-    ("numbers", "(60 + 60 = 120 s", "(30 + 60 = 90 s"),
+    ("numbers", "(60 + 60 - 10 - 5 - 0.5 = 104.5 s", "(60 + 60 - 10 - 5 - 0.5 = 105 s"),
+    ("numbers", "| TTL + GRACE - MARGIN (115) |", "| TTL + GRACE - MARGIN (110) |"),
     ("numbers", "`SCNS_RECONCILE_S`, 30 s", "`SCNS_RECONCILE_S`, 60 s"),
     ("numbers", "192.0.2.0/24", "192.0.2.0/25"),
 ]
