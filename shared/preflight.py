@@ -27,9 +27,11 @@ import time
 from typing import Any
 
 import asyncpg
+from prometheus_client import Gauge
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from shared import clock
 from shared.db.migrate import current_version, load_migrations
 from shared.db.pool import connect
 from shared.errors import PreflightError
@@ -155,3 +157,24 @@ async def wait_for_schema(pool: asyncpg.Pool[Any], *, poll_s: float = 2.0) -> in
                 have, need, extra={"event": "waiting-for-schema", "have": have, "need": need})
             said = now
         await asyncio.sleep(poll_s)
+
+
+CLOCK_OFFSET = Gauge("scns_clock_offset_seconds",
+                     "This process's wall clock minus PostgreSQL's, measured at start-up")
+CLOCK_WARN_S = 1.0
+
+
+async def clock_offset(pool: asyncpg.Pool[Any]) -> float:
+    """This process's wall clock minus PostgreSQL's (the round trip's midpoint), recorded in
+    `scns_clock_offset_seconds` and logged as a warning beyond a second. Nothing safe depends
+    on it (shared/fencing.py): log lines and displayed times of the two disagree, that is all."""
+    before = clock.time()
+    theirs = float(await pool.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
+    offset = (before + clock.time()) / 2 - theirs
+    CLOCK_OFFSET.set(round(offset, 3))
+    if abs(offset) > CLOCK_WARN_S:
+        log.warning("this host's clock is %+.1f s off PostgreSQL's: scheduling is not affected "
+                    "(the times it compares are PostgreSQL's), but log and displayed times "
+                    "will disagree; check NTP", offset,
+                    extra={"event": "clock-offset", "offset_s": round(offset, 3)})
+    return offset

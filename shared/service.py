@@ -70,12 +70,15 @@ async def started(
         await wait_for_redis(redis)
         await preflight.check_redis(redis)
         pool = await open_database(settings.database_url, application_name=f"scns-{name}",
-                                   max_size=pool_size, run_migrations=False)
+                                   max_size=pool_size, run_migrations=False,
+                                   acquire_timeout_s=settings.db_acquire_timeout_s,
+                                   statement_timeout_s=settings.statement_timeout_s)
     except BaseException:
         await redis.aclose()
         raise
     try:
         await preflight.check_postgres(pool, settings.database_url)
+        await preflight.clock_offset(pool)
         if settings.migrate_on_start:
             await migrate_patiently(settings.database_url)
         else:

@@ -15,13 +15,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from shared import preflight
+from shared import clock, preflight
 from shared.db.migrate import migrate
 from shared.db.pool import create_pool
 from shared.errors import PreflightError
@@ -227,3 +228,21 @@ def test_scns_check_reports_each_datastore(own_redis: Server, database_url: str,
     assert f"FAIL  schema: at version 0, this build needs {preflight.needed_version()}" in \
         bad.stdout, bad.stdout
     assert "2 check(s) failed" in bad.stderr and "Traceback" not in bad.stderr
+
+
+async def test_the_clock_offset_from_postgresql_is_measured_and_warned_about(
+    pool: asyncpg.Pool[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same host as PostgreSQL: no offset to speak of, no warning. A clock 30 s ahead: the
+    figure says so, and so does one warning line."""
+    assert abs(await preflight.clock_offset(pool)) < preflight.CLOCK_WARN_S
+    assert not [r for r in caplog.records if getattr(r, "event", "") == "clock-offset"]
+    clock.configure(30.0)
+    try:
+        offset = await preflight.clock_offset(pool)
+    finally:
+        clock.configure(0.0)
+    assert 29 < offset < 31
+    assert preflight.CLOCK_OFFSET._value.get() == round(offset, 3)
+    (warning,) = [r for r in caplog.records if getattr(r, "event", "") == "clock-offset"]
+    assert "+30.0 s off PostgreSQL's" in warning.getMessage()
