@@ -65,6 +65,11 @@ class HeartbeatClient:
     def ttl_ms(self) -> int:
         return int(self.ttl_s * 1000)
 
+    @property
+    def beat_timeout_s(self) -> float:
+        """How long one heartbeat may take before it counts as failed (and is retried)."""
+        return max(min(self.heartbeat_s, self.ttl_s / 4), 0.5)
+
     def seconds_since_renewal(self) -> float:
         """Time since the lease was last renewed (infinite before the first heartbeat)."""
         return float("inf") if self._last_ok is None else time.monotonic() - self._last_ok
@@ -119,13 +124,17 @@ class HeartbeatClient:
             except TimeoutError:
                 pass
             try:
-                if await self.beat() == 0:
+                # bounded: a beat stuck on a half-open connection (and redis-py's retries)
+                # must not hold back the next one once the network is back
+                async with asyncio.timeout(self.beat_timeout_s):
+                    recreated = await self.beat() == 0
+                if recreated:
                     self.lease_recreated += 1
                     log.warning("lease was gone and has been re-created",
                                 extra={"event": "lease-recreated", "worker_id": self.worker_id})
                     await self._wake()
                 delay = self.heartbeat_s
-            except RedisError as e:
+            except (RedisError, TimeoutError) as e:
                 delay = min(self.heartbeat_s, 1.0)
                 log.warning("heartbeat failed: %s", e,
                             extra={"event": "heartbeat-failed", "worker_id": self.worker_id,
