@@ -2,6 +2,15 @@
 
     python bench/chaos.py --jobs 10000                 # ~10 jobs/s, a fault every 5-15 s
     python bench/chaos.py --jobs 2000 --pg-outage 30 --seed 3
+    python bench/chaos.py --partitions --jobs 2000     # + network partitions and clock skew
+
+`--partitions` puts every executor and the scheduler behind their own fault-injecting proxies
+to Redis and PostgreSQL and cuts them off (an executor, sometimes all of them, and the
+scheduler, each at least --min-partitions times, for --partition-s seconds across the fence's
+timeline, healed by reset or by resuming the held connections) while the other faults go on,
+with every service's clock skewed by up to 5 s (--no-skew: not) and a share of long jobs; the
+summary then also counts overlapping attempts (from the jobs' own locks and marks), NODE_FAIL
+by cause and the partitions.
 
 Prints the invariant summary (jobs, faults by kind, lost, double-run attempts, final drift,
 time) and writes it as JSON under bench/results/. Exits 1 when a promise was broken.
@@ -43,12 +52,23 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cpus", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--partitions", action="store_true",
+                    help="partition executors and the scheduler (and skew the clocks)")
+    ap.add_argument("--no-skew", action="store_true", help="with --partitions: clocks agree")
+    ap.add_argument("--partition-s", type=float, nargs=2, default=(4.0, 14.0),
+                    metavar=("MIN", "MAX"), help="how long one partition lasts, seconds")
+    ap.add_argument("--min-partitions", type=int, default=8, help="of each kind, at least")
+    ap.add_argument("--long-jobs", type=float, default=0.15,
+                    help="with --partitions: the share of jobs that sleep 2-20 s")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     cfg = ChaosConfig(jobs=args.jobs, faults=args.faults, workers=args.workers, cpus=args.cpus,
                       submit_seconds=args.jobs / args.rate, fault_gap_s=tuple(args.gap),
                       pg_outage_s=(args.pg_outage, args.pg_outage), seed=args.seed,
-                      settle_timeout_s=600.0)
+                      settle_timeout_s=600.0, partitions=args.partitions,
+                      skew=args.partitions and not args.no_skew,
+                      partition_s=tuple(args.partition_s), min_partitions=args.min_partitions,
+                      long_job_fraction=args.long_jobs if args.partitions else 0.0)
     chaos = Chaos(cfg)
     result = asyncio.run(chaos.run())
     print(result.summary())

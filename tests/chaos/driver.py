@@ -14,9 +14,20 @@ PostgreSQL (so that it may wipe and stop them), a whole system on them with fast
   executor, the scheduler, the registry, the reconciler or the gateway; restart Redis with its
   data wiped; stop PostgreSQL for a few seconds.
 
+With `partitions`, every executor and the scheduler reach Redis and PostgreSQL through their
+own fault-injecting proxies (tests/chaos/proxy.py), and two more fault loops run alongside the
+one above: "partition-executor" cuts one executor (sometimes all of them) off from both for
+`partition_s`, "partition-scheduler" the scheduler; each heals with its connections reset or
+resumed (queued requests delivered late), in turn. The partition lengths straddle the fence's
+timeline (shared/fencing.py): some heal before the executor would SIGTERM its jobs, some after
+it fenced them but before the cluster may declare them lost, some after. With `skew`, each
+service runs with its wall clock off by a few seconds (SCNS_TEST_CLOCK_SKEW_S).
+
 Then it waits for every accepted job to end and checks the promises: none lost, no attempt run
-twice, allocations in Redis equal PostgreSQL's unreleased allocations (and are 0 at the end), no
-job process left running.
+twice, no two attempts of one job ever running at the same time (from the jobs' own marks: each
+job holds a per-job flock for its whole life and writes start and end times), allocations in
+Redis equal PostgreSQL's unreleased allocations (and are 0 at the end), no job process left
+running.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import collections
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import tempfile
@@ -33,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import asyncpg
@@ -43,13 +55,27 @@ from redis.asyncio import Redis
 
 from services.cli.up import System
 from shared.db.migrate import migrate
+from shared.fencing import Fence
 from shared.keys import Keys
 from shared.localinfra import Server, free_port, start_postgres, start_redis
 from shared.settings import Settings
+from tests.chaos.proxy import FaultProxy, HealMode
 
 KINDS = ("kill-executor", "kill-scheduler", "kill-registry", "kill-reconciler", "kill-gateway",
          "wipe-redis", "stop-postgres")
+PARTITION_KINDS = ("partition-executor", "partition-scheduler")
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+# each service's wall-clock offset in the skewed runs (within +-5 s); executors beyond the
+# second alternate +2.5 / -2.5
+SKEWS = {"executor-chaos-1": 5.0, "executor-chaos-2": -5.0, "scheduler": 3.0,
+         "registry": -4.0, "reconciler": 4.5, "gateway": -2.0}
+# The timings of every chaos run; they must pass the fence's arithmetic (shared/fencing.py):
+# TTL 4 + grace 6 = 10 s until the cluster may run a cut-off worker's jobs again; the executor
+# SIGTERMs them at 10 - 1.5 - 0.5 - 2 = 6 s without a renewal, all SIGKILLed by 8 s.
+TIMINGS: dict[str, float] = {
+    "heartbeat_s": 1.0, "worker_ttl_s": 4.0, "node_fail_grace_s": 6.0, "kill_grace_s": 1.5,
+    "fence_margin_s": 2.0, "registry_sweep_s": 0.5, "reconcile_s": 2.0, "repair_grace_s": 2.0,
+    "drain_grace_s": 2.0, "scheduler_interval_s": 1.0}
 
 
 @dataclass
@@ -71,6 +97,17 @@ class ChaosConfig:
     settle_timeout_s: float = 240.0
     schedules: int = 5  # `* * * * *` schedules firing through the faults
     seed: int = 1
+    # --- partitions and clock skew (off in the plain run) ---
+    partitions: bool = False  # executors and the scheduler behind proxies, cut and healed
+    skew: bool = False  # each service's wall clock off by SKEWS[name] seconds
+    # how long one partition lasts: its lengths cycle through the fence's timeline (healed
+    # before TERM, after TERM but before the cluster may declare the worker lost, after that)
+    partition_s: tuple[float, float] = (4.0, 14.0)
+    partition_gap_s: tuple[float, float] = (1.0, 3.0)  # between two partitions of one kind
+    min_partitions: int = 8  # of each kind, at least (they go on while submissions do)
+    partition_all_fraction: float = 0.25  # executor partitions that cut every executor off
+    long_job_fraction: float = 0.0  # jobs that sleep long_job_s (to be caught by partitions)
+    long_job_s: tuple[float, float] = (2.0, 20.0)
 
 
 @dataclass
@@ -106,6 +143,21 @@ class ChaosResult:
     schedule_fires_lost: int = 0  # owed, but no job (or no run) for it
     schedule_fires_doubled: int = 0  # two jobs for one fire time
     schedule_fires_run_twice: int = 0  # from the jobs' own marks
+    overlapping_attempts: int = 0  # runs that started while another run of the job lived
+    overlapping_jobs: list[int] = field(default_factory=list)
+    marked_runs: int = 0  # runs with a start mark
+    long_jobs: int = 0
+    partitions: list[dict[str, Any]] = field(default_factory=list)  # one per partition
+    partition_executor_all: int = 0  # executor partitions that cut all of them off
+    heals: dict[str, int] = field(default_factory=dict)  # by mode
+    partition_timeline: dict[str, int] = field(default_factory=dict)  # lengths vs the fence
+    proxies: dict[str, dict[str, int]] = field(default_factory=dict)  # each proxy's counters
+    skews: dict[str, float] = field(default_factory=dict)
+    node_fail_jobs: int = 0  # jobs whose final state is NODE_FAIL
+    node_fail_reasons: dict[str, int] = field(default_factory=dict)  # of NODE_FAIL attempts
+    fenced_attempts: int = 0  # attempts ended NODE_FAIL 'lease lost' (by their executor)
+    fence_events: int = 0  # `fenced` lines in the executors' logs
+    declared_lost_attempts: int = 0  # attempts ended NODE_FAIL 'worker ... lost' (reconciler)
     drift_after_faults: int = 0
     final_allocated_cpus: int = 0
     final_unreleased_rows: int = 0
@@ -124,6 +176,7 @@ class ChaosResult:
                 and self.dependency_violations == 0
                 and self.schedule_fires_lost == 0 and self.schedule_fires_doubled == 0
                 and self.schedule_fires_run_twice == 0
+                and self.overlapping_attempts == 0
                 and self.drift_after_faults == 0 and self.final_allocated_cpus == 0
                 and self.final_unreleased_rows == 0 and self.leftover_processes == 0
                 and not self.services_died and set(self.states) <= set(TERMINAL))
@@ -153,6 +206,10 @@ class ChaosResult:
             f"({self.schedule_fires_during_faults} while faults were injected), lost "
             f"{self.schedule_fires_lost}, made twice {self.schedule_fires_doubled}, run twice "
             f"{self.schedule_fires_run_twice}",
+            f"  overlapping attempts {self.overlapping_attempts} (from the jobs' flocks and "
+            f"start/end marks, {self.marked_runs} runs marked"
+            + (f"; jobs {self.overlapping_jobs[:20]}" if self.overlapping_jobs else "") + ")",
+            *self._partition_lines(),
             f"  drift after the last fault {self.drift_after_faults}; final allocated CPUs "
             f"{self.final_allocated_cpus}, unreleased rows {self.final_unreleased_rows}; "
             f"job processes left {self.leftover_processes}",
@@ -160,6 +217,35 @@ class ChaosResult:
             f"  verdict: {'PASS' if self.ok else 'FAIL'}",
             *[f"  note: {n}" for n in self.notes],
         ])
+
+    def _partition_lines(self) -> list[str]:
+        out = [f"  NODE_FAIL: {self.node_fail_jobs} jobs ended so; attempts fenced by their "
+               f"executor ('lease lost') {self.fenced_attempts} ({self.fence_events} `fenced` "
+               f"events in the executors' logs), declared lost by the reconciler ('worker ... "
+               f"lost') {self.declared_lost_attempts}; all NODE_FAIL attempts by reason: "
+               + (", ".join(f"{k!r} {v}" for k, v in sorted(self.node_fail_reasons.items()))
+                  or "none")]
+        if self.partitions:
+            out.append(
+                f"  partitions: {len(self.partitions)} ({self.partition_executor_all} of every "
+                "executor at once); healed by "
+                + ", ".join(f"{k} {v}" for k, v in sorted(self.heals.items()))
+                + "; lengths against the fence: "
+                + ", ".join(f"{k} {v}" for k, v in self.partition_timeline.items())
+                + f"; {self.long_jobs} long jobs")
+            held = sum(p["held"] for p in self.proxies.values())
+            reset = sum(p["reset"] for p in self.proxies.values())
+            resumed = sum(p["resumed"] for p in self.proxies.values())
+            accepted = sum(p["accepted"] for p in self.proxies.values())
+            up = sum(p["bytes_up"] for p in self.proxies.values())
+            down = sum(p["bytes_down"] for p in self.proxies.values())
+            out.append(f"  proxies: {len(self.proxies)}, {accepted} connections, {held} held "
+                       f"by a cut ({reset} reset, {resumed} resumed), {up / 1e6:.1f} MB up, "
+                       f"{down / 1e6:.1f} MB down")
+        if self.skews:
+            out.append("  clock skew: " + ", ".join(f"{k} {v:+g}s"
+                                                    for k, v in sorted(self.skews.items())))
+        return out
 
 
 class Chaos:
@@ -170,9 +256,21 @@ class Chaos:
         os.chmod(self.work, 0o755)  # PostgreSQL runs as another user when we are root
         self.marker = self.work / "marker"
         self.sched_marker = self.work / "schedule-marker"
-        for m in (self.marker, self.sched_marker):
+        self.marks = self.work / "marks"  # start/end of each run, with times
+        self.overlaps = self.work / "overlaps"  # runs that found their job's lock taken
+        self.locks = self.work / "locks"  # one lock file per job
+        self.locks.mkdir()
+        os.chmod(self.locks, 0o777)
+        for m in (self.marker, self.sched_marker, self.marks, self.overlaps):
             m.touch()
             os.chmod(m, 0o666)  # jobs run as nobody when the executor is root
+        flock = shutil.which("flock")
+        if flock is None:
+            raise RuntimeError("the chaos driver needs flock(1) (util-linux)")
+        self.flock = flock
+        self.prng = random.Random(cfg.seed + 1_000)  # the partition loops' own
+        self.proxies: dict[str, dict[str, FaultProxy]] = {}  # child -> redis/pg -> proxy
+        self._heals: collections.Counter[str] = collections.Counter()  # by kind
         self.redis_port = free_port()
         self.redis_server: Server | None = None
         self.pg_server: Server | None = None
@@ -207,27 +305,69 @@ class Chaos:
     def db_url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.pg_port}/postgres"
 
-    def start(self) -> str:
-        self._start_redis(wipe=True)
-        self._start_postgres()
-        asyncio.run(migrate(self.db_url))
+    @property
+    def executor_names(self) -> list[str]:
+        """The executors' child names, as System names them."""
+        if self.cfg.workers == 1:
+            return ["executor"]
+        return [f"executor-chaos-{i}" for i in range(1, self.cfg.workers + 1)]
+
+    def settings(self) -> Settings:
         assert self.redis_server is not None
         settings = Settings(
             redis_url=self.redis_server.url, database_url=self.db_url,
             key_prefix=self.keys.prefix, worker_id="chaos", gateway_port=free_port(),
-            data_dir=self.work / "sys", heartbeat_s=1.0, worker_ttl_s=4.0,
-            registry_sweep_s=0.5, reconcile_s=2.0, node_fail_grace_s=3.0, repair_grace_s=2.0,
-            kill_grace_s=2.0, drain_grace_s=2.0, claim_idle_ms=2000, scheduler_interval_s=1.0,
-            log_format="text", log_level="INFO")
+            data_dir=self.work / "sys", claim_idle_ms=2000, log_format="text",
+            log_level="INFO", **TIMINGS)  # type: ignore[arg-type]
+        problems = Fence.of(settings).problems()
+        if problems:
+            raise RuntimeError(f"the chaos timings fail the fence: {problems}")
+        return settings
+
+    def _skews(self) -> dict[str, float]:
+        if not self.cfg.skew:
+            return {}
+        out = {k: v for k, v in SKEWS.items() if not k.startswith("executor")}
+        for i, name in enumerate(self.executor_names):
+            out[name] = SKEWS.get(name, 2.5 if i % 2 == 0 else -2.5)
+        return out
+
+    def _child_env(self) -> dict[str, dict[str, str]]:
+        """Each partitionable child's own proxies (one for Redis, one for PostgreSQL), and
+        each child's clock skew."""
+        out: dict[str, dict[str, str]] = collections.defaultdict(dict)
+        if self.cfg.partitions:
+            for name in [*self.executor_names, "scheduler"]:
+                redis = FaultProxy(self.redis_port, name=f"{name}-redis").start()
+                pg = FaultProxy(self.pg_port, name=f"{name}-pg").start()
+                self.proxies[name] = {"redis": redis, "pg": pg}
+                out[name] |= {"SCNS_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+                              "SCNS_DATABASE_URL":
+                                  f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"}
+        for name, skew in self._skews().items():
+            out[name]["SCNS_TEST_CLOCK_SKEW_S"] = f"{skew:g}"
+        self.result.skews = self._skews()
+        return dict(out)
+
+    def start(self) -> str:
+        self._start_redis(wipe=True)
+        self._start_postgres()
+        asyncio.run(migrate(self.db_url))
+        settings = self.settings()
         env = {**os.environ, "SCNS_REDIS_URL": settings.redis_url,
                "SCNS_DATABASE_URL": settings.database_url}
         self.system = System(settings, env, workers=self.cfg.workers, cpus=self.cfg.cpus,
-                             echo=False)
+                             echo=False, child_env=self._child_env())
         return self.system.start()
 
     def stop(self) -> None:
         if self.system is not None:
             self.system.stop()
+        for pair in self.proxies.values():
+            for proxy in pair.values():
+                with contextlib.suppress(Exception):
+                    self.result.proxies[proxy.name] = proxy.stats().as_dict()
+                proxy.stop()
         for server in (self.redis_server, self.pg_server):
             if server is not None:
                 server.stop()
@@ -267,6 +407,66 @@ class Chaos:
             await self.inject(kind)
             n += 1
 
+    async def partition_faults(self, kind: Literal["partition-executor",
+                                                   "partition-scheduler"]) -> None:
+        """One kind of partition after another (the other kind and the faults above go on
+        meanwhile), while submissions go on and until `min_partitions` were made."""
+        n = 0
+        while self._submitting or n < self.cfg.min_partitions:
+            await asyncio.sleep(self.prng.uniform(*self.cfg.partition_gap_s))
+            await self.partition(kind, self._partition_length(n))
+            n += 1
+
+    def _fence(self) -> Fence:
+        assert self.system is not None
+        return Fence.of(self.system.settings)
+
+    def _timeline(self) -> list[tuple[str, float, float]]:
+        """The stretches of the fence's timeline a partition's length may fall in, each with
+        a heartbeat's slack (the last renewal came up to a heartbeat before the cut)."""
+        f, hb = self._fence(), TIMINGS["heartbeat_s"]
+        return [("healed before TERM", 0.0, f.term_after_s - hb),
+                ("healed after TERM, before lost", f.term_after_s + 0.5,
+                 f.lost_after_s - hb - 0.5),
+                ("healed after lost", f.lost_after_s + 0.5, float("inf"))]
+
+    def _partition_length(self, n: int) -> float:
+        """The n-th partition of a kind: in the n-th stretch of the timeline (in turn), within
+        `partition_s`; anywhere in `partition_s` when that stretch is outside it."""
+        lo, hi = self.cfg.partition_s
+        _, a, b = self._timeline()[n % 3]
+        a, b = max(a, lo), min(b, hi)
+        return self.prng.uniform(a, b) if a < b else self.prng.uniform(lo, hi)
+
+    async def partition(self, kind: Literal["partition-executor", "partition-scheduler"],
+                        seconds: float) -> None:
+        """Cut some children off from Redis and PostgreSQL both for `seconds`, then heal:
+        resetting the held connections, or resuming them, in turn."""
+        r = self.result
+        if kind == "partition-executor":
+            names = self.executor_names
+            every = len(names) > 1 and self.prng.random() < self.cfg.partition_all_fraction
+            targets = list(names) if every else [self.prng.choice(names)]
+            r.partition_executor_all += every
+        else:
+            targets = ["scheduler"]
+        # each kind heals by reset and resume in turn, and its lengths cycle through three
+        # stretches: every pairing of the two comes within six partitions of a kind
+        mode: HealMode = ("reset", "resume")[self._heals[kind] % 2]
+        self._heals[kind] += 1
+        proxies = [p for t in targets for p in self.proxies[t].values()]
+        r.faults[kind] = r.faults.get(kind, 0) + 1
+        cut_at = time.time()
+        await asyncio.gather(*(asyncio.to_thread(p.cut) for p in proxies))
+        await asyncio.sleep(seconds)
+        await asyncio.gather(*(asyncio.to_thread(p.heal, mode) for p in proxies))
+        r.heals[mode] = r.heals.get(mode, 0) + 1
+        when = next((name for name, a, b in self._timeline() if a <= seconds < b),
+                    "borderline")
+        r.partition_timeline[when] = r.partition_timeline.get(when, 0) + 1
+        r.partitions.append({"kind": kind, "targets": targets, "seconds": round(seconds, 2),
+                             "heal": mode, "cut_at": round(cut_at, 3), "timeline": when})
+
     # --- load ----------------------------------------------------------------------------
     def _auth(self) -> dict[str, str]:
         assert self.system is not None
@@ -277,10 +477,18 @@ class Chaos:
         timeout = aiohttp.ClientTimeout(total=15)
         async with aiohttp.ClientSession(url, timeout=timeout, headers=self._auth()) as s:
             for i in range(self.cfg.jobs):
+                sleep = self.rng.choice(['0', '0.1', '0.3', '0.5', '1'])
+                cpus = self.rng.choice([1, 1, 1, 2, 4])
+                if self.cfg.long_job_fraction and \
+                        self.prng.random() < self.cfg.long_job_fraction:
+                    # long enough to be running when a partition comes
+                    sleep, cpus = f"{self.prng.uniform(*self.cfg.long_job_s):.1f}", 1
+                    self.result.long_jobs += 1
                 body: dict[str, Any] = {
-                    "script": f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {self.marker}\n'
-                              f"sleep {self.rng.choice(['0', '0.1', '0.3', '0.5', '1'])}\n",
-                    "cpus": self.rng.choice([1, 1, 1, 2, 4]),
+                    "script": self._preamble()
+                              + f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {self.marker}\n'
+                              f"sleep {sleep}\n",
+                    "cpus": cpus,
                     "requeue": self.rng.random() < self.cfg.requeue_fraction,
                     "name": f"chaos-{i}"}
                 kind = self.rng.random()
@@ -301,8 +509,20 @@ class Chaos:
                 await asyncio.sleep(gap)
         self._submitting = False
 
+    def _preamble(self) -> str:
+        """The start of every job script: take the job's own lock for the script's whole life
+        (fd 9, inherited by everything it starts; released only when the last process holding
+        it dies, SIGKILL included), noting a run that finds it taken, i.e. another run of the
+        same job still alive; then a start mark now and an end mark on the way out."""
+        return (f'exec 9>>"{self.locks}/$SCNS_JOB_ID"\n'
+                f'{self.flock} -n 9 || echo "$SCNS_JOB_ID:$SCNS_ATTEMPT $(date +%s.%N)" '
+                f">> {self.overlaps}\n"
+                f'echo "start $SCNS_JOB_ID $SCNS_ATTEMPT $(date +%s.%N)" >> {self.marks}\n'
+                f"trap 'echo \"end $SCNS_JOB_ID $SCNS_ATTEMPT $(date +%s.%N)\" >> "
+                f"{self.marks}' EXIT\n")
+
     def _script(self, extra: str = "") -> str:
-        return (f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {self.marker}\n'
+        return (self._preamble() + f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {self.marker}\n'
                 f"sleep {self.rng.choice(['0.1', '0.3', '0.5'])}\n{extra}")
 
     async def _submit_array(self, s: aiohttp.ClientSession, i: int) -> None:
@@ -502,7 +722,10 @@ class Chaos:
                 for job_id in self.held[released_upto:max(released_upto, len(self.held) - 2)]:
                     await self._release(s, job_id)
                     released_upto += 1
-                candidates = [j for j in self.accepted[-60:] if j not in touched]
+                # with partitions the scheduler is cut off much of the time: recent jobs are
+                # seldom finished yet, so requeues look further back
+                window = 300 if self.cfg.partitions else 60
+                candidates = [j for j in self.accepted[-window:] if j not in touched]
                 if not candidates:
                     continue
                 job_id = self.rng.choice(candidates)
@@ -524,10 +747,16 @@ class Chaos:
     # --- the run -------------------------------------------------------------------------
     async def run(self) -> ChaosResult:
         started = time.monotonic()
-        url = await asyncio.to_thread(self.start)
         try:
+            # inside the try: a system that fails to start is stopped too (with the servers
+            # and proxies already started)
+            url = await asyncio.to_thread(self.start)
             await self.add_schedules(url)
-            await asyncio.gather(self.submit_all(url), self.faults(), self.control(url))
+            partitions = [self.partition_faults("partition-executor"),
+                          self.partition_faults("partition-scheduler")] \
+                if self.cfg.partitions else []
+            await asyncio.gather(self.submit_all(url), self.faults(), self.control(url),
+                                 *partitions)
             last_fault = time.monotonic()
             self.faults_ended_at = datetime.now(UTC)
             await self.stop_schedules(url)
@@ -540,6 +769,13 @@ class Chaos:
         finally:
             await asyncio.to_thread(self.stop)
             self.result.leftover_processes = len(self._job_processes())
+        # every job process is dead now: their last marks are in
+        before = self.result.overlapping_attempts
+        self.result.overlapping_attempts, self.result.overlapping_jobs = self._overlaps()
+        if self.result.overlapping_attempts > before:
+            self.result.notes.append(
+                f"{self.result.overlapping_attempts - before} overlapping runs showed up only "
+                "after the system stopped")
         self.result.seconds = time.monotonic() - started
         return self.result
 
@@ -667,9 +903,96 @@ class Chaos:
             r.final_allocated_cpus = redis_cpus
             r.final_unreleased_rows = await conn.fetchval(
                 "SELECT count(*) FROM attempts WHERE released_at IS NULL")
+            await self._check_node_fail(conn)
+            r.overlapping_attempts, r.overlapping_jobs = self._overlaps()
+            await self._explain_overlaps(conn, r.overlapping_jobs[:10])
         finally:
             await conn.close()
             await redis.aclose()
+
+    async def _check_node_fail(self, conn: asyncpg.Connection[Any]) -> None:
+        """How attempts ended NODE_FAIL: fenced by their own executor ('lease lost'), declared
+        lost by the reconciler ('worker ... lost'), or otherwise (a drain, a restart)."""
+        assert self.system is not None
+        r = self.result
+        r.node_fail_jobs = r.states.get("NODE_FAIL", 0)
+        r.node_fail_reasons = {x["reason"]: x["n"] for x in await conn.fetch(
+            "SELECT coalesce(reason, '') AS reason, count(*) AS n FROM attempts "
+            "WHERE state = 'NODE_FAIL' GROUP BY 1")}
+        r.fenced_attempts = r.node_fail_reasons.get("lease lost", 0)
+        r.declared_lost_attempts = sum(n for reason, n in r.node_fail_reasons.items()
+                                       if re.fullmatch(r"worker .+ lost", reason))
+        fenced = re.compile(r"\bevent=fenced\b|\"event\": ?\"fenced\"")
+        for log in self.system.logs.glob("executor*.log"):
+            with contextlib.suppress(OSError):
+                r.fence_events += sum(1 for line in log.read_text(errors="replace")
+                                      .splitlines() if fenced.search(line))
+
+    def _runs(self) -> dict[int, list[tuple[float, float | None, int]]]:
+        """Each job's runs from its marks: (start, end or None, attempt), by start."""
+        starts: dict[tuple[int, int], list[float]] = collections.defaultdict(list)
+        ends: dict[tuple[int, int], list[float]] = collections.defaultdict(list)
+        for line in self.marks.read_text(errors="replace").splitlines():
+            words = line.split()
+            if len(words) != 4 or words[0] not in ("start", "end"):
+                continue
+            with contextlib.suppress(ValueError):
+                key, at = (int(words[1]), int(words[2])), float(words[3])
+                (starts if words[0] == "start" else ends)[key].append(at)
+        runs: dict[int, list[tuple[float, float | None, int]]] = collections.defaultdict(list)
+        for (job, attempt), times in starts.items():
+            finished = sorted(ends.get((job, attempt), []))
+            for i, at in enumerate(sorted(times)):
+                # the same attempt run twice: pair its marks in order (a double run is
+                # counted as such anyway)
+                runs[job].append((at, finished[i] if i < len(finished) else None, attempt))
+        for spans in runs.values():
+            spans.sort(key=lambda x: x[0])
+        return runs
+
+    def _overlaps(self) -> tuple[int, list[int]]:
+        """Runs of a job that began while another run of it was alive: those that found the
+        job's lock taken, and those whose start/end interval intersects an earlier run's
+        (where both have both marks). The count of such runs, and the jobs."""
+        bad: set[tuple[int, int, float]] = set()
+        for line in self.overlaps.read_text(errors="replace").splitlines():
+            words = line.split()
+            with contextlib.suppress(ValueError, IndexError):
+                job_word, _, attempt_word = words[0].partition(":")
+                bad.add((int(job_word), int(attempt_word), round(float(words[1]), 1)))
+        runs = self._runs()
+        self.result.marked_runs = sum(len(x) for x in runs.values())
+        for job, spans in runs.items():
+            latest_end = None
+            for start, end, attempt in spans:
+                # began before an earlier run's end: counted once, whether its lock noticed
+                # or not (keyed by its start time)
+                if latest_end is not None and start < latest_end and not any(
+                        b[0] == job and b[1] == attempt and abs(b[2] - start) < 1 for b in bad):
+                    bad.add((job, attempt, round(start, 1)))
+                if end is not None:
+                    latest_end = end if latest_end is None else max(latest_end, end)
+        return len(bad), sorted({b[0] for b in bad})
+
+    async def _explain_overlaps(self, conn: asyncpg.Connection[Any], jobs: list[int]) -> None:
+        """For a few overlapping jobs: their runs from the marks, their attempts from
+        PostgreSQL (worker, state, reason, times), in the notes."""
+        runs = self._runs()
+        for job in jobs:
+            rows = await conn.fetch(
+                "SELECT attempt, worker_id, state, reason, started_at, finished_at, "
+                "released_at FROM attempts WHERE job_id = $1 ORDER BY attempt", job)
+            marks = "; ".join(
+                f"attempt {a} {datetime.fromtimestamp(s_, UTC).strftime('%H:%M:%S.%f')[:-3]}-"
+                + (datetime.fromtimestamp(e, UTC).strftime('%H:%M:%S.%f')[:-3] if e else "?")
+                for s_, e, a in runs.get(job, []))
+            pg = "; ".join(
+                f"attempt {x['attempt']} on {x['worker_id']} {x['state']} ({x['reason']}) "
+                + " ".join(f"{k} {x[k].strftime('%H:%M:%S.%f')[:-3]}"
+                           for k in ("started_at", "finished_at", "released_at") if x[k])
+                for x in rows)
+            self.result.notes.append(f"overlap in job {job}: runs (UTC) {marks} | PostgreSQL: "
+                                     f"{pg}")
 
     def _job_processes(self) -> list[psutil.Process]:
         """Job scripts still running (their command line names a job directory of ours)."""

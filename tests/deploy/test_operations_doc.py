@@ -422,6 +422,19 @@ def executor_numbers(workload: Obj) -> tuple[int, int, int]:
             int(env["SCNS_DRAIN_GRACE_S"]["value"]), int(env["SCNS_KILL_GRACE_S"]["value"]))
 
 
+def fence_problems(doc: Doc, fence: Fence) -> Problems:
+    """The fence's timeline with the manifests' figures (shared/fencing.py)."""
+    out: Problems = list(fence.problems())
+    term = (f"({fence.ttl_s:g} + {fence.grace_s:g} - {fence.kill_grace_s:g} - "
+            f"{fence.margin_s:g} - {CHECK_S:g} = {fence.term_after_s:g} s")
+    if term not in doc.sections.get("When Redis is lost", ""):
+        out.append(f"When Redis is lost: does not say {term!r}")
+    for when in (fence.term_after_s, fence.killed_by_s, fence.lost_after_s):
+        if f"({when:g})" not in doc.sections.get("Partitions, clocks and fencing", ""):
+            out.append(f"Partitions, clocks and fencing: does not say '({when:g})'")
+    return out
+
+
 def number_problems(doc: Doc, objs: tuple[Obj, ...]) -> Problems:
     out: Problems = []
 
@@ -477,12 +490,8 @@ def number_problems(doc: Doc, objs: tuple[Obj, ...]) -> Problems:
     fail = int(config.get("SCNS_NODE_FAIL_GRACE_S", default.node_fail_grace_s))
     _, _, kill = executor_numbers(executor)
     margin = int(config.get("SCNS_FENCE_MARGIN_S", default.fence_margin_s))
-    fence = Fence(ttl_s=ttl, grace_s=fail, kill_grace_s=kill, margin_s=margin)
-    assert not fence.problems(), fence.problems()
-    formula("When Redis is lost",
-            f"({ttl} + {fail} - {kill} - {margin} - {CHECK_S:g} = {fence.term_after_s:g} s")
-    for when in (fence.term_after_s, fence.killed_by_s, fence.lost_after_s):
-        formula("Partitions, clocks and fencing", f"({when:g})")
+    out += fence_problems(doc, Fence(ttl_s=ttl, grace_s=fail, kill_grace_s=kill,
+                                     margin_s=margin))
     need("When Redis is lost", "SCNS_RECONCILE_S",
          int(config.get("SCNS_RECONCILE_S", default.reconcile_s)))
     # the placeholders an unedited production overlay carries, quoted by Troubleshooting
