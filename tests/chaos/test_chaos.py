@@ -114,24 +114,39 @@ def test_the_overlap_check_sees_two_runs_of_a_job_alive_at_once(tmp_path: Path) 
     line (as if the lock had missed it) counts too."""
     chaos = Chaos(ChaosConfig(), workdir=tmp_path)
     script = tmp_path / "job.sh"
-    script.write_text(chaos._preamble() + 'sleep "$NAP"\n')
+    # each run waits for its own go-file: the order below is made, not hoped for
+    script.write_text(chaos._preamble() + 'while [ ! -e "$GO" ]; do sleep 0.02; done\n')
 
-    def run(job: int, attempt: int, nap: float) -> subprocess.Popen[bytes]:
+    def run(job: int, attempt: int) -> tuple[subprocess.Popen[bytes], Path]:
+        go = tmp_path / f"go-{job}-{attempt}"
         return subprocess.Popen(["bash", str(script)], start_new_session=True, env={
             **os.environ, "SCNS_JOB_ID": str(job), "SCNS_ATTEMPT": str(attempt),
-            "NAP": str(nap)})
+            "GO": str(go)}), go
 
-    first = run(7, 1, 1.0)
-    time.sleep(0.3)
-    second = run(7, 2, 0.2)
-    assert second.wait(10) == 0 and first.wait(10) == 0
-    assert run(8, 1, 0.1).wait(10) == 0
-    assert run(8, 2, 0.1).wait(10) == 0
-    killed = run(9, 1, 30)
-    time.sleep(0.3)
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait(10)
-    assert run(9, 2, 0.1).wait(10) == 0
+    def started(job: int, attempt: int) -> None:
+        deadline = time.monotonic() + 30
+        while f"start {job} {attempt} " not in (chaos.marks.read_text()
+                                                if chaos.marks.exists() else ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    def finish(proc: tuple[subprocess.Popen[bytes], Path]) -> None:
+        proc[1].touch()
+        assert proc[0].wait(30) == 0
+
+    first = run(7, 1)
+    started(7, 1)
+    second = run(7, 2)  # while the first still runs
+    started(7, 2)
+    finish(second)
+    finish(first)
+    finish(run(8, 1))
+    finish(run(8, 2))
+    killed = run(9, 1)
+    started(9, 1)
+    os.killpg(killed[0].pid, signal.SIGKILL)
+    killed[0].wait(30)
+    finish(run(9, 2))
     assert chaos._overlaps() == (1, [7])
     with chaos.marks.open("a") as f:  # job 10: intersecting marks, no lock line
         f.write("start 10 1 100.0\nend 10 1 105.0\nstart 10 2 104.0\nend 10 2 106.0\n")
