@@ -23,6 +23,12 @@ def hit(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def armed(name: str) -> bool:
+    """True when the process was started with this failpoint (a behaviour switched off to show
+    that a test notices its absence)."""
+    return bool(_armed) and _armed == name
+
+
 _raised: set[str] = set()
 
 
