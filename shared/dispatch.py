@@ -48,6 +48,7 @@ from shared import clock
 from shared.db import UNAVAILABLE
 from shared.keys import Keys
 from shared.lua import Scripts, source
+from shared.redis import CONNECT_TIMEOUT_S, HEALTH_CHECK_S, SOCKET_TIMEOUT_S
 from shared.wakeup import Wakeups
 
 log = logging.getLogger(__name__)
@@ -259,9 +260,13 @@ class ArqIntake:
         """Consume launches until `stop()`; must be called inside the running loop (arq's Worker
         picks up the current loop in its constructor)."""
         # every launch in flight holds a connection for arq's MULTI (more than the pool holds
-        # would fail with "Too many connections"): a launch waits for one instead
-        pool = BlockingConnectionPool.from_url(self.redis_url, max_connections=self.max_jobs + 8,
-                                               timeout=30)
+        # would fail with "Too many connections"): a launch waits for one instead (at most
+        # `timeout`); connecting and every reply are bounded as in shared/redis.py (arq makes
+        # no blocking reads here; the wake-up listener's idle subscription is PINGed)
+        pool = BlockingConnectionPool.from_url(
+            self.redis_url, max_connections=self.max_jobs + 8, timeout=30,
+            socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
+            health_check_interval=HEALTH_CHECK_S)
         self._pool = ArqRedis(pool, job_serializer=_dumps, job_deserializer=orjson.loads,
                               default_queue_name=self.keys.arq_queue(self.worker_id))
         wakeups = Wakeups(self._pool, self.keys.wakeup(launch_topic(self.worker_id)))

@@ -46,3 +46,10 @@ class NotAllowed(ConductorError):
 
 class Unsatisfiable(ConductorError):
     """A request no worker of this cluster could ever satisfy."""
+
+
+class PoolBusy(InfraError, TimeoutError):
+    """No PostgreSQL connection came free within the pool's acquire timeout: the pool is
+    exhausted (or PostgreSQL is slow to accept a new connection). A TimeoutError, so every
+    "retry later" path (shared/db UNAVAILABLE) treats it as one; the gateway answers 503 with
+    Retry-After."""

@@ -22,7 +22,7 @@ from tenacity import (
 )
 
 from shared.db.migrate import migrate
-from shared.db.pool import create_pool
+from shared.db.pool import ACQUIRE_TIMEOUT_S, STATEMENT_TIMEOUT_S, create_pool
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,19 @@ async def wait_for_redis(redis: Redis, *, give_up_after_s: float | None = None) 
 
 async def open_database(
     dsn: str, *, application_name: str, max_size: int = 10, run_migrations: bool = True,
-    give_up_after_s: float | None = None,
+    give_up_after_s: float | None = None, acquire_timeout_s: float = ACQUIRE_TIMEOUT_S,
+    statement_timeout_s: float = STATEMENT_TIMEOUT_S,
 ) -> asyncpg.Pool[Any]:
-    """Migrate (idempotent, concurrency-safe) and open a pool, retrying until PostgreSQL answers."""
+    """Migrate (idempotent, concurrency-safe) and open a pool, retrying until PostgreSQL answers.
+    The timeouts are the pool's (shared/db/pool.py: SCNS_DB_ACQUIRE_TIMEOUT_S,
+    SCNS_STATEMENT_TIMEOUT_S)."""
     async for attempt in _retrying("postgresql", give_up_after_s):
         with attempt:
             if run_migrations:
                 await migrate(dsn)
-            return await create_pool(dsn, max_size=max_size, application_name=application_name)
+            return await create_pool(dsn, max_size=max_size, application_name=application_name,
+                                     acquire_timeout_s=acquire_timeout_s,
+                                     statement_timeout_s=statement_timeout_s)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_LOCK_ID = 0x5C45_5C4E
 RECONCILER_LOCK_ID = 0x5C45_2EC0
+# the lock's statements never wait (pg_try_advisory_lock, SELECT 1): one that takes this long
+# means PostgreSQL or the network stopped answering, and leadership is given up
+COMMAND_TIMEOUT_S = 10.0
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *UNAVAILABLE)
 
 
@@ -40,7 +43,8 @@ class Leadership:
         try:
             if self._conn is None or self._conn.is_closed():
                 self.held = False
-                self._conn = await connect(self.dsn, application_name=f"scns-{self.name}-leader")
+                self._conn = await connect(self.dsn, application_name=f"scns-{self.name}-leader",
+                                           command_timeout=COMMAND_TIMEOUT_S)
             if self.held:
                 await self._conn.fetchval("SELECT 1")
                 return True

@@ -22,6 +22,13 @@ T = TypeVar("T")
 # Longest BLOCK a consumer uses; the socket timeout must exceed it.
 MAX_BLOCK_MS = 2_000
 
+# Every Redis connection pool of ours (this client, the executor's arq pool in
+# shared/dispatch.py): connecting and any one reply have a limit, and a connection idle for
+# HEALTH_CHECK_S is checked with a PING before it is used again.
+CONNECT_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = MAX_BLOCK_MS / 1000 + 8
+HEALTH_CHECK_S = 15
+
 
 def connect(url: str, *, name: str = "scns", max_connections: int = 64) -> Redis:
     """A client with decoded (str) responses; no I/O happens until the first command."""
@@ -29,9 +36,9 @@ def connect(url: str, *, name: str = "scns", max_connections: int = 64) -> Redis
         url,
         decode_responses=True,
         client_name=name,
-        socket_connect_timeout=5,
-        socket_timeout=MAX_BLOCK_MS / 1000 + 8,
-        health_check_interval=15,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        health_check_interval=HEALTH_CHECK_S,
         max_connections=max_connections,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],

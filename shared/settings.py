@@ -96,6 +96,15 @@ class Settings:
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    # the gateway under abusive load (services/gateway/throttle.py; README "Pages and load")
+    rate_limit_rps: float = 100.0  # per token (or client address); 0: no limit
+    rate_limit_burst: int = 400
+    max_streams: int = 512  # log follows and event streams open at once, per gateway process
+    max_streams_per_token: int = 32
+    follow_max_s: float = 3600.0  # a follow or event stream ends after this long
+    # PostgreSQL waits (shared/db/pool.py)
+    db_acquire_timeout_s: float = 5.0
+    statement_timeout_s: float = 30.0  # 0: none
     health_host: str = "0.0.0.0"
     health_port: int = 0
 
@@ -183,6 +192,18 @@ class Settings:
                                           d.dead_letter_maxlen),
             "gateway_host": p.text("SCNS_GATEWAY_HOST", d.gateway_host),
             "gateway_port": p.value("SCNS_GATEWAY_PORT", _port, d.gateway_port),
+            "rate_limit_rps": p.value("SCNS_RATE_LIMIT_RPS", _non_negative_float,
+                                      d.rate_limit_rps),
+            "rate_limit_burst": p.value("SCNS_RATE_LIMIT_BURST", _positive_int,
+                                        d.rate_limit_burst),
+            "max_streams": p.value("SCNS_MAX_STREAMS", _positive_int, d.max_streams),
+            "max_streams_per_token": p.value("SCNS_MAX_STREAMS_PER_TOKEN", _positive_int,
+                                             d.max_streams_per_token),
+            "follow_max_s": p.value("SCNS_FOLLOW_MAX_S", _positive_float, d.follow_max_s),
+            "db_acquire_timeout_s": p.value("SCNS_DB_ACQUIRE_TIMEOUT_S", _positive_float,
+                                            d.db_acquire_timeout_s),
+            "statement_timeout_s": p.value("SCNS_STATEMENT_TIMEOUT_S", _non_negative_float,
+                                           d.statement_timeout_s),
             "health_host": p.text("SCNS_HEALTH_HOST", d.health_host),
             "health_port": p.value("SCNS_HEALTH_PORT", _port, d.health_port),
             "data_dir": p.value("SCNS_DATA_DIR", lambda s: Path(s).expanduser(), None)

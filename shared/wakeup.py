@@ -9,6 +9,7 @@ import logging
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,11 @@ class Wakeups:
                 w.cancel()
 
     async def listen(self, stop: asyncio.Event) -> None:
-        """Subscribe and set the flag on every message, reconnecting after Redis errors."""
+        """Subscribe and set the flag on every message, reconnecting after Redis errors.
+
+        The client's socket timeout (shared/redis.py) bounds every read, this subscription's
+        too: a channel quiet that long times out, and is subscribed to again at once (a dead
+        connection is found out the same way)."""
         while not stop.is_set():
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as ps:
@@ -49,6 +54,8 @@ class Wakeups:
                         if isinstance(data, str) and data:
                             self.messages.append(data)
                         self._event.set()
+            except RedisTimeoutError:
+                continue
             except RedisError as e:
                 log.debug("wake-up listener reconnecting: %s", e)
                 with contextlib.suppress(TimeoutError):

@@ -12,15 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from shared.errors import ConductorError
 from shared.settings import default_data_dir
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 ADMIN_TOKEN_FILE = "admin.token"
-MAX_PAGE = 1000  # the gateway's largest page
+MAX_PAGE = 200  # the gateway's largest page (services/gateway/validation.py)
 SUBMIT_RETRY_S = 60.0  # how long a submit keeps retrying a gateway that is down or restarting
+RETRY_AFTER_MAX_S = 10.0  # a Retry-After is honoured up to this long per try
 
 
 class Unreachable(ConductorError):
@@ -28,11 +35,13 @@ class Unreachable(ConductorError):
 
 
 class ApiError(ConductorError):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(f"{message} ({status} {code})")
         self.status = status
         self.code = code
         self.message = message  # the server's words alone, for one-line `error: ...` reports
+        self.retry_after_s = retry_after_s  # a 429's or 503's Retry-After
 
 
 def find_token(env: Mapping[str, str]) -> str | None:
@@ -89,11 +98,26 @@ class Client:
         query = {"test_only": "1"} if test_only else None
         for attempt in Retrying(
             retry=retry_if_exception(_retryable), stop=stop_after_delay(retry_s),
-            wait=wait_exponential_jitter(multiplier=0.2, max=3.0), reraise=True,
+            wait=_wait, reraise=True,
         ):
             with attempt:
                 return self.call("POST", "/api/v1/jobs", body, query=query, headers=headers)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def collect(self, path: str, query: Mapping[str, Any], limit: int) -> dict[str, Any]:
+        """Up to `limit` items of a cursor-paginated listing, however many pages that takes:
+        `{"items", "next_cursor"}` (the cursor after the last item read, None at the end)."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            q = {**query, "limit": min(MAX_PAGE, limit - len(items))}
+            if cursor:
+                q["cursor"] = cursor
+            page = self.call("GET", path, query=q)
+            items += page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor or len(items) >= limit:
+                return {"items": items, "next_cursor": cursor}
 
     def pages(self, path: str, query: Mapping[str, Any], *, page_size: int = MAX_PAGE
               ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
@@ -141,14 +165,35 @@ class Client:
 
 def _retryable(e: BaseException) -> bool:
     """Worth trying again with the same key: no answer, or the system said "not now"."""
-    return isinstance(e, Unreachable) or (isinstance(e, ApiError) and e.status in (502, 503, 504))
+    return isinstance(e, Unreachable) or (isinstance(e, ApiError)
+                                          and e.status in (429, 502, 503, 504))
+
+
+_BACKOFF = wait_exponential_jitter(multiplier=0.2, max=3.0)
+
+
+def _wait(state: RetryCallState) -> float:
+    """The backoff, or the gateway's Retry-After when it sent a longer one (up to a cap)."""
+    backoff: float = _BACKOFF(state)
+    e = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(e, ApiError) and e.retry_after_s is not None:
+        return max(backoff, min(e.retry_after_s, RETRY_AFTER_MAX_S))
+    return backoff
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: the gateway never sends one
 
 
 def _api_error(e: urllib.error.HTTPError) -> ApiError:
+    wait = _retry_after(e.headers.get("Retry-After") if e.headers is not None else None)
     try:
         body = orjson.loads(e.read())
         err = body["error"]
-        return ApiError(e.code, err["code"], err["message"])
+        return ApiError(e.code, err["code"], err["message"], retry_after_s=wait)
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        return ApiError(e.code, "http_error", str(e.reason))
+        return ApiError(e.code, "http_error", str(e.reason), retry_after_s=wait)
 

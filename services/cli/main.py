@@ -287,7 +287,8 @@ def _queue_table(rows: list[QueueRow], *, long: bool) -> Table:
     return t
 
 
-MAX_QUEUE_SCAN = 10_000  # jobs listed at most (10 pages) to fold pending array elements
+MAX_QUEUE_SCAN = 10_000  # jobs listed at most (50 pages) to fold pending array elements
+MAX_DONE_SCAN = 5_000  # an array's finished elements listed at most to find its pending ones
 
 
 class _Summaries:
@@ -314,7 +315,7 @@ def _pending_indexes(c: Client, summary: _Summaries, arrays: list[int]
         s = summary(array_id)
         count = int(s.get("count") or 0)
         others = count - int((s.get("states") or {}).get("PENDING") or 0)
-        if not count or others > MAX_PAGE * 5:
+        if not count or others > MAX_DONE_SCAN:
             continue
         try:
             tasks = parse_array(s["spec"], max_size=count).tasks
@@ -364,7 +365,7 @@ def queue(*, states: str | None, user: str | None, name: str | None, show_all: b
     query = {"state": jobs.states_query(states), "user": user, "name": name}
     c = client()
     if as_json:
-        emit_json(c.call("GET", "/api/v1/jobs", query={**query, "limit": min(limit, MAX_PAGE)}))
+        emit_json(c.collect("/api/v1/jobs", query, limit))
         return
     wide = long or show_all
     if watching:

@@ -455,7 +455,7 @@ def runs(ref: str, limit: int, as_json: bool) -> None:
     c = client()
     with api_errors():
         s = resolve(c, ref)
-        page = c.call("GET", f"/api/v1/schedules/{s['id']}/runs", query={"limit": limit})
+        page = c.collect(f"/api/v1/schedules/{s['id']}/runs", {}, limit)
     if as_json:
         emit_json(page)
         return

@@ -98,7 +98,9 @@ async def _create_direct(user: str, role: str, expires_in: int | None) -> dict[s
 @click.option("--json", "as_json", is_flag=True)
 def list_(user: str | None, as_json: bool) -> None:
     """List tokens (never the tokens themselves)."""
-    page = client().call("GET", "/api/v1/tokens", query={"user": user})
+    page: dict[str, Any] = {"items": [t for items, _ in client().pages("/api/v1/tokens",
+                                                                         {"user": user})
+                                      for t in items], "next_cursor": None}
     if as_json:
         emit_json(page)
         return

@@ -26,8 +26,10 @@ from services.gateway import (
 )
 from services.gateway.common import GATEWAY, MAX_BODY, Gateway, error, json
 from services.gateway.dashboard import routes as dashboard_routes
+from services.gateway.throttle import REFUSALS, THROTTLE, Throttle, watch
 from services.gateway.validation import RequestError
 from shared.db import UNAVAILABLE
+from shared.errors import PoolBusy
 from shared.health import metrics_response
 from shared.service import reachable
 from shared.wiring import Wiring
@@ -35,6 +37,8 @@ from shared.wiring import Wiring
 log = logging.getLogger(__name__)
 
 STOPPING = web.AppKey("stopping", asyncio.Event)  # set on SIGTERM: /readyz answers 503
+BUSY_RETRY_AFTER_S = 1  # no database connection free (PoolBusy): they free in milliseconds
+UNAVAILABLE_RETRY_AFTER_S = 5  # PostgreSQL or Redis away
 
 REQUESTS = Counter("scns_gateway_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("scns_gateway_request_seconds", "Server time per request", ["route"],
@@ -55,7 +59,7 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         resp = await handler(request)
     except RequestError as e:
-        resp = error(e.status, e.code, e.message)
+        resp = error(e.status, e.code, e.message, retry_after_s=e.retry_after_s)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -68,9 +72,16 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         resp = error(e.status, code, message)
         if "Allow" in e.headers:  # a 405 says which methods the route takes
             resp.headers["Allow"] = e.headers["Allow"]
+    except PoolBusy as e:  # before UNAVAILABLE, which it is part of
+        log.warning("no database connection free: %s", e)
+        REFUSALS.labels("db_pool").inc()
+        resp = error(503, "overloaded", "this gateway has no database connection free; retry "
+                     "shortly", retry_after_s=BUSY_RETRY_AFTER_S)
     except UNAVAILABLE as e:
         log.warning("PostgreSQL unavailable: %s", e)
-        resp = error(503, "unavailable", "the database is unavailable; retry shortly")
+        REFUSALS.labels("postgresql").inc()
+        resp = error(503, "unavailable", "the database is unavailable; retry shortly",
+                     retry_after_s=UNAVAILABLE_RETRY_AFTER_S)
     except asyncpg.DataError as e:
         # a value the handlers' validation let through and PostgreSQL refused: still the
         # caller's input, so a 4xx (and logged, so the validation can be tightened)
@@ -78,7 +89,9 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         resp = error(400, "invalid_input", f"invalid input: {e}")
     except RedisError as e:
         log.warning("Redis unavailable: %s", e)
-        resp = error(503, "unavailable", "Redis is unavailable; retry shortly")
+        REFUSALS.labels("redis").inc()
+        resp = error(503, "unavailable", "Redis is unavailable; retry shortly",
+                     retry_after_s=UNAVAILABLE_RETRY_AFTER_S)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -120,9 +133,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_app(wiring: Wiring) -> web.Application:
     cache = auth.TokenCache()
-    app = web.Application(middlewares=[api_errors, auth.middleware(cache)],
+    throttle = Throttle.from_settings(wiring.settings)
+    app = web.Application(middlewares=[api_errors, auth.middleware(cache, throttle.requests)],
                           client_max_size=MAX_BODY)
     app[GATEWAY] = Gateway(wiring=wiring)
+    app[THROTTLE] = throttle
     app[STOPPING] = asyncio.Event()
     app[auth.TOKEN_CACHE] = cache
     app[schedules.FIRING] = schedules.firing(wiring)
@@ -151,6 +166,7 @@ async def _main() -> int:
         app[STOPPING] = ctx.stop
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        watch(runner.server)  # scns_gateway_connections
         await web.TCPSite(runner, settings.gateway_host, settings.gateway_port).start()
         log.info("gateway listening on http://%s:%d", settings.gateway_host,
                  settings.gateway_port, extra={"event": "started"})

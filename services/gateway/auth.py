@@ -10,6 +10,11 @@ Verified tokens are cached for `CACHE_S` (2 s): a revoked or expired token stops
 that time on every gateway, and a busy client costs one PostgreSQL lookup per 2 s, not one per
 request. Failed lookups are not cached (a wrong token costs an indexed lookup each time).
 
+Every request but `/healthz`, `/readyz` and `/metrics` draws on a request-rate bucket
+(services/gateway/throttle.py): its token's once authenticated, its client address's on a public
+route and for every token that has to be looked up in PostgreSQL (not in the cache), so that
+guessing tokens costs the database at most an address's rate.
+
 Browsers: a request whose `Origin` is not this gateway's own, or that the browser marks
 `Sec-Fetch-Site: cross-site`, is refused (403) before anything else, so a web page cannot drive
 a local gateway with whatever the browser would attach. A body must be `application/json`
@@ -26,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway.common import PRINCIPAL, Principal, error, state
+from services.gateway.throttle import RateLimiter
 from shared import clock
 from shared.db.tokens import TokenRow, TokenStore
 from shared.lifecycle import Role
@@ -37,6 +43,7 @@ PUBLIC = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json"})
 # the page asks for a token and sends it with every API call it makes
 PUBLIC_ROUTES = frozenset({"/", "/ui/{name}"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapers: no rate limit
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -98,7 +105,14 @@ def cross_site(request: web.Request) -> str | None:
     return None
 
 
-async def authenticate(request: web.Request, cache: TokenCache) -> Principal | web.Response:
+def address_key(request: web.Request) -> str:
+    return f"addr:{request.remote or 'unknown'}"
+
+
+async def authenticate(request: web.Request, cache: TokenCache,
+                       limiter: RateLimiter | None = None) -> Principal | web.Response:
+    """The caller, or the 401 to answer; a token not in the cache is looked up only if the
+    client's address has a request left (`limiter`; else a 429)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -110,6 +124,8 @@ async def authenticate(request: web.Request, cache: TokenCache) -> Principal | w
     hit = cache.get(token)
     if hit is not None:
         return hit
+    if limiter is not None:
+        limiter.check(address_key(request), who="per client address for token lookups")
     row = await TokenStore(state(request).pool).find(token)
     if row is None:
         return _unauthorized("the token is not valid")
@@ -125,7 +141,7 @@ def _public_route(request: web.Request) -> bool:
     return resource is not None and resource.canonical in PUBLIC_ROUTES
 
 
-def middleware(cache: TokenCache) -> Any:
+def middleware(cache: TokenCache, limiter: RateLimiter) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         why = cross_site(request)
@@ -136,11 +152,16 @@ def middleware(cache: TokenCache) -> Any:
             return error(415, "unsupported_media_type",
                          "send JSON with 'Content-Type: application/json' "
                          f"(got {request.content_type or 'none'})")
+        limited = limiter if request.path not in UNLIMITED else None
         if request.path in PUBLIC or _public_route(request):
+            if limited is not None:
+                limited.check(address_key(request), who="per client address without a token")
             return await handler(request)
-        who = await authenticate(request, cache)
+        who = await authenticate(request, cache, limited)
         if isinstance(who, web.Response):
             return who
+        if limited is not None:
+            limited.check(f"token:{who.token_id}", who="per token")
         request[PRINCIPAL] = who
         return await handler(request)
 

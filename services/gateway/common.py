@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import asyncpg
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from redis.asyncio import Redis
 
 from services.gateway.validation import MAX_ID, RequestError
@@ -23,6 +26,7 @@ from shared.partitions import Partition
 from shared.wiring import Wiring
 
 MAX_BODY = 2 * 1024 * 1024  # a 1 MiB script plus JSON escaping and the other fields
+WRITE_STALL_S = 30.0  # LongResponse: a client that takes nothing for this long is hung up on
 
 
 @dataclass(slots=True)
@@ -76,8 +80,51 @@ def json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def error(status: int, code: str, message: str) -> web.Response:
-    return json({"error": {"code": code, "message": message}}, status=status)
+def error(status: int, code: str, message: str, *, retry_after_s: int | None = None
+          ) -> web.Response:
+    resp = json({"error": {"code": code, "message": message}}, status=status)
+    if retry_after_s is not None:
+        resp.headers["Retry-After"] = str(retry_after_s)
+    return resp
+
+
+class LongResponse(web.StreamResponse):
+    """A long streamed answer (a log follow, an event stream) whose client must keep reading:
+    a write it has not taken within WRITE_STALL_S (its TCP window stayed shut) hangs up on it
+    and raises ConnectionResetError, so a client that stops reading cannot hold a stream, its
+    buffers and its handler for as long as it likes."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._stall_s = WRITE_STALL_S
+        self._transport: asyncio.Transport | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        self._transport = request.transport
+        return await super().prepare(request)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        await self._taken(super().write(data))
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await self._taken(super().write_eof(data))
+
+    async def _taken(self, step: Awaitable[None]) -> None:
+        try:
+            async with asyncio.timeout(self._stall_s):
+                await step
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()
+            raise ConnectionResetError(
+                f"the client took nothing for {self._stall_s:g} s: hung up") from None
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the client of a long response has hung up (its connection is closing or closed;
+    aiohttp does not cancel the handler for it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def read_json(request: web.Request) -> Any:

@@ -11,7 +11,10 @@ schedules' events.
 A connection whose client went away ends within a second (the handler checks its transport
 while it waits) and leaves nothing behind; the hub stops when its last client leaves. A client
 too slow to keep up (its queue of live events fills) is disconnected and resumes from its last
-id, reading the rest from the streams.
+id, reading the rest from the streams. Every connection holds one of the gateway's stream slots
+and ends after SCNS_FOLLOW_MAX_S, with a comment that says to resume (services/gateway/
+throttle.py); `scns tail -f`, the dashboard's feed and a browser's EventSource reconnect with
+their Last-Event-ID by themselves.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from services.gateway.common import json, principal, require_admin, state
+from services.gateway.common import (
+    LongResponse,
+    client_gone,
+    json,
+    principal,
+    require_admin,
+    state,
+)
+from services.gateway.throttle import THROTTLE
 from services.gateway.validation import MAX_ID, RequestError, query_text
 from shared.arrays import SpecError, parse_ref
 from shared.db import UNAVAILABLE
@@ -211,11 +222,6 @@ def _start(request: web.Request) -> Start:
         raise RequestError(400, "invalid_query", str(e)) from e
 
 
-def _gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
 @routes.get("/api/v1/events")
 async def events(request: web.Request) -> web.StreamResponse:
     flt = await _filter(request)
@@ -226,28 +232,32 @@ async def events(request: web.Request) -> web.StreamResponse:
     reader = StreamReader(g.redis, g.keys, sorted(flt.types))
     after = await reader.resolve(start)  # before the headers: a failure here is a 503
     until = None if follow else await reader.end()
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                       "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-    sub = hub.subscribe() if follow else None
-    try:
-        # the start as an id: a client that drops before any event resumes from here
-        await resp.write(f"retry: {RETRY_MS}\nid: {after.token()}\n\n".encode())
-        after = await _history(resp, reader, directory=hub.directory, flt=flt, after=after,
-                               until=until)
-        if sub is not None:
-            await _live(request, resp, hub=hub, sub=sub, flt=flt, after=after)
-        await resp.write_eof()
-    except ConnectionError:
-        pass  # the client went away: nothing to tell it
-    except RedisError as e:
-        await _unavailable(resp, e)
-    except UNAVAILABLE as e:
-        await _unavailable(resp, e)
-    finally:
-        if sub is not None:
-            hub.unsubscribe(sub)
-    return resp
+    throttle = request.app[THROTTLE]
+    with throttle.streams.hold(principal(request).token_id):
+        deadline = asyncio.get_running_loop().time() + throttle.follow_max_s
+        resp = LongResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                     "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        sub = hub.subscribe() if follow else None
+        try:
+            # the start as an id: a client that drops before any event resumes from here
+            await resp.write(f"retry: {RETRY_MS}\nid: {after.token()}\n\n".encode())
+            after = await _history(resp, reader, directory=hub.directory, flt=flt, after=after,
+                                   until=until)
+            if sub is not None:
+                await _live(request, resp, hub=hub, sub=sub, flt=flt, after=after,
+                            deadline=deadline)
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client went away: nothing to tell it
+        except RedisError as e:
+            await _unavailable(resp, e)
+        except UNAVAILABLE as e:
+            await _unavailable(resp, e)
+        finally:
+            if sub is not None:
+                hub.unsubscribe(sub)
+        return resp
 
 
 async def _unavailable(resp: web.StreamResponse, e: BaseException) -> None:
@@ -278,14 +288,22 @@ async def _history(resp: web.StreamResponse, reader: StreamReader, *, directory:
 
 
 async def _live(request: web.Request, resp: web.StreamResponse, *, hub: Hub,
-                sub: Subscription, flt: Filter, after: Position) -> None:
+                sub: Subscription, flt: Filter, after: Position, deadline: float) -> None:
+    """The hub's events until the client goes, falls too far behind, or `deadline` (the
+    loop's clock) passes."""
+    loop = asyncio.get_running_loop()
     last_write = time.monotonic()
     while not sub.overflowed:
+        left = deadline - loop.time()
+        if left <= 0:
+            await resp.write(b": the longest follow is over; reconnect with Last-Event-ID to "
+                             b"resume\n\n")
+            return
         try:
             item: Item | None = sub.queue.get_nowait()
         except asyncio.QueueEmpty:
-            item = await sub.get(within_s=1.0)
-            if _gone(request):
+            item = await sub.get(within_s=min(1.0, left))
+            if client_gone(request):
                 return
         if item is None:
             if time.monotonic() - last_write >= hub.keepalive_s:

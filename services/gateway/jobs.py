@@ -7,8 +7,11 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from services.gateway.common import (
+    LongResponse,
+    client_gone,
     iso,
     job_json,
     json,
@@ -20,14 +23,17 @@ from services.gateway.common import (
     user_of,
 )
 from services.gateway.partitions import admit, live_members
+from services.gateway.throttle import THROTTLE
 from services.gateway.validation import (
     RequestError,
     parse_submission,
     query_id,
     query_int,
+    query_limit,
     query_text,
     query_time,
 )
+from shared.db import UNAVAILABLE
 from shared.db.jobs import JobSpec, Page
 from shared.errors import IdempotencyConflict, NotAllowed, NotFound
 from shared.lifecycle import check_nice, check_priority
@@ -37,8 +43,8 @@ from shared.states import JobState
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
-MAX_PAGE = 1000
 MAX_KEY = 255
+FOLLOW_POLL_S = 0.5  # a followed log is read again this often (and the client checked)
 
 
 async def largest_worker(request: web.Request) -> tuple[int | None, int | None]:
@@ -115,7 +121,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     if bad:
         raise RequestError(400, "invalid_query", f"unknown state(s) {', '.join(bad)[:200]}; "
                                                  f"use {', '.join(JobState.__members__)}")
-    limit = query_int(q, "limit", default=100, low=1, high=MAX_PAGE)
+    limit = query_limit(q)
     who = principal(request)
     user = query_text(q, "user")
     if not who.admin:  # a user's listing is theirs, in SQL
@@ -148,32 +154,65 @@ async def show(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/jobs/{job_id}/log")
 async def output(request: web.Request) -> web.StreamResponse:
+    """An attempt's output; with `follow`, streamed until the job ends, the client goes away,
+    or SCNS_FOLLOW_MAX_S passes (the response then ends as if the job had)."""
     g = state(request)
-    store = g.jobs
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise RequestError(400, "invalid_query", "stream must be stdout or stderr")
     job = (await target(request)).job
-    job_id = job.id
     attempt = query_int(request.query, "attempt", default=job.attempt, low=1, high=1_000_000)
     follow = request.query.get("follow") in ("1", "true", "yes")
-    text, last, eof = await read_output(g.redis, g.keys, job_id=job_id, attempt=attempt,
+    text, last, eof = await read_output(g.redis, g.keys, job_id=job.id, attempt=attempt,
                                         stream=stream)
     if not follow:
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
-    resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
-    await resp.prepare(request)
-    await resp.write(text.encode())
-    while not eof:
-        await asyncio.sleep(0.5)
-        more, last, eof = await read_output(g.redis, g.keys, job_id=job_id, attempt=attempt,
-                                            stream=stream, after=last)
+    throttle = request.app[THROTTLE]
+    with throttle.streams.hold(principal(request).token_id):
+        resp = LongResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await resp.prepare(request)
+        try:
+            await resp.write(text.encode())
+            if not eof:
+                await _follow(request, resp, job_id=job.id, attempt=attempt, stream=stream,
+                              after=last, within_s=throttle.follow_max_s)
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client went away: nothing to tell it
+        except RedisError as e:  # the headers are sent: end the text here
+            _follow_broke(job.id, e)
+        except UNAVAILABLE as e:
+            _follow_broke(job.id, e)
+        return resp
+
+
+def _follow_broke(job_id: int, e: BaseException) -> None:
+    log.warning("log follow of job %s ended: %s", job_id, e,
+                extra={"event": "follow-ended", "job_id": job_id})
+
+
+async def _follow(request: web.Request, resp: web.StreamResponse, *, job_id: int, attempt: int,
+                  stream: str, after: str, within_s: float) -> None:
+    """Write what the attempt adds to `stream` after entry `after` until its end, the client's
+    departure, or `within_s` seconds."""
+    g = state(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not client_gone(request):
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(FOLLOW_POLL_S, left))
+        if client_gone(request):
+            return
+        more, after, eof = await read_output(g.redis, g.keys, job_id=job_id, attempt=attempt,
+                                             stream=stream, after=after)
         if more:
             await resp.write(more.encode())
-        if not eof and not more:
+        if eof:
+            return
+        if not more:
             # output is shipped before the end is recorded: a finished job has no more
-            current = await store.get(job_id)
+            current = await g.jobs.get(job_id)
             if current is None or current.attempt != attempt or current.state.terminal:
-                break
-    await resp.write_eof()
-    return resp
+                return

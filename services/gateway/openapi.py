@@ -20,7 +20,7 @@ from aiohttp import web
 
 from services.gateway import validation as v
 from services.gateway.common import MAX_BODY
-from services.gateway.jobs import MAX_KEY, MAX_PAGE
+from services.gateway.jobs import MAX_KEY
 from services.gateway.partitions import LIMIT_FIELDS
 from shared.db.schedules import CATCH_UP, CONCURRENCY
 from shared.db.tokens import MAX_LIFETIME_S, ROLES, USER_NAME
@@ -39,7 +39,6 @@ MAX_CPUS = 100_000
 MAX_MEMORY_MB = 1 << 40
 MAX_SPEC = 10_000  # `array` and `dependency` strings
 MAX_ATTEMPT = 1_000_000  # GET /jobs/{id}/log ?attempt=
-MAX_TOKEN_PAGE = 1000  # GET /tokens ?limit=
 TIME_LENGTH = (10, 40)  # validation.parse_time
 LABEL_LEN = 63  # validation._selector: a selector's keys (1 to) and values (0 to) this long
 TIER_RANGE = (-1000, 1000)  # validation._partition_limits
@@ -63,6 +62,7 @@ NO_NUL = "^[^\\u0000]*$"  # what PostgreSQL cannot store (a 400 from it)
 _PART = PARTITION_NAME.pattern.removeprefix("^").removesuffix("$")
 PARTITION_LIST = f"^(\\s*|\\s*{_PART}\\s*(,\\s*{_PART}\\s*){{0,{MAX_NAMES - 1}}})$"
 PUBLIC = ("/healthz", "/readyz", "/api/v1/openapi.json", "/", "/ui/{name}")
+UNLIMITED = ("/healthz", "/readyz", "/metrics")  # never rate-limited (gateway/auth.py)
 ERRORS = {
     400: "The request is not valid: the message says which field and why.",
     401: "No valid bearer token.",
@@ -73,7 +73,10 @@ ERRORS = {
          f"{v.MAX_SCRIPT_BYTES} bytes.",
     415: "A request body must be sent as `Content-Type: application/json`.",
     422: "Well formed, but the cluster can never satisfy it.",
-    503: "PostgreSQL or Redis is unavailable; retry shortly.",
+    429: "Too many requests from this token (or, without one, this client address), or too "
+         "many of its streams open: retry after `Retry-After` seconds.",
+    503: "PostgreSQL or Redis is unavailable, or this gateway is overloaded (no database "
+         "connection free, its most streams open): retry after `Retry-After` seconds.",
     504: "Timed out waiting for another service.",
 }
 
@@ -522,13 +525,21 @@ def answer(description: str, schema: Schema | None = None, *,
     return out
 
 
+RETRY_AFTER: Schema = {"Retry-After": {"description": "Seconds to wait before trying again.",
+                               "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+
+
 def op(op_id: str, tag: str, summary: str, ok: dict[int, Schema], errors: tuple[int, ...],
-       **extra: Any) -> Schema:
-    """An operation; every secured one may also answer 401, 403 and 503."""
+       *, limited: bool = True, **extra: Any) -> Schema:
+    """An operation; every secured one may also answer 401, 403 and 503, and every `limited`
+    one (all but the probes and /metrics) 429."""
     codes = set(errors) | ({401, 403, 503} if extra.get("security") != [] else set())
+    codes |= {429} if limited else set()
     responses = {str(code): resp for code, resp in sorted(ok.items())}
     for code in sorted(codes):
         responses[str(code)] = answer(ERRORS[code], ref("Error"))
+        if code in (429, 503):
+            responses[str(code)]["headers"] = RETRY_AFTER
     return {"operationId": op_id, "tags": [tag], "summary": summary, "responses": responses,
             **extra}
 
@@ -541,6 +552,11 @@ def param(name: str, where: str, schema: Schema, description: str = "", **extra:
     if description:
         out["description"] = description
     return out
+
+
+def page_limit() -> Schema:
+    return param("limit", "query", integer(1, v.MAX_PAGE, default=v.DEFAULT_PAGE),
+                 f"Items per page (at most {v.MAX_PAGE}: follow next_cursor for more).")
 
 
 JOB_ID = param("job_id", "path", {"type": "string", "pattern": JOB_REF},
@@ -561,7 +577,7 @@ def job_paths() -> dict[str, Schema]:
         *(param(k, "query", {"type": "string", "pattern": f"^[0-9]{{1,{len(str(v.MAX_ID))}}}$"})
           for k in ("cursor", "array_job_id", "schedule_id")),
         *(param(k, "query", time()) for k in ("since", "until")),
-        param("limit", "query", integer(1, MAX_PAGE, default=100)),
+        page_limit(),
     ]
     control = {
         "cancel": ("Cancel (an array's id: every element).", (400, 404, 409, 415)),
@@ -613,13 +629,15 @@ def job_paths() -> dict[str, Schema]:
         "/api/v1/jobs/{job_id}/log": {
             "parameters": [JOB_ID],
             "get": op("jobLog", "jobs", "An attempt's output.", {
-                200: answer("The text so far (with follow=1: until the job ends).",
+                200: answer("The text so far (with follow=1: until the job ends, or "
+                            "SCNS_FOLLOW_MAX_S passes).",
                             {"type": "string"}, media="text/plain")}, (400, 404), parameters=[
                 param("stream", "query", {"type": "string", "enum": ["stdout", "stderr"],
                                           "default": "stdout"}, allowEmptyValue=False),
                 param("attempt", "query", integer(1, MAX_ATTEMPT)),
                 param("follow", "query", {"type": "string", "examples": ["1"]},
-                      "1, true or yes: stream until the job ends.")]),
+                      "1, true or yes: stream until the job ends (at most "
+                      "SCNS_FOLLOW_MAX_S; one of the token's stream slots).")]),
         },
     }
     for verb in ("hold", "release", "requeue"):
@@ -655,7 +673,10 @@ def cluster_paths() -> dict[str, Schema]:
                       {200: answer("Tokens.", ref("TokenList"))}, (400,), parameters=[
                           param("user", "query", {"type": "string", "maxLength": 64,
                                                   "pattern": PRINTABLE}),
-                          param("limit", "query", integer(1, MAX_TOKEN_PAGE))]),
+                          param("cursor", "query", {"type": "string", "pattern":
+                                                    "^[A-Za-z0-9]{1,64}$"},
+                                "The previous page's next_cursor."),
+                          page_limit()]),
         },
         "/api/v1/tokens/{token_id}": {"parameters": [token_id], "delete": op(
             "revokeToken", "tokens", "Revoke a token (admin; again: the same answer).",
@@ -724,7 +745,7 @@ def schedule_paths() -> dict[str, Schema]:
                                                        "another's)."),
                           param("name", "query", name),
                           param("cursor", "query", digits),
-                          param("limit", "query", integer(1, MAX_PAGE, default=100))]),
+                          page_limit()]),
         },
         "/api/v1/schedules/{schedule_id}": {
             "parameters": [SCHEDULE_ID],
@@ -749,7 +770,7 @@ def schedule_paths() -> dict[str, Schema]:
             "get": op("scheduleRuns", "schedules", "Runs, newest first: fire time, job, state.",
                       {200: answer("A page.", ref("RunList"))}, (400, 404), parameters=[
                           param("cursor", "query", digits),
-                          param("limit", "query", integer(1, MAX_PAGE, default=100))]),
+                          page_limit()]),
         },
     }
     for verb, summary in (("enable", "Fire again, from the next fire time after now (the "
@@ -789,7 +810,8 @@ def stream_paths() -> dict[str, Schema]:
         "/api/v1/events": {"get": op(
             "events", "streams", "Server-Sent Events: the event streams, merged in order "
             "(an admin sees every event, a user their own jobs' and schedules').",
-            {200: answer("An event stream (with follow=0 it ends after what is there).",
+            {200: answer("An event stream (with follow=0 it ends after what is there; "
+                         "followed, after SCNS_FOLLOW_MAX_S at most).",
                          sse, media="text/event-stream")}, (400, 404), parameters=[
                 param("types", "query", {"type": "string", "pattern": f"^(({'|'.join(TYPES)})"
                                          f"(,({'|'.join(TYPES)}))*)?$"},
@@ -838,15 +860,17 @@ def service_paths() -> dict[str, Schema]:
     public: dict[str, Any] = {"security": []}
     return {
         "/healthz": {"get": op("healthz", "service", "Liveness.", {
-            200: answer("Alive.", obj({"status": {"const": "ok"}}))}, (), **public)},
+            200: answer("Alive.", obj({"status": {"const": "ok"}}))}, (), limited=False,
+            **public)},
         "/readyz": {"get": op("readyz", "service", "Readiness: ready while this gateway "
             "serves, with Redis or PostgreSQL away too (`degraded`, `checks`: it answers 503 "
             "for what needs them); not ready once it is stopping.", {
             200: answer("Serving.", ref("Readiness")),
             503: answer("Stopping.", ref("Readiness"))},
-            (), **public)},
+            (), limited=False, **public)},
         "/metrics": {"get": op("metrics", "service", "Prometheus metrics (any valid token).", {
-            200: answer("Text exposition format.", {"type": "string"}, media="text/plain")}, ())},
+            200: answer("Text exposition format.", {"type": "string"}, media="text/plain")}, (),
+            limited=False)},
         "/api/v1/openapi.json": {"get": op("openapi", "service", "This document.", {
             200: answer("OpenAPI 3.1.", {"type": "object"})}, (), **public)},
     }

@@ -13,7 +13,7 @@ import asyncpg
 from aiohttp import web
 
 from services.gateway.common import iso, job_json, json, principal, read_json, role_of, state
-from services.gateway.jobs import MAX_PAGE, largest_worker
+from services.gateway.jobs import largest_worker
 from services.gateway.partitions import admit
 from services.gateway.validation import (
     NAME_RULE,
@@ -23,7 +23,7 @@ from services.gateway.validation import (
     ScheduleBody,
     parse_schedule,
     query_id,
-    query_int,
+    query_limit,
 )
 from shared import clock
 from shared.arrays import SpecError
@@ -175,7 +175,7 @@ async def list_schedules(request: web.Request) -> web.Response:
     """By id (cursor: the last id of the previous page). A user lists their own; an admin
     everyone's, or one user's with `?user=`. Items leave out the job's script and env."""
     q = request.query
-    limit = query_int(q, "limit", default=100, low=1, high=MAX_PAGE)
+    limit = query_limit(q)
     who = principal(request)
     user = _query_name(q, "user")
     if not who.admin:
@@ -318,7 +318,7 @@ async def runs(request: web.Request) -> web.Response:
     """Newest first (cursor: the last run id of the previous page). A run's state is its
     job's: the current one until the job has ended, then the final one."""
     q = request.query
-    limit = query_int(q, "limit", default=100, low=1, high=MAX_PAGE)
+    limit = query_limit(q)
     before = query_id(q, "cursor")
     s = await _schedule(request)
     found = await _store(request).runs(s.id, before_id=before, limit=limit + 1)

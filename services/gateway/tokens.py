@@ -8,7 +8,7 @@ from aiohttp import web
 
 from services.gateway.auth import TOKEN_CACHE
 from services.gateway.common import iso, json, read_json, require_admin, state
-from services.gateway.validation import RequestError, query_int, query_text
+from services.gateway.validation import RequestError, query_limit, query_text
 from shared.db.tokens import MAX_LIFETIME_S, ROLES, USER_NAME, TokenRow, TokenStore
 
 routes = web.RouteTableDef()
@@ -60,10 +60,18 @@ async def create(request: web.Request) -> web.Response:
 async def list_tokens(request: web.Request) -> web.Response:
     require_admin(request)
     q = request.query
-    limit = query_int(q, "limit", default=1000, low=1, high=1000)
+    limit = query_limit(q)
     user = query_text(q, "user", max_len=64)
-    rows = await TokenStore(state(request).pool).list(user=user, limit=limit)
-    return json({"items": [token_json(t) for t in rows], "next_cursor": None})
+    cursor = q.get("cursor") or None
+    if cursor is not None and (len(cursor) > TOKEN_ID_MAX or not cursor.isalnum()
+                               or not cursor.isascii()):
+        raise RequestError(400, "invalid_query", "'cursor' must be a token id (the "
+                                                 "next_cursor of the previous page)")
+    rows = await TokenStore(state(request).pool).list(user=user, after_id=cursor,
+                                                      limit=limit + 1)
+    items = rows[:limit]
+    next_cursor = items[-1].id if len(rows) > limit else None
+    return json({"items": [token_json(t) for t in items], "next_cursor": next_cursor})
 
 
 @routes.delete("/api/v1/tokens/{token_id}")

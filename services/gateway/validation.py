@@ -30,6 +30,10 @@ INT_QUERY = re.compile(r"-?[0-9]{1,11}\Z")  # "--5" is not a number (int() would
 RESERVED_ENV = re.compile(r"^(SCNS_|SLURM_)")
 MAX_RETRY_DELAY_S = 7 * 86_400
 MAX_ID = 10**18 - 1  # ids are PostgreSQL bigints; 18 digits always fit
+# the largest page of every listing (`?limit=`): a bigger one is a 400, and a client pages
+# with `cursor` (services/cli/client.py pages so)
+MAX_PAGE = 200
+DEFAULT_PAGE = 100
 PRIORITY_RANGE = (-(2**31) + 1, 2**31 - 2)  # what the column holds; policy narrows it per role
 FIELDS = frozenset({"script", "cpus", "memory_mb", "time_limit", "name", "env", "array",
                     "dependency", "hold", "requeue", "partition", "submit_dir", "priority",
@@ -43,13 +47,16 @@ PATCHABLE = {"priority": "priority", "time_limit": "time_limit_s", "cpus": "cpus
 
 
 class RequestError(Exception):
-    """A client error: HTTP status, machine-readable code, human message."""
+    """A client error: HTTP status, machine-readable code, human message; for a refusal under
+    load (429, 503) the seconds the client should wait (its `Retry-After`)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *,
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
 
 
 def _bad(code: str, message: str, status: int = 400) -> RequestError:
@@ -371,6 +378,17 @@ def query_int(query: Mapping[str, str], key: str, *, default: int, low: int, hig
         return default
     if not INT_QUERY.match(value) or not low <= int(value) <= high:
         raise _bad("invalid_query", f"'{key}' must be an integer from {low} to {high}")
+    return int(value)
+
+
+def query_limit(query: Mapping[str, str], *, default: int = DEFAULT_PAGE) -> int:
+    """`?limit=`, the page size of a listing: 1 to MAX_PAGE."""
+    value = query.get("limit")
+    if value is None or value == "":
+        return default
+    if not INT_QUERY.match(value) or not 1 <= int(value) <= MAX_PAGE:
+        raise _bad("invalid_query", f"'limit' must be an integer from 1 to {MAX_PAGE} (the "
+                                    "largest page; follow next_cursor for the rest)")
     return int(value)
 
 

@@ -93,6 +93,9 @@ class ArrayInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
+    """A job as PostgreSQL records it. A listing's jobs (`list_jobs`) are read without their
+    script and environment: `script` is "" and `env` empty there (GET /jobs/{id} has them)."""
+
     id: int
     name: str
     user: str
@@ -133,12 +136,14 @@ class Job:
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Job:
+        keys = frozenset(row.keys())  # an iterator: `in` on it would consume it
         usage = None
-        if "peak_rss_kb" in row.keys():  # noqa: SIM118 - a Record is not a dict
+        if "peak_rss_kb" in keys:
             usage = Usage(peak_rss_kb=row["peak_rss_kb"], cpu_user_s=row["cpu_user_s"],
                           cpu_system_s=row["cpu_system_s"])
-        keys = row.keys()
-        script, env, array = row["script"], row["env"], None
+        script = row["script"] if "script" in keys else None
+        env: Mapping[str, str] = row["env"] if "env" in keys else {}
+        array = None
         meta = row["array_meta"] if "array_meta" in keys else None
         if meta is not None:  # an element: the script and environment are its array's
             script = meta.get("script", "") if script is None else script
@@ -161,7 +166,7 @@ class Job:
             requeue_requested=row["requeue_requested"], array_job_id=row["array_job_id"],
             array_task_id=row["array_task_id"], array=array, workdir=row["workdir"],
             stdout_path=row["stdout_path"], stderr_path=row["stderr_path"], usage=usage,
-            schedule_id=row["schedule_id"] if "schedule_id" in row.keys() else None,  # noqa: SIM118
+            schedule_id=row["schedule_id"] if "schedule_id" in keys else None,
         )
 
 

@@ -646,11 +646,21 @@ SELECT * FROM jobs WHERE worker_id = $1 AND state = ANY($2::text[]) ORDER BY id;
 -- Newest first; keyset pagination on id. NULL filters match everything. A time window ($6, $7)
 -- keeps the jobs that were in the system during it (submitted before its end, not finished
 -- before its start), like sacct -S/-E. With the current attempt's accounting, and an element's
--- array record (without script and environment: listings never carry them).
-SELECT j.*, a.peak_rss_kb, a.cpu_user_s, a.cpu_system_s,
+-- array record. Listings never carry a script or an environment, so none is read: every
+-- column but `script` and `env` (Job.from_row makes do without them; a page of 200 big
+-- scripts would be megabytes read, decoded and thrown away).
+SELECT j.id, j.name, j.user_name, j.state, j.reason, j.priority, j.cpus, j.memory_mb,
+       j.time_limit_s, j.submit_dir, j.partition, j.requeue, j.dependency, j.array_job_id,
+       j.array_task_id, j.attempt, j.worker_id, j.exit_code, j.signal, j.cancel_requested,
+       j.submitted_at, j.allocated_at, j.started_at, j.finished_at, j.begin_at, j.retries,
+       j.retry_delay_s, j.retries_used, j.requeue_requested, j.workdir, j.stdout_path,
+       j.stderr_path, j.schedule_id,
+       a.peak_rss_kb, a.cpu_user_s, a.cpu_system_s,
        CASE WHEN j.array_job_id IS NOT NULL THEN
-           (SELECT to_jsonb(ja) - 'script' - 'env' FROM job_arrays ja
-            WHERE ja.id = j.array_job_id) END AS array_meta
+           (SELECT jsonb_build_object('id', ja.id, 'spec', ja.spec, 'throttle', ja.throttle,
+                                      'task_count', ja.task_count, 'task_min', ja.task_min,
+                                      'task_max', ja.task_max, 'task_step', ja.task_step)
+            FROM job_arrays ja WHERE ja.id = j.array_job_id) END AS array_meta
 FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt
 WHERE ($1::text[] IS NULL OR j.state = ANY($1::text[]))
   AND ($2::text IS NULL OR j.user_name = $2)
@@ -791,11 +801,14 @@ SELECT id, user_name, role, created_at, created_by, expires_at, revoked_at,
 FROM tokens WHERE digest = $1;
 
 -- name: list_tokens
--- Newest first; keyset on (created_at, id). $1: one user's only (NULL: every user's).
+-- Newest first; keyset on (created_at, id). $1: one user's only (NULL: every user's); $3: the
+-- cursor, the last id of the previous page (NULL: the first page; a token not found: none).
 SELECT id, user_name, role, created_at, created_by, expires_at, revoked_at,
        (expires_at IS NOT NULL AND expires_at <= now()) AS expired
 FROM tokens
 WHERE ($1::text IS NULL OR user_name = $1)
+  AND ($3::text IS NULL
+       OR (created_at, id) < (SELECT c.created_at, c.id FROM tokens c WHERE c.id = $3))
 ORDER BY created_at DESC, id DESC
 LIMIT $2;
 
@@ -821,8 +834,12 @@ SELECT * FROM schedules WHERE id = $1 AND ($2::text IS NULL OR user_name = $2);
 SELECT * FROM schedules WHERE user_name = $1 AND name = $2;
 
 -- name: schedule_list
--- By id; keyset pagination. NULL filters match everything.
-SELECT * FROM schedules
+-- By id; keyset pagination. NULL filters match everything. Listings leave out the job's script
+-- and environment, so they are not read either.
+SELECT id, name, user_name, cron, timezone, job_spec - 'script' - 'env' AS job_spec, enabled,
+       concurrency, catch_up, max_failures, next_run_at, last_run_at, last_job_id, run_count,
+       failure_count, consecutive_failures, disabled_reason, created_at, updated_at
+FROM schedules
 WHERE ($1::text IS NULL OR user_name = $1)
   AND ($2::text IS NULL OR name = $2)
   AND ($3::bigint IS NULL OR id > $3)

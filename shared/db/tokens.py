@@ -98,8 +98,11 @@ class TokenStore:
         row = await self.db.fetchrow(q("find_token"), digest(token))
         return TokenRow.from_row(row) if row else None
 
-    async def list(self, *, user: str | None = None, limit: int = 1000) -> list[TokenRow]:
-        return [TokenRow.from_row(r) for r in await self.db.fetch(q("list_tokens"), user, limit)]
+    async def list(self, *, user: str | None = None, after_id: str | None = None,
+                   limit: int = 100) -> list[TokenRow]:
+        """Newest first; `after_id`: the last id of the previous page."""
+        rows = await self.db.fetch(q("list_tokens"), user, limit, after_id)
+        return [TokenRow.from_row(r) for r in rows]
 
     async def revoke(self, token_id: str) -> TokenRow | None:
         row = await self.db.fetchrow(q("revoke_token"), token_id)

@@ -234,12 +234,15 @@ async def test_follow_delivers_live_events_and_keep_alives(
 
 
 async def test_500_clients_that_go_away_leave_nothing_running(
-        http: TestClient[Any, Any], redis: Redis, keys: Keys) -> None:
+        http: TestClient[Any, Any], redis: Redis, keys: Keys, pool: asyncpg.Pool[Any]) -> None:
     hub = http.app[HUB]
+    # 50 at once: more than one token may hold open (SCNS_MAX_STREAMS_PER_TOKEN), so 10 tokens
+    tokens = [await bearer(pool, f"u{i}", "admin") for i in range(10)]
     baseline = len(asyncio.all_tasks())
 
     async def visit(i: int) -> None:
-        resp = await http.get("/api/v1/events", params={"from": "-1"} if i % 2 else {})
+        resp = await http.get("/api/v1/events", params={"from": "-1"} if i % 2 else {},
+                              headers=tokens[i % len(tokens)])
         assert resp.status == 200
         await resp.content.readline()  # the stream has started ...
         resp.close()  # ... and the client disconnects

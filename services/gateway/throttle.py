@@ -1,0 +1,190 @@
+"""The gateway under abusive load: a request rate per caller, a cap on open streams, and the
+gauges that show what it is holding.
+
+**Request rate.** A token bucket per caller: per token for an authenticated request, per client
+address for the others (the public routes, and every token lookup that misses the token cache,
+so that a client trying tokens at random costs PostgreSQL at most the address's rate). A bucket
+holds `SCNS_RATE_LIMIT_BURST` requests and refills at `SCNS_RATE_LIMIT_RPS` a second; an empty
+one answers 429 with `Retry-After` (the seconds until a request will pass). `/healthz`,
+`/readyz` and `/metrics` are never limited. The buckets live in this process: each gateway
+replica limits what it serves, so behind N replicas a caller gets up to N times the rate. The
+client address is the TCP peer's (a proxy in front makes every caller one address: give it
+its own limits, or a generous SCNS_RATE_LIMIT_BURST).
+
+**Streams.** A log follow or an event stream holds a slot for as long as it is open: at most
+`SCNS_MAX_STREAMS` per gateway process (beyond: 503 with `Retry-After`) and
+`SCNS_MAX_STREAMS_PER_TOKEN` per token (beyond: 429). Each ends after `SCNS_FOLLOW_MAX_S` (an
+event stream can be resumed with `Last-Event-ID`), as soon as its client has gone, and when its
+client stops reading (a write not taken within 30 s: common.LongResponse hangs up).
+
+**Gauges** (the gateway's `/metrics`): `scns_gateway_connections` (open client connections),
+`scns_gateway_tasks` (asyncio tasks in this process, counted at scrape time),
+`scns_gateway_streams` (streams open) and `scns_gateway_refusals_total{reason}` (requests
+turned away: rate_limit, streams_per_token, streams, db_pool, postgresql, redis). After a burst
+of abuse, the first three return to their baseline once the abusers have gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import weakref
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import Counter as MetricCounter
+from prometheus_client import Gauge
+
+from services.gateway.validation import RequestError
+from shared.settings import Settings
+
+MAX_KEYS = 100_000  # buckets kept (least recently used out first: it comes back full)
+STREAMS_RETRY_AFTER_S = 5  # a stream's slot frees when some stream ends: no telling when
+
+REFUSALS = MetricCounter("scns_gateway_refusals_total",
+                         "Requests the gateway turned away for load or an unavailable store",
+                         ["reason"])
+STREAMS = Gauge("scns_gateway_streams", "Log follows and event streams open in this process")
+
+_SERVERS: weakref.WeakSet[web.Server] = weakref.WeakSet()
+
+
+def _connections() -> int:
+    return sum(len(s.connections) for s in list(_SERVERS))
+
+
+def _tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # scraped outside the event loop (not by the gateway's /metrics)
+        return 0
+
+
+Gauge("scns_gateway_connections", "Client connections open to this gateway process") \
+    .set_function(_connections)
+Gauge("scns_gateway_tasks", "asyncio tasks in this gateway process").set_function(_tasks)
+
+
+def watch(server: web.Server | None) -> None:
+    """Count this server's connections in `scns_gateway_connections` (the entry point calls
+    it once its runner is set up; the app alone cannot see its server)."""
+    if server is not None:
+        _SERVERS.add(server)
+
+
+def refuse(status: int, code: str, message: str, *, retry_after_s: float, reason: str
+           ) -> RequestError:
+    """A refusal for load (429 or 503) with its `Retry-After`, counted by reason."""
+    REFUSALS.labels(reason).inc()
+    return RequestError(status, code, message, retry_after_s=max(1, math.ceil(retry_after_s)))
+
+
+# --- the request rate ----------------------------------------------------------------------
+@dataclass(slots=True)
+class Bucket:
+    tokens: float
+    updated: float
+
+
+def take(bucket: Bucket, now: float, *, rate: float, burst: int) -> float:
+    """Take one request's token from `bucket` at time `now` (seconds): 0.0 when it was there,
+    else the seconds until one will be (nothing is taken then). The bucket refills at `rate`
+    a second up to `burst`."""
+    elapsed = max(0.0, now - bucket.updated)
+    bucket.tokens = min(float(burst), bucket.tokens + elapsed * rate)
+    bucket.updated = max(now, bucket.updated)
+    if bucket.tokens >= 1.0:
+        bucket.tokens -= 1.0
+        return 0.0
+    return (1.0 - bucket.tokens) / rate
+
+
+class RateLimiter:
+    """A bucket per key, in this process's memory; `rate` 0 turns limiting off."""
+
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = MAX_KEYS) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
+
+    def take(self, key: str) -> float:
+        """0.0: the request may go on; else the seconds until one of `key`'s would."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = Bucket(tokens=float(self.burst), updated=now)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return take(bucket, now, rate=self.rate, burst=self.burst)
+
+    def check(self, key: str, *, who: str) -> None:
+        """Raise the 429 when `key` has no request left (`who`: whose limit, for the message)."""
+        wait = self.take(key)
+        if wait:
+            raise refuse(429, "rate_limited",
+                         f"too many requests: at most {self.rate:g} a second ({self.burst} at "
+                         f"once) {who}; retry in {math.ceil(wait)} s",
+                         retry_after_s=wait, reason="rate_limit")
+
+
+# --- streams -------------------------------------------------------------------------------
+class StreamSlots:
+    """How many streams are open, in all and per token."""
+
+    def __init__(self, total: int, per_token: int) -> None:
+        self.total = total
+        self.per_token = per_token
+        self.open = 0
+        self._by_token: Counter[str] = Counter()
+
+    @contextmanager
+    def hold(self, token_id: str) -> Iterator[None]:
+        """A slot for the duration of the block; a 503 (all taken) or 429 (the token's)."""
+        if self.open >= self.total:
+            raise refuse(503, "overloaded", f"this gateway has {self.total} streams open, its "
+                         "most; retry shortly", retry_after_s=STREAMS_RETRY_AFTER_S,
+                         reason="streams")
+        if self._by_token[token_id] >= self.per_token:
+            raise refuse(429, "too_many_streams", f"this token has {self.per_token} streams "
+                         "open on this gateway, its most; close one first",
+                         retry_after_s=STREAMS_RETRY_AFTER_S, reason="streams_per_token")
+        self.open += 1
+        self._by_token[token_id] += 1
+        STREAMS.inc()
+        try:
+            yield
+        finally:
+            self.open -= 1
+            self._by_token[token_id] -= 1
+            if not self._by_token[token_id]:
+                del self._by_token[token_id]
+            STREAMS.dec()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Throttle:
+    """One gateway's limits (create_app builds it from the settings)."""
+
+    requests: RateLimiter
+    streams: StreamSlots
+    follow_max_s: float
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Throttle:
+        return cls(requests=RateLimiter(s.rate_limit_rps, s.rate_limit_burst),
+                   streams=StreamSlots(s.max_streams, s.max_streams_per_token),
+                   follow_max_s=s.follow_max_s)
+
+
+THROTTLE = web.AppKey("throttle", Throttle)
