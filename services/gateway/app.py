@@ -26,6 +26,7 @@ from services.gateway import (
 )
 from services.gateway.common import GATEWAY, MAX_BODY, Gateway, error, json
 from services.gateway.dashboard import routes as dashboard_routes
+from services.gateway.follow import JobProgress
 from services.gateway.throttle import REFUSALS, THROTTLE, Throttle, watch
 from services.gateway.validation import RequestError
 from shared.db import UNAVAILABLE
@@ -138,6 +139,7 @@ def create_app(wiring: Wiring) -> web.Application:
                           client_max_size=MAX_BODY)
     app[GATEWAY] = Gateway(wiring=wiring)
     app[THROTTLE] = throttle
+    app[jobs.JOB_PROGRESS] = JobProgress(wiring.pool, ttl_s=jobs.FOLLOW_POLL_S)
     app[STOPPING] = asyncio.Event()
     app[auth.TOKEN_CACHE] = cache
     app[schedules.FIRING] = schedules.firing(wiring)

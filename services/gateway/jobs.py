@@ -22,6 +22,7 @@ from services.gateway.common import (
     target,
     user_of,
 )
+from services.gateway.follow import JobProgress
 from services.gateway.partitions import admit, live_members
 from services.gateway.throttle import THROTTLE
 from services.gateway.validation import (
@@ -45,6 +46,7 @@ routes = web.RouteTableDef()
 
 MAX_KEY = 255
 FOLLOW_POLL_S = 0.5  # a followed log is read again this often (and the client checked)
+JOB_PROGRESS = web.AppKey("job_progress", JobProgress)  # shared by every follow
 
 
 async def largest_worker(request: web.Request) -> tuple[int | None, int | None]:
@@ -211,8 +213,5 @@ async def _follow(request: web.Request, resp: web.StreamResponse, *, job_id: int
             await resp.write(more.encode())
         if eof:
             return
-        if not more:
-            # output is shipped before the end is recorded: a finished job has no more
-            current = await g.jobs.get(job_id)
-            if current is None or current.attempt != attempt or current.state.terminal:
-                return
+        if not more and await request.app[JOB_PROGRESS].ended(job_id, attempt):
+            return  # output is shipped before the end is recorded: a finished job has no more

@@ -626,6 +626,11 @@ SELECT * FROM jobs WHERE user_name = $1 AND idempotency_key = $2;
 SELECT j.*, (SELECT to_jsonb(a) FROM job_arrays a WHERE a.id = j.array_job_id) AS array_meta
 FROM jobs j WHERE j.id = $1 AND ($2::text IS NULL OR j.user_name = $2);
 
+-- name: job_progress
+-- A job's current attempt and state, and nothing else (a followed log's end: services/gateway/
+-- follow.py).
+SELECT attempt, state FROM jobs WHERE id = $1;
+
 -- name: get_element
 SELECT j.*, (SELECT to_jsonb(a) FROM job_arrays a WHERE a.id = j.array_job_id) AS array_meta
 FROM jobs j WHERE j.array_job_id = $1 AND j.array_task_id = $2
