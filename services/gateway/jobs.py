@@ -24,13 +24,17 @@ from services.gateway.common import (
 )
 from services.gateway.follow import JobProgress
 from services.gateway.partitions import admit, live_members
-from services.gateway.throttle import THROTTLE
+from services.gateway.throttle import (
+    BODY_BYTES_PER_REQUEST,
+    THROTTLE,
+    charge,
+    page_limit,
+)
 from services.gateway.validation import (
     RequestError,
     parse_submission,
     query_id,
     query_int,
-    query_limit,
     query_text,
     query_time,
 )
@@ -59,6 +63,7 @@ async def largest_worker(request: web.Request) -> tuple[int | None, int | None]:
 @routes.post("/api/v1/jobs")
 async def submit(request: web.Request) -> web.Response:
     g = state(request)
+    charge(request, (request.content_length or 0) // BODY_BYTES_PER_REQUEST, "a large body")
     body = await read_json(request)
     cpus, mem = await largest_worker(request)
     spec = parse_submission(body, user=user_of(request), largest_cpus=cpus,
@@ -123,7 +128,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     if bad:
         raise RequestError(400, "invalid_query", f"unknown state(s) {', '.join(bad)[:200]}; "
                                                  f"use {', '.join(JobState.__members__)}")
-    limit = query_limit(q)
+    limit = page_limit(request)
     who = principal(request)
     user = query_text(q, "user")
     if not who.admin:  # a user's listing is theirs, in SQL

@@ -15,6 +15,7 @@ from aiohttp import web
 from services.gateway.common import iso, job_json, json, principal, read_json, role_of, state
 from services.gateway.jobs import largest_worker
 from services.gateway.partitions import admit
+from services.gateway.throttle import page_limit
 from services.gateway.validation import (
     NAME_RULE,
     SCHEDULE_ID,
@@ -23,7 +24,6 @@ from services.gateway.validation import (
     ScheduleBody,
     parse_schedule,
     query_id,
-    query_limit,
 )
 from shared import clock
 from shared.arrays import SpecError
@@ -175,7 +175,7 @@ async def list_schedules(request: web.Request) -> web.Response:
     """By id (cursor: the last id of the previous page). A user lists their own; an admin
     everyone's, or one user's with `?user=`. Items leave out the job's script and env."""
     q = request.query
-    limit = query_limit(q)
+    limit = page_limit(request)
     who = principal(request)
     user = _query_name(q, "user")
     if not who.admin:
@@ -318,7 +318,7 @@ async def runs(request: web.Request) -> web.Response:
     """Newest first (cursor: the last run id of the previous page). A run's state is its
     job's: the current one until the job has ended, then the final one."""
     q = request.query
-    limit = query_limit(q)
+    limit = page_limit(request)
     before = query_id(q, "cursor")
     s = await _schedule(request)
     found = await _store(request).runs(s.id, before_id=before, limit=limit + 1)

@@ -5,7 +5,9 @@ gauges that show what it is holding.
 address for the others (the public routes, and every token lookup that misses the token cache,
 so that a client trying tokens at random costs PostgreSQL at most the address's rate). A bucket
 holds `SCNS_RATE_LIMIT_BURST` requests and refills at `SCNS_RATE_LIMIT_RPS` a second; an empty
-one answers 429 with `Retry-After` (the seconds until a request will pass). `/healthz`,
+one answers 429 with `Retry-After` (the seconds until a request will pass). A listing costs one
+more request per PAGE_ROWS_PER_REQUEST rows it asks for and a body one more per
+BODY_BYTES_PER_REQUEST (`charge`), so that the rate bounds work, not just requests. `/healthz`,
 `/readyz` and `/metrics` are never limited. The buckets live in this process: each gateway
 replica limits what it serves, so behind N replicas a caller gets up to N times the rate. The
 client address is the TCP peer's (a proxy in front makes every caller one address: give it
@@ -39,7 +41,8 @@ from aiohttp import web
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
 
-from services.gateway.validation import RequestError
+from services.gateway.common import PRINCIPAL
+from services.gateway.validation import RequestError, query_limit
 from shared.settings import Settings
 
 MAX_KEYS = 100_000  # buckets kept (least recently used out first: it comes back full)
@@ -90,17 +93,19 @@ class Bucket:
     updated: float
 
 
-def take(bucket: Bucket, now: float, *, rate: float, burst: int) -> float:
-    """Take one request's token from `bucket` at time `now` (seconds): 0.0 when it was there,
-    else the seconds until one will be (nothing is taken then). The bucket refills at `rate`
-    a second up to `burst`."""
+def take(bucket: Bucket, now: float, *, rate: float, burst: int, cost: float = 1.0) -> float:
+    """Take `cost` tokens (one request's worth by default) from `bucket` at time `now`
+    (seconds): 0.0 when they were there, else the seconds until they will be (nothing is taken
+    then). The bucket refills at `rate` a second up to `burst`; a cost above the burst is
+    charged as the burst (else it could never pass)."""
+    cost = min(cost, float(burst))
     elapsed = max(0.0, now - bucket.updated)
     bucket.tokens = min(float(burst), bucket.tokens + elapsed * rate)
     bucket.updated = max(now, bucket.updated)
-    if bucket.tokens >= 1.0:
-        bucket.tokens -= 1.0
+    if bucket.tokens >= cost:
+        bucket.tokens -= cost
         return 0.0
-    return (1.0 - bucket.tokens) / rate
+    return (cost - bucket.tokens) / rate
 
 
 class RateLimiter:
@@ -114,9 +119,9 @@ class RateLimiter:
         self.max_keys = max_keys
         self._buckets: OrderedDict[str, Bucket] = OrderedDict()
 
-    def take(self, key: str) -> float:
+    def take(self, key: str, cost: float = 1.0) -> float:
         """0.0: the request may go on; else the seconds until one of `key`'s would."""
-        if self.rate <= 0:
+        if self.rate <= 0 or cost <= 0:
             return 0.0
         now = self.clock()
         bucket = self._buckets.get(key)
@@ -126,16 +131,42 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-        return take(bucket, now, rate=self.rate, burst=self.burst)
+        return take(bucket, now, rate=self.rate, burst=self.burst, cost=cost)
 
-    def check(self, key: str, *, who: str) -> None:
-        """Raise the 429 when `key` has no request left (`who`: whose limit, for the message)."""
-        wait = self.take(key)
+    def check(self, key: str, *, who: str, cost: float = 1.0, what: str = "") -> None:
+        """Raise the 429 when `key` has not `cost` requests' worth left (`who`: whose limit;
+        `what`: why this request costs more than one, for the message)."""
+        wait = self.take(key, cost)
         if wait:
             raise refuse(429, "rate_limited",
                          f"too many requests: at most {self.rate:g} a second ({self.burst} at "
-                         f"once) {who}; retry in {math.ceil(wait)} s",
+                         f"once) {who}{what}; retry in {math.ceil(wait)} s",
                          retry_after_s=wait, reason="rate_limit")
+
+
+# What a request costs beyond the one every request pays, in requests: a full page is about
+# what it takes to serve 10 small requests; a maximum-size submission (1 MiB) 16 more.
+PAGE_ROWS_PER_REQUEST = 20
+BODY_BYTES_PER_REQUEST = 64 * 1024
+
+
+def page_limit(request: web.Request) -> int:
+    """A listing's `limit` (validation.query_limit), its extra cost charged."""
+    limit = query_limit(request.query)
+    charge(request, limit // PAGE_ROWS_PER_REQUEST, f"a page of {limit}")
+    return limit
+
+
+def charge(request: web.Request, cost: float, what: str) -> None:
+    """Charge an expensive request's extra cost to its caller's bucket (the one the auth
+    middleware took its first request from): a 429 when it is not there. Calls that serve
+    many rows, or carry a large body, then count as many requests, so a token's rate bounds
+    the work it can ask for and not only the number of its requests."""
+    who = request.get(PRINCIPAL)
+    if who is None or cost <= 0:
+        return
+    request.app[THROTTLE].requests.check(f"token:{who.token_id}", who="per token", cost=cost,
+                                         what=f" ({what} counts as {cost:g} more)")
 
 
 # --- streams -------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ from aiohttp import web
 
 from services.gateway.auth import TOKEN_CACHE
 from services.gateway.common import iso, json, read_json, require_admin, state
-from services.gateway.validation import RequestError, query_limit, query_text
+from services.gateway.throttle import page_limit
+from services.gateway.validation import RequestError, query_text
 from shared.db.tokens import MAX_LIFETIME_S, ROLES, USER_NAME, TokenRow, TokenStore
 
 routes = web.RouteTableDef()
@@ -60,7 +61,7 @@ async def create(request: web.Request) -> web.Response:
 async def list_tokens(request: web.Request) -> web.Response:
     require_admin(request)
     q = request.query
-    limit = query_limit(q)
+    limit = page_limit(request)
     user = query_text(q, "user", max_len=64)
     cursor = q.get("cursor") or None
     if cursor is not None and (len(cursor) > TOKEN_ID_MAX or not cursor.isalnum()

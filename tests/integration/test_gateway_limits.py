@@ -335,6 +335,21 @@ async def test_a_token_past_its_rate_gets_429_with_retry_after(
         assert (await http.get(path)).status == 200
 
 
+async def test_a_full_page_or_a_large_body_costs_as_many_requests_as_the_work(
+        gateway: Gateway) -> None:
+    """A page of 200 counts as 1 + 10 requests, a 640 KiB submission as 1 + 10: a token's
+    rate bounds the work it can ask for, not only the number of its requests."""
+    http = await gateway(rate_limit_rps=0.01, rate_limit_burst=25)
+    assert (await http.get("/api/v1/jobs", params={"limit": "200"})).status == 200  # 11
+    assert (await http.get("/api/v1/jobs", params={"limit": "200"})).status == 200  # 22
+    resp = await http.get("/api/v1/jobs", params={"limit": "200"})
+    message = await refused(resp, 429, "rate_limited")
+    assert "a page of 200 counts as 10 more" in message
+    assert (await http.get("/api/v1/jobs", params={"limit": "10"})).status == 200  # 24
+    big = {"script": "true\n#" + "x" * (640 * 1024), "hold": True}
+    await refused(await http.post("/api/v1/jobs", json=big), 429, "rate_limited")
+
+
 async def test_callers_without_a_valid_token_are_limited_by_address(gateway: Gateway) -> None:
     http = await gateway(rate_limit_rps=0.01, rate_limit_burst=3)
     bad = {"Authorization": "Bearer scns_" + "0" * 43}

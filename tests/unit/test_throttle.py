@@ -174,3 +174,15 @@ def test_pool_busy_is_a_retry_later_error_and_no_startup_parameter_is_a_timeout(
     assert isinstance(PoolBusy("x"), InfraError)
     # PgBouncer refuses startup parameters it does not know: the timeouts are SETs
     assert server_settings("scns-x") == {"application_name": "scns-x"}
+
+
+def test_an_expensive_request_takes_its_cost_or_waits_for_it() -> None:
+    b = Bucket(tokens=12.0, updated=0.0)
+    assert take(b, 0.0, rate=2.0, burst=12, cost=11.0) == 0.0  # a full page: 1 + 10
+    assert b.tokens == pytest.approx(1.0)
+    assert take(b, 0.0, rate=2.0, burst=12, cost=11.0) == pytest.approx(5.0)  # 10 short, 2/s
+    assert b.tokens == pytest.approx(1.0)  # refused: nothing taken
+    assert take(b, 0.0, rate=2.0, burst=12) == 0.0  # a small one still passes
+    # a cost above the burst is charged as the burst: it can pass, once the bucket is full
+    full = Bucket(tokens=12.0, updated=0.0)
+    assert take(full, 0.0, rate=2.0, burst=12, cost=100.0) == 0.0 and full.tokens == 0.0
