@@ -248,8 +248,13 @@ class Abusers:
             await asyncio.sleep(cfg.duration_s)
             for t in tasks:
                 t.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        for r in results:
+            # bounded: a connection stuck in the kernel must not keep the tally from the bench
+            done, stuck = await asyncio.wait(tasks, timeout=10)
+            for t in stuck:
+                self.tally.outcome("abusers", f"{t.get_name()} did not end within 10 s of "
+                                   "being cancelled")
+        for t in done:
+            r = t.exception() if not t.cancelled() else None
             if isinstance(r, Exception):
                 self.tally.error("abuser-crashed", f"{type(r).__name__}: {r}")
 
@@ -552,13 +557,18 @@ class Abusers:
         }
 
 
-async def amain(cfg: Config) -> dict[str, Any]:
+async def amain(cfg: Config) -> None:
     abusers = Abusers(cfg)
     abusers.bodies = abusers.big_bodies()
     print("ready", flush=True)
+    started = time.monotonic()
     await abusers.run()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return abusers.summary(usage.ru_utime + usage.ru_stime)
+    out = abusers.summary(usage.ru_utime + usage.ru_stime)
+    out["wall_s"] = round(time.monotonic() - started, 1)
+    sys.stdout.write(orjson.dumps(out).decode() + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # the tally is out: no event-loop shutdown to wait for (nor to hang in)
 
 
 def main() -> int:
@@ -571,16 +581,11 @@ def main() -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    started = time.monotonic()
     try:
-        out = runner(amain(cfg))
+        runner(amain(cfg))  # writes the tally and exits
     except KeyboardInterrupt:
         return 130
-    out["wall_s"] = round(time.monotonic() - started, 1)
-    sys.stdout.write(orjson.dumps(out).decode() + "\n")
-    sys.stdout.flush()
-    return 0
-
+    return 1  # not reached
 
 if __name__ == "__main__":
     raise SystemExit(main())

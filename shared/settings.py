@@ -97,8 +97,8 @@ class Settings:
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     # the gateway under abusive load (services/gateway/throttle.py; README "Pages and load")
-    rate_limit_rps: float = 100.0  # per token (or client address); 0: no limit
-    rate_limit_burst: int = 400
+    rate_limit_rps: float = 50.0  # per token (or client address; admins 10x); 0: no limit
+    rate_limit_burst: int = 200
     max_streams: int = 512  # log follows and event streams open at once, per gateway process
     max_streams_per_token: int = 32
     follow_max_s: float = 3600.0  # a follow or event stream ends after this long

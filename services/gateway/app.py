@@ -60,6 +60,8 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         resp = await handler(request)
     except RequestError as e:
+        if e.status == 429:
+            await request.app[THROTTLE].tarpit.pause(e.retry_after_s)
         resp = error(e.status, e.code, e.message, retry_after_s=e.retry_after_s)
     except web.HTTPException as e:
         if e.status < 400:

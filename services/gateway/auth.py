@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway.common import PRINCIPAL, Principal, error, state
-from services.gateway.throttle import RateLimiter
+from services.gateway.throttle import RateLimiter, request_cost
 from shared import clock
 from shared.db.tokens import TokenRow, TokenStore
 from shared.lifecycle import Role
@@ -161,7 +161,7 @@ def middleware(cache: TokenCache, limiter: RateLimiter) -> Any:
         if isinstance(who, web.Response):
             return who
         if limited is not None:
-            limited.check(f"token:{who.token_id}", who="per token")
+            limited.check(f"token:{who.token_id}", who="per token", cost=request_cost(who, 1))
         request[PRINCIPAL] = who
         return await handler(request)
 

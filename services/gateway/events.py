@@ -230,10 +230,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     g = state(request)
     hub = request.app[HUB]
     reader = StreamReader(g.redis, g.keys, sorted(flt.types))
-    after = await reader.resolve(start)  # before the headers: a failure here is a 503
-    until = None if follow else await reader.end()
     throttle = request.app[THROTTLE]
+    # the slot first: a stream refused (429/503) costs no Redis read
     with throttle.streams.hold(principal(request).token_id):
+        after = await reader.resolve(start)  # before the headers: a failure here is a 503
+        until = None if follow else await reader.end()
         deadline = asyncio.get_running_loop().time() + throttle.follow_max_s
         resp = LongResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                      "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

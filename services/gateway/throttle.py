@@ -4,14 +4,16 @@ gauges that show what it is holding.
 **Request rate.** A token bucket per caller: per token for an authenticated request, per client
 address for the others (the public routes, and every token lookup that misses the token cache,
 so that a client trying tokens at random costs PostgreSQL at most the address's rate). A bucket
-holds `SCNS_RATE_LIMIT_BURST` requests and refills at `SCNS_RATE_LIMIT_RPS` a second; an empty
-one answers 429 with `Retry-After` (the seconds until a request will pass). A listing costs one
-more request per PAGE_ROWS_PER_REQUEST rows it asks for and a body one more per
-BODY_BYTES_PER_REQUEST (`charge`), so that the rate bounds work, not just requests. `/healthz`,
-`/readyz` and `/metrics` are never limited. The buckets live in this process: each gateway
-replica limits what it serves, so behind N replicas a caller gets up to N times the rate. The
-client address is the TCP peer's (a proxy in front makes every caller one address: give it
-its own limits, or a generous SCNS_RATE_LIMIT_BURST).
+holds `SCNS_RATE_LIMIT_BURST` requests and refills at `SCNS_RATE_LIMIT_RPS` a second (an admin
+token's requests count a tenth: ADMIN_RATE_FACTOR). An empty one answers 429 with `Retry-After`
+(the seconds until a request will pass) after a pause of up to a second (`Tarpit`: a closed
+loop that ignores Retry-After is slowed to the pace of its answers instead of making the
+refusals the load). A listing costs one more request per PAGE_ROWS_PER_REQUEST rows it asks for
+and a body one more per BODY_BYTES_PER_REQUEST (`charge`), so that the rate bounds work, not
+just requests. `/healthz`, `/readyz` and `/metrics` are never limited. The buckets live in this
+process: each gateway replica limits what it serves, so behind N replicas a caller gets up to N
+times the rate. The client address is the TCP peer's (a proxy in front makes every caller one
+address: give it its own limits, or a generous SCNS_RATE_LIMIT_BURST).
 
 **Streams.** A log follow or an event stream holds a slot for as long as it is open: at most
 `SCNS_MAX_STREAMS` per gateway process (beyond: 503 with `Retry-After`) and
@@ -35,13 +37,13 @@ import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
 
-from services.gateway.common import PRINCIPAL
+from services.gateway.common import PRINCIPAL, Principal
 from services.gateway.validation import RequestError, query_limit
 from shared.settings import Settings
 
@@ -150,6 +152,15 @@ PAGE_ROWS_PER_REQUEST = 20
 BODY_BYTES_PER_REQUEST = 64 * 1024
 
 
+ADMIN_RATE_FACTOR = 10  # an admin token's rate and burst are this many times a user's
+
+
+def request_cost(who: Principal, cost: float) -> float:
+    """What `cost` requests take from `who`'s bucket: admins' requests cost a tenth (the
+    operators' tools and automation; a user token is what gets handed around)."""
+    return cost / ADMIN_RATE_FACTOR if who.admin else cost
+
+
 def page_limit(request: web.Request) -> int:
     """A listing's `limit` (validation.query_limit), its extra cost charged."""
     limit = query_limit(request.query)
@@ -165,7 +176,8 @@ def charge(request: web.Request, cost: float, what: str) -> None:
     who = request.get(PRINCIPAL)
     if who is None or cost <= 0:
         return
-    request.app[THROTTLE].requests.check(f"token:{who.token_id}", who="per token", cost=cost,
+    request.app[THROTTLE].requests.check(f"token:{who.token_id}", who="per token",
+                                         cost=request_cost(who, cost),
                                          what=f" ({what} counts as {cost:g} more)")
 
 
@@ -203,6 +215,32 @@ class StreamSlots:
             STREAMS.dec()
 
 
+class Tarpit:
+    """A 429 is answered after a pause (up to `max_s`, at most its Retry-After): a client that
+    ignores Retry-After and asks again at once, in a closed loop, would otherwise make the
+    refusals themselves the load (tens of thousands a second, a core of this process). At most
+    `most` answers wait at a time; beyond that they go at once, so the pause never holds more
+    than that many connections."""
+
+    def __init__(self, max_s: float, most: int) -> None:
+        self.max_s = max_s
+        self.most = most
+        self.waiting = 0
+
+    async def pause(self, retry_after_s: float | None) -> None:
+        if self.max_s <= 0 or self.waiting >= self.most:
+            return
+        self.waiting += 1
+        try:
+            await asyncio.sleep(min(self.max_s, retry_after_s or self.max_s))
+        finally:
+            self.waiting -= 1
+
+
+TARPIT_S = 1.0
+TARPIT_MOST = 1000
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Throttle:
     """One gateway's limits (create_app builds it from the settings)."""
@@ -210,6 +248,7 @@ class Throttle:
     requests: RateLimiter
     streams: StreamSlots
     follow_max_s: float
+    tarpit: Tarpit = field(default_factory=lambda: Tarpit(TARPIT_S, TARPIT_MOST))
 
     @classmethod
     def from_settings(cls, s: Settings) -> Throttle:

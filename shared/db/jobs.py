@@ -261,10 +261,15 @@ class JobStore:
         return [Job.from_row(r) for r in rows]
 
     async def page(self, p: Page) -> list[Job]:
-        rows = await self.db.fetch(q("list_jobs"), list(p.states) if p.states else None,
-                                   p.user, p.name, p.before_id, p.limit, p.since, p.until,
-                                   p.array_job_id, p.schedule_id)
-        return [Job.from_row(r) for r in rows]
+        return [Job.from_row(r) for r in await self.page_rows(p)]
+
+    async def page_rows(self, p: Page) -> list[asyncpg.Record]:
+        """`page`'s rows as read (Job.from_row each), for a caller that converts them a few
+        at a time."""
+        rows: list[asyncpg.Record] = await self.db.fetch(
+            q("list_jobs"), list(p.states) if p.states else None, p.user, p.name, p.before_id,
+            p.limit, p.since, p.until, p.array_job_id, p.schedule_id)
+        return rows
 
     async def attempts(self, job_id: int) -> list[Attempt]:
         return [Attempt.from_row(r) for r in await self.db.fetch(q("job_attempts"), job_id)]

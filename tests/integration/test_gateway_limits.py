@@ -409,3 +409,13 @@ async def test_the_statement_timeout_passes_through_pgbouncer(
     finally:
         bouncer.terminate()
         bouncer.wait(10)
+
+
+async def test_an_admin_token_gets_ten_times_a_users_rate(gateway: Gateway,
+                                                          pool: asyncpg.Pool[Any]) -> None:
+    http = await gateway(rate_limit_rps=0.01, rate_limit_burst=2)
+    admin = await bearer(pool, "root", role="admin")
+    statuses = [(await http.get("/api/v1/resources", headers=admin)).status
+                for _ in range(20)]
+    assert statuses == [200] * 20
+    await refused(await http.get("/api/v1/resources", headers=admin), 429, "rate_limited")

@@ -50,7 +50,7 @@ def test_a_clock_that_goes_back_adds_nothing() -> None:
 
 
 @pytest.mark.parametrize(("rate", "burst", "n", "allowed"), [
-    (100.0, 400, 1000, 400),  # the defaults: the burst at once
+    (50.0, 200, 1000, 200),  # the defaults: the burst at once
     (0.5, 1, 10, 1),
     (10.0, 20, 20, 20),
 ])
@@ -150,7 +150,7 @@ def test_the_limits_come_from_the_settings() -> None:
     d = Settings.from_env({})
     assert (d.rate_limit_rps, d.rate_limit_burst, d.max_streams, d.max_streams_per_token,
             d.follow_max_s, d.db_acquire_timeout_s, d.statement_timeout_s) == (
-        100.0, 400, 512, 32, 3600.0, 5.0, 30.0)
+        50.0, 200, 512, 32, 3600.0, 5.0, 30.0)
     assert Settings.from_env(s.as_env()) == s
 
 
@@ -186,3 +186,20 @@ def test_an_expensive_request_takes_its_cost_or_waits_for_it() -> None:
     # a cost above the burst is charged as the burst: it can pass, once the bucket is full
     full = Bucket(tokens=12.0, updated=0.0)
     assert take(full, 0.0, rate=2.0, burst=12, cost=100.0) == 0.0 and full.tokens == 0.0
+
+
+async def test_a_refusal_waits_but_never_more_than_the_most_at_once() -> None:
+    import asyncio
+
+    from services.gateway.throttle import Tarpit
+
+    pit = Tarpit(max_s=3600.0, most=2)
+    held = [asyncio.create_task(pit.pause(5.0)) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert pit.waiting == 2 and not any(t.done() for t in held)
+    await asyncio.wait_for(pit.pause(5.0), 1.0)  # a third goes at once
+    for t in held:
+        t.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    assert pit.waiting == 0
+    await asyncio.wait_for(Tarpit(max_s=0.0, most=10).pause(5.0), 1.0)  # off
