@@ -100,7 +100,7 @@ class Settings:
     rate_limit_rps: float = 50.0  # per token (or client address; admins 10x); 0: no limit
     rate_limit_burst: int = 200
     max_streams: int = 512  # log follows and event streams open at once, per gateway process
-    max_streams_per_token: int = 32
+    max_streams_per_token: int = 16
     follow_max_s: float = 3600.0  # a follow or event stream ends after this long
     # PostgreSQL waits (shared/db/pool.py)
     db_acquire_timeout_s: float = 5.0

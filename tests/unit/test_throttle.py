@@ -150,7 +150,7 @@ def test_the_limits_come_from_the_settings() -> None:
     d = Settings.from_env({})
     assert (d.rate_limit_rps, d.rate_limit_burst, d.max_streams, d.max_streams_per_token,
             d.follow_max_s, d.db_acquire_timeout_s, d.statement_timeout_s) == (
-        50.0, 200, 512, 32, 3600.0, 5.0, 30.0)
+        50.0, 200, 512, 16, 3600.0, 5.0, 30.0)
     assert Settings.from_env(s.as_env()) == s
 
 
