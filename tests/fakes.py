@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from services.cli.client import MAX_PAGE, ApiError
+from services.cli.client import ApiError, Client
 
 
 class FakeClient:
@@ -44,19 +44,7 @@ class FakeClient:
         chunks = self.call("STREAM", path, query=query)
         yield from (chunks,) if isinstance(chunks, bytes) else chunks
 
-    def collect(self, path: str, query: Mapping[str, Any], limit: int) -> dict[str, Any]:
-        """As the real client: pages of at most MAX_PAGE until `limit` items or the end."""
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while True:
-            q = {**query, "limit": min(MAX_PAGE, limit - len(items))}
-            if cursor:
-                q["cursor"] = cursor
-            page = self.call("GET", path, query=q)
-            items += page["items"]
-            cursor = page.get("next_cursor")
-            if not cursor or len(items) >= limit:
-                return {"items": items, "next_cursor": cursor}
+    collect = Client.collect  # the real paging, over this fake's `call`
 
     def pages(self, path: str, query: Mapping[str, Any]
               ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:

@@ -181,17 +181,13 @@ class _Conn:
 
     def close(self) -> None:
         """An orderly close: what was already written is flushed."""
-        if self.closed:
-            return
-        self.closed = True
-        self.proxy.conns.discard(self)
-        self.proxy.stats_.closed += 1
-        for s in self.sides():
-            if s.transport is not None:
-                s.transport.close()
+        self._end(abort=False)
 
     def abort(self) -> None:
         """Both sockets closed at once, buffers dropped (the peers see a reset or EOF)."""
+        self._end(abort=True)
+
+    def _end(self, *, abort: bool) -> None:
         if self.closed:
             return
         self.closed = True
@@ -199,7 +195,7 @@ class _Conn:
         self.proxy.stats_.closed += 1
         for s in self.sides():
             if s.transport is not None:
-                s.transport.abort()
+                (s.transport.abort if abort else s.transport.close)()
 
 
 class FaultProxy:
