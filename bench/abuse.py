@@ -113,6 +113,7 @@ RSS_EVERY_S = 0.5
 QUIET_S = 3.0  # the gateway's CPU and Redis's commands/s measured over this long, quiet
 FD_MARGIN = 256  # descriptors besides the abusers' connections, each side
 JSON_BODY = {"Content-Type": "application/json"}
+SLOWEST = 12  # probes listed with their start (wall clock) and times, to match with logs
 
 
 def auth(token: str) -> dict[str, str]:
@@ -263,6 +264,8 @@ class Steady:
     # took); a non-200 answer (a fast 429, say) is not a served probe and is shown apart
     probe_verdict_ms: list[float] = field(default_factory=list)
     probe_server_ms: list[float] = field(default_factory=list)  # their Server-Timing
+    # (wall-clock start, client ms, server ms or None) of each probe: the slowest are shown
+    probe_log: list[tuple[float, float, float | None]] = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
 
     async def run(self, duration_s: float) -> None:
@@ -311,7 +314,7 @@ class Steady:
 
     async def _probe(self, s: aiohttp.ClientSession) -> None:
         job = self.rng.choice(self.ids[-100:] or self.seed_ids)
-        t = time.perf_counter()
+        t, wall, server = time.perf_counter(), time.time(), None
         try:
             async with s.get(f"/api/v1/jobs/{job}") as r:
                 body = await r.read()
@@ -319,12 +322,14 @@ class Steady:
                 self.tally.answer("steady-probe", r.status, "Retry-After" in r.headers, body)
                 if r.status == 200:
                     self.probe_verdict_ms.append(ms)
-                    self.probe_server_ms += server_time(r.headers)
+                    self.probe_server_ms += (st := server_time(r.headers))
+                    server = st[0] if st else None
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             self.tally.error("steady-probe", e)
             self.probe_verdict_ms.append((time.perf_counter() - t) * 1000)
         finally:
             self.probe_ms.append((time.perf_counter() - t) * 1000)
+            self.probe_log.append((wall, self.probe_ms[-1], server))
 
     def figures(self) -> dict[str, Any]:
         def non_2xx(source: str) -> int:
@@ -338,6 +343,9 @@ class Steady:
             "probe_verdict_ms": spread(self.probe_verdict_ms, 50, 99),
             "probe_server_ms": spread(self.probe_server_ms, 50, 99),
             "non_2xx": {"submit": non_2xx("steady-submit"), "probe": non_2xx("steady-probe")},
+            "slowest_probes": [{"at": round(at, 3), "ms": round(ms, 1), "server_ms": server}
+                               for at, ms, server in sorted(self.probe_log, key=lambda p: -p[1])
+                               [:SLOWEST]],
         }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import signal
 import sys
@@ -48,12 +49,34 @@ def dumpable() -> bool | None:
         return None
 
 
+# The cyclic collector's generation thresholds: CPython's (700, 10, 10) but a full collection
+# ten times rarer. What the services make and drop is freed by reference counting (their full
+# collections found next to nothing to collect), and with start-up frozen the rule that holds
+# a full collection back until a quarter of the long-lived objects are new counts from a few
+# thousand: the gateway under a thousand connections ran one every 5 to 10 s.
+GC_THRESHOLDS = (700, 10, 100)
+
+
+def freeze_heap() -> int:
+    """Move what start-up made (modules, classes, functions: tens of thousands of objects that
+    live as long as the process) out of the cyclic collector's reach, set GC_THRESHOLDS, and
+    return how many were frozen. A full collection walks every object it tracks: in a gateway
+    holding a thousand connections it stalled every request for 50 to 120 ms; frozen, the
+    start-up objects are never walked again."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return gc.get_freeze_count()
+
+
 def run(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
     """Run `main` on uvloop when available and return its exit code. The process is made
-    non-dumpable first (see the module docstring)."""
+    non-dumpable first (see the module docstring), and what its imports made is frozen
+    (`freeze_heap`)."""
     if not make_undumpable() and sys.platform.startswith("linux"):
         log.warning("could not make this process non-dumpable: its environment may be "
                     "readable by other processes of its user")
+    freeze_heap()
     try:
         import uvloop
 

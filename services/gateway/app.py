@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 STOPPING = web.AppKey("stopping", asyncio.Event)  # set on SIGTERM: /readyz answers 503
 BUSY_RETRY_AFTER_S = 1  # no database connection free (PoolBusy): they free in milliseconds
 UNAVAILABLE_RETRY_AFTER_S = 5  # PostgreSQL or Redis away
+# Connections the kernel queues for accept(): aiohttp's default of 128 overflows when hundreds
+# of clients connect at once, and an overflowed SYN is dropped and only resent by the client a
+# second later (a 1 s answer for a request that takes 2 ms). net.core.somaxconn caps it.
+LISTEN_BACKLOG = 4096
 
 REQUESTS = Counter("scns_gateway_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("scns_gateway_request_seconds", "Server time per request", ["route"],
@@ -171,7 +175,8 @@ async def _main() -> int:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         watch(runner.server)  # scns_gateway_connections
-        await web.TCPSite(runner, settings.gateway_host, settings.gateway_port).start()
+        await web.TCPSite(runner, settings.gateway_host, settings.gateway_port,
+                          backlog=LISTEN_BACKLOG).start()
         log.info("gateway listening on http://%s:%d", settings.gateway_host,
                  settings.gateway_port, extra={"event": "started"})
         try:

@@ -8,7 +8,10 @@ user's job reads as not found), and the admin routes answer 403 to users.
 
 Verified tokens are cached for `CACHE_S` (2 s): a revoked or expired token stops working within
 that time on every gateway, and a busy client costs one PostgreSQL lookup per 2 s, not one per
-request. Failed lookups are not cached (a wrong token costs an indexed lookup each time).
+request. The requests that miss the cache for one token at the same moment share one lookup
+(single flight: a thousand connections of one client arriving as its entry expires make one
+query, not a thousand queued for the pool). Failed lookups are not cached (a wrong token costs
+an indexed lookup each time).
 
 Every request but `/healthz`, `/readyz` and `/metrics` draws on a request-rate bucket
 (services/gateway/throttle.py): its token's once authenticated, its client address's on a public
@@ -31,6 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway.common import PRINCIPAL, Principal, error, state
+from services.gateway.singleflight import SingleFlight
 from services.gateway.throttle import RateLimiter, request_cost
 from shared import clock
 from shared.db.tokens import TokenRow, TokenStore
@@ -56,6 +60,7 @@ class TokenCache:
         self.ttl_s = ttl_s
         self.size = size
         self._items: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self.lookups: SingleFlight[str, TokenRow | None] = SingleFlight()
 
     def get(self, token: str) -> Principal | None:
         hit = self._items.get(token)
@@ -124,9 +129,9 @@ async def authenticate(request: web.Request, cache: TokenCache,
     hit = cache.get(token)
     if hit is not None:
         return hit
-    if limiter is not None:
+    if limiter is not None and not cache.lookups.flying(token):
         limiter.check(address_key(request), who="per client address for token lookups")
-    row = await TokenStore(state(request).pool).find(token)
+    row = await cache.lookups.do(token, lambda: TokenStore(state(request).pool).find(token))
     if row is None:
         return _unauthorized("the token is not valid")
     if row.problem is not None:

@@ -77,7 +77,9 @@ def state(request: web.Request) -> Gateway:
 
 
 def json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    """`data` as JSON; a datetime in it as `iso` writes it (UTC, `Z`)."""
+    return web.Response(body=orjson.dumps(data, option=orjson.OPT_UTC_Z), status=status,
+                        content_type="application/json")
 
 
 def error(status: int, code: str, message: str, *, retry_after_s: int | None = None

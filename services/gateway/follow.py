@@ -9,12 +9,12 @@ for a job is shared for a poll period, and concurrent askers wait for the one qu
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
 import asyncpg
 
+from services.gateway.singleflight import SingleFlight
 from shared.db.queries import q
 from shared.states import JobState
 
@@ -32,36 +32,25 @@ class JobProgress:
         self.pool = pool
         self.ttl_s = ttl_s
         self._known: dict[int, tuple[float, Progress | None]] = {}
-        self._asking: dict[int, asyncio.Future[Progress | None]] = {}
+        self._asking: SingleFlight[int, Progress | None] = SingleFlight()
         self.queries = 0
 
     async def get(self, job_id: int) -> Progress | None:
         """The job's current attempt and state, at most `ttl_s` old (None: no such job)."""
-        now = time.monotonic()
         known = self._known.get(job_id)
-        if known is not None and now - known[0] < self.ttl_s:
+        if known is not None and time.monotonic() - known[0] < self.ttl_s:
             return known[1]
-        asking = self._asking.get(job_id)
-        if asking is not None:
-            return await asyncio.shield(asking)
-        future: asyncio.Future[Progress | None] = asyncio.get_running_loop().create_future()
-        self._asking[job_id] = future
-        try:
-            self.queries += 1
-            row = await self.pool.fetchrow(q("job_progress"), job_id)
-            progress = None if row is None else Progress(attempt=row["attempt"],
-                                                         state=JobState(row["state"]))
-            if len(self._known) >= MAX_ENTRIES:
-                self._known.clear()
-            self._known[job_id] = (time.monotonic(), progress)
-            future.set_result(progress)
-            return progress
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()  # retrieved here: the waiters (if any) get it too
-            raise
-        finally:
-            del self._asking[job_id]
+        return await self._asking.do(job_id, lambda: self._ask(job_id))
+
+    async def _ask(self, job_id: int) -> Progress | None:
+        self.queries += 1
+        row = await self.pool.fetchrow(q("job_progress"), job_id)
+        progress = None if row is None else Progress(attempt=row["attempt"],
+                                                     state=JobState(row["state"]))
+        if len(self._known) >= MAX_ENTRIES:
+            self._known.clear()
+        self._known[job_id] = (time.monotonic(), progress)
+        return progress
 
     async def ended(self, job_id: int, attempt: int) -> bool:
         """True when `attempt` of the job is no longer the current one or has ended."""

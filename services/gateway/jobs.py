@@ -28,6 +28,7 @@ from services.gateway.throttle import (
     BODY_BYTES_PER_REQUEST,
     THROTTLE,
     charge,
+    listing_turn,
     page_limit,
 )
 from services.gateway.validation import (
@@ -39,7 +40,7 @@ from services.gateway.validation import (
     query_time,
 )
 from shared.db import UNAVAILABLE
-from shared.db.jobs import Job, JobSpec, Page
+from shared.db.jobs import JobSpec, Page
 from shared.errors import IdempotencyConflict, NotAllowed, NotFound
 from shared.lifecycle import check_nice, check_priority
 from shared.output import read_output
@@ -50,7 +51,6 @@ routes = web.RouteTableDef()
 
 MAX_KEY = 255
 FOLLOW_POLL_S = 0.5  # a followed log is read again this often (and the client checked)
-ROWS_PER_SLICE = 25  # a listing converts this many rows, then yields to the event loop
 JOB_PROGRESS = web.AppKey("job_progress", JobProgress)  # shared by every follow
 
 
@@ -141,12 +141,9 @@ async def list_jobs(request: web.Request) -> web.Response:
                 before_id=query_id(q, "cursor"), since=query_time(q, "since"),
                 until=query_time(q, "until"), array_job_id=query_id(q, "array_job_id"),
                 schedule_id=query_id(q, "schedule_id"), limit=limit + 1)
-    rows = await state(request).jobs.page_rows(page)
-    items: list[dict[str, Any]] = []
-    for i in range(0, min(len(rows), limit), ROWS_PER_SLICE):
-        if i:  # a full page is milliseconds of work: let other requests in between slices
-            await asyncio.sleep(0)
-        items += [job_json(Job.from_row(r)) for r in rows[i:min(i + ROWS_PER_SLICE, limit)]]
+    async with listing_turn(request):
+        rows = await state(request).jobs.page_rows(page)
+    items = [dict(r) for r in rows[:limit]]  # the query names and orders them as job_json
     next_cursor = str(items[-1]["id"]) if len(rows) > limit else None
     return json({"items": items, "next_cursor": next_cursor})
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from services.gateway.common import iso, job_json, json, principal, read_json, role_of, state
 from services.gateway.jobs import largest_worker
 from services.gateway.partitions import admit
-from services.gateway.throttle import page_limit
+from services.gateway.throttle import listing_turn, page_limit
 from services.gateway.validation import (
     NAME_RULE,
     SCHEDULE_ID,
@@ -183,8 +183,9 @@ async def list_schedules(request: web.Request) -> web.Response:
             raise RequestError(403, "forbidden", "users list their own schedules only "
                                                  f"(you are {who.user})")
         user = who.user
-    found = await _store(request).page(owner=user, name=_query_name(q, "name"),
-                                       after_id=query_id(q, "cursor"), limit=limit + 1)
+    async with listing_turn(request):
+        found = await _store(request).page(owner=user, name=_query_name(q, "name"),
+                                           after_id=query_id(q, "cursor"), limit=limit + 1)
     items = found[:limit]
     next_cursor = str(items[-1].id) if len(found) > limit else None
     return json({"items": [schedule_json(s, full=False) for s in items],
@@ -321,7 +322,8 @@ async def runs(request: web.Request) -> web.Response:
     limit = page_limit(request)
     before = query_id(q, "cursor")
     s = await _schedule(request)
-    found = await _store(request).runs(s.id, before_id=before, limit=limit + 1)
+    async with listing_turn(request):
+        found = await _store(request).runs(s.id, before_id=before, limit=limit + 1)
     items = found[:limit]
     next_cursor = str(items[-1].id) if len(found) > limit else None
     return json({"items": [run_json(r) for r in items], "next_cursor": next_cursor})

@@ -21,6 +21,12 @@ address: give it its own limits, or a generous SCNS_RATE_LIMIT_BURST).
 event stream can be resumed with `Last-Event-ID`), as soon as its client has gone, and when its
 client stops reading (a write not taken within 30 s: common.LongResponse hangs up).
 
+**Listings.** At most LISTINGS_AT_ONCE listing queries run in PostgreSQL at once per gateway
+process; the others wait for a turn without holding a connection (up to
+`SCNS_DB_ACQUIRE_TIMEOUT_S`, then 503 with `Retry-After`). A burst of full pages then cannot
+take the whole pool and leave a point read (`GET /jobs/{id}`, a token lookup) or a submit
+queued behind hundreds of rows.
+
 **Gauges** (the gateway's `/metrics`): `scns_gateway_connections` (open client connections),
 `scns_gateway_tasks` (asyncio tasks in this process, counted at scrape time),
 `scns_gateway_streams` (streams open) and `scns_gateway_refusals_total{reason}` (requests
@@ -35,8 +41,8 @@ import math
 import time
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -45,6 +51,7 @@ from prometheus_client import Gauge
 
 from services.gateway.common import PRINCIPAL, Principal
 from services.gateway.validation import RequestError, query_limit
+from shared.errors import PoolBusy
 from shared.settings import Settings
 
 MAX_KEYS = 100_000  # buckets kept (least recently used out first: it comes back full)
@@ -168,6 +175,11 @@ def page_limit(request: web.Request) -> int:
     return limit
 
 
+def listing_turn(request: web.Request) -> AbstractAsyncContextManager[None]:
+    """A turn to run a listing's query (Turns: LISTINGS_AT_ONCE per process)."""
+    return request.app[THROTTLE].listings.turn()
+
+
 def charge(request: web.Request, cost: float, what: str) -> None:
     """Charge an expensive request's extra cost to its caller's bucket (the one the auth
     middleware took its first request from): a 429 when it is not there. Calls that serve
@@ -239,6 +251,30 @@ class Tarpit:
 
 TARPIT_S = 1.0
 TARPIT_MOST = 1000
+LISTINGS_AT_ONCE = 4  # listing queries in PostgreSQL at once (of the gateway's 20 connections)
+
+
+class Turns:
+    """At most `most` holders at once; a wait longer than `within_s` is PoolBusy (a 503 with
+    Retry-After, like a pool with no connection free)."""
+
+    def __init__(self, most: int, within_s: float) -> None:
+        self.most = most
+        self.within_s = within_s
+        self._slots = asyncio.Semaphore(most)
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.within_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise PoolBusy(f"no turn for a listing within {self.within_s:g} s "
+                           f"({self.most} run at once)") from None
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,13 +284,15 @@ class Throttle:
     requests: RateLimiter
     streams: StreamSlots
     follow_max_s: float
+    listings: Turns
     tarpit: Tarpit = field(default_factory=lambda: Tarpit(TARPIT_S, TARPIT_MOST))
 
     @classmethod
     def from_settings(cls, s: Settings) -> Throttle:
         return cls(requests=RateLimiter(s.rate_limit_rps, s.rate_limit_burst),
                    streams=StreamSlots(s.max_streams, s.max_streams_per_token),
-                   follow_max_s=s.follow_max_s)
+                   follow_max_s=s.follow_max_s,
+                   listings=Turns(LISTINGS_AT_ONCE, s.db_acquire_timeout_s))
 
 
 THROTTLE = web.AppKey("throttle", Throttle)

@@ -260,12 +260,9 @@ class JobStore:
         rows = await self.db.fetch(q("jobs_on_worker"), worker_id, [str(s) for s in states])
         return [Job.from_row(r) for r in rows]
 
-    async def page(self, p: Page) -> list[Job]:
-        return [Job.from_row(r) for r in await self.page_rows(p)]
-
     async def page_rows(self, p: Page) -> list[asyncpg.Record]:
-        """`page`'s rows as read (Job.from_row each), for a caller that converts them a few
-        at a time."""
+        """A page of the listing: each row a job as the API lists it (its names, its order;
+        no script, no environment), for the gateway to send as it is."""
         rows: list[asyncpg.Record] = await self.db.fetch(
             q("list_jobs"), list(p.states) if p.states else None, p.user, p.name, p.before_id,
             p.limit, p.since, p.until, p.array_job_id, p.schedule_id)

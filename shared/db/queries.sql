@@ -650,22 +650,22 @@ SELECT * FROM jobs WHERE worker_id = $1 AND state = ANY($2::text[]) ORDER BY id;
 -- name: list_jobs
 -- Newest first; keyset pagination on id. NULL filters match everything. A time window ($6, $7)
 -- keeps the jobs that were in the system during it (submitted before its end, not finished
--- before its start), like sacct -S/-E. With the current attempt's accounting, and an element's
--- array record. Listings never carry a script or an environment, so none is read: every
--- column but `script` and `env` (Job.from_row makes do without them; a page of 200 big
--- scripts would be megabytes read, decoded and thrown away).
-SELECT j.id, j.name, j.user_name, j.state, j.reason, j.priority, j.cpus, j.memory_mb,
-       j.time_limit_s, j.submit_dir, j.partition, j.requeue, j.dependency, j.array_job_id,
-       j.array_task_id, j.attempt, j.worker_id, j.exit_code, j.signal, j.cancel_requested,
-       j.submitted_at, j.allocated_at, j.started_at, j.finished_at, j.begin_at, j.retries,
-       j.retry_delay_s, j.retries_used, j.requeue_requested, j.workdir, j.stdout_path,
-       j.stderr_path, j.schedule_id,
-       a.peak_rss_kb, a.cpu_user_s, a.cpu_system_s,
+-- before its start), like sacct -S/-E. With the current attempt's accounting and an element's
+-- array throttle. Each row is a job as the API lists it, under the API's names and in its
+-- order (services/gateway/common.py, job_json), so the gateway sends it as it comes. Listings
+-- never carry a script or an environment, so none is read (a page of 200 big scripts would be
+-- megabytes read, decoded and thrown away).
+SELECT j.id, j.name, j.user_name AS "user", j.state, j.reason, j.cpus, j.memory_mb,
+       j.time_limit_s AS time_limit, j.worker_id, j.attempt, j.exit_code, j.signal,
+       j.priority, j.requeue, j.cancel_requested, j.requeue_requested, j.retries,
+       j.retry_delay_s, j.retries_used, j.array_job_id, j.array_task_id,
        CASE WHEN j.array_job_id IS NOT NULL THEN
-           (SELECT jsonb_build_object('id', ja.id, 'spec', ja.spec, 'throttle', ja.throttle,
-                                      'task_count', ja.task_count, 'task_min', ja.task_min,
-                                      'task_max', ja.task_max, 'task_step', ja.task_step)
-            FROM job_arrays ja WHERE ja.id = j.array_job_id) END AS array_meta
+           (SELECT ja.throttle FROM job_arrays ja WHERE ja.id = j.array_job_id)
+       END AS array_throttle, j.dependency, j.partition, j.submit_dir, j.workdir,
+       j.stdout_path AS output, j.stderr_path AS error, j.schedule_id, j.submitted_at,
+       j.begin_at, j.allocated_at, j.started_at, j.finished_at, a.peak_rss_kb,
+       CASE WHEN a.cpu_user_s IS NULL AND a.cpu_system_s IS NULL THEN NULL
+            ELSE coalesce(a.cpu_user_s, 0) + coalesce(a.cpu_system_s, 0) END AS cpu_s
 FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt
 WHERE ($1::text[] IS NULL OR j.state = ANY($1::text[]))
   AND ($2::text IS NULL OR j.user_name = $2)

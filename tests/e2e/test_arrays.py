@@ -58,6 +58,13 @@ def test_a_throttled_array_of_one_second_jobs(start_system: Factory) -> None:
     items: list[dict[str, Any]] = r.client.call(
         "GET", "/api/v1/jobs", query={"array_job_id": aid, "limit": 100})["items"]
     assert sorted(j["array_task_id"] for j in items) == list(range(10))
+    for j in items:  # a listed job is the job as shown alone, without its script and env,
+        ref = f"/api/v1/jobs/{aid}_{j['array_task_id']}"  # with its attempt's usage
+        alone = r.client.call("GET", ref)
+        usage = r.client.call("GET", f"{ref}/attempts")["items"][-1]
+        assert j == {**{k: v for k, v in alone.items() if k not in ("script", "env")},
+                     "peak_rss_kb": usage["peak_rss_kb"], "cpu_s": usage["cpu_s"]}
+        assert j["array_throttle"] == 2 and j["cpu_s"] is not None, j
     spans = [(t(j["started_at"]), t(j["finished_at"])) for j in items]
     assert peak_concurrency(spans) == 2
     log = r.client.call("GET", f"/api/v1/jobs/{aid}_3/log")

@@ -361,6 +361,31 @@ async def test_callers_without_a_valid_token_are_limited_by_address(gateway: Gat
     assert (await http.get("/healthz")).status == 200
 
 
+async def test_requests_that_miss_the_token_cache_together_share_one_lookup(
+        gateway: Gateway, pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 requests with a token the gateway has not seen, all arriving while its lookup is in
+    flight: one PostgreSQL lookup, one request from the address's bucket (3), and every one
+    served."""
+    from shared.db.tokens import TokenStore
+
+    real_find = TokenStore.find
+    lookups = 0
+
+    async def slow_find(self: TokenStore, token: str) -> Any:
+        nonlocal lookups
+        lookups += 1
+        await asyncio.sleep(0.3)  # every request arrives while this one is in flight
+        return await real_find(self, token)
+
+    monkeypatch.setattr(TokenStore, "find", slow_find)
+    http = await gateway(rate_limit_rps=0.01, rate_limit_burst=3)
+    admin = await bearer(pool, "root", role="admin")  # its requests cost a tenth: 30 fit
+    answers = await asyncio.gather(*(http.get("/api/v1/resources", headers=admin)
+                                     for _ in range(30)))
+    assert [r.status for r in answers] == [200] * 30
+    assert lookups == 1
+
+
 async def test_rate_zero_turns_the_limit_off(gateway: Gateway) -> None:
     http = await gateway(rate_limit_rps=0.0, rate_limit_burst=1)
     for _ in range(20):

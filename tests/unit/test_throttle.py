@@ -203,3 +203,37 @@ async def test_a_refusal_waits_but_never_more_than_the_most_at_once() -> None:
     await asyncio.gather(*held, return_exceptions=True)
     assert pit.waiting == 0
     await asyncio.wait_for(Tarpit(max_s=0.0, most=10).pause(5.0), 1.0)  # off
+
+
+async def test_listing_turns_let_the_most_run_and_a_long_wait_is_pool_busy() -> None:
+    import asyncio
+
+    from services.gateway.throttle import Turns
+
+    turns = Turns(2, within_s=0.05)
+    release = asyncio.Event()
+    running = 0
+
+    async def listing() -> None:
+        nonlocal running
+        async with turns.turn():
+            running += 1
+            await release.wait()
+
+    held = [asyncio.create_task(listing()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert running == 2
+    with pytest.raises(PoolBusy, match="2 run at once"):  # nobody leaves: the wait times out
+        async with turns.turn():
+            pass
+    waiting = asyncio.create_task(listing())  # a third waits for a turn, and gets one
+    await asyncio.sleep(0)
+    assert running == 2
+    release.set()
+    await asyncio.gather(*held, waiting)
+    assert running == 3
+    with pytest.raises(RuntimeError):  # a listing that fails gives its turn back
+        async with turns.turn():
+            raise RuntimeError("boom")
+    async with turns.turn(), turns.turn():
+        pass
