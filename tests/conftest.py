@@ -134,12 +134,15 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
 
 @pytest.fixture
 def settings(infra: Infra, database_url: str, key_prefix: str, tmp_path: Any) -> Settings:
-    """Settings for services under test: this test's database and prefix, fast timings."""
+    """Settings for services under test: this test's database and prefix, fast timings.
+
+    No request rate limit: a test that submits in a loop would otherwise pass or fail by how fast
+    the machine is (a 429 once it outruns 50 a second). The tests of the limit set their own."""
     return Settings(
         redis_url=infra.redis_url, database_url=database_url, key_prefix=key_prefix,
         worker_id="test-worker", heartbeat_s=0.5, worker_ttl_s=2.0, registry_sweep_s=0.2,
         claim_idle_ms=500, max_deliveries=3, data_dir=tmp_path / "data",
-        log_format="text", log_level="INFO",
+        log_format="text", log_level="INFO", rate_limit_rps=0.0,
     )
 
 
