@@ -88,7 +88,7 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.abuse_clients import Tally, quiet_worker, scan_sockets
-from bench.e2e_rounds import ACTIVE, spread
+from bench.e2e_rounds import ACTIVE, bench_env, spread
 from services.cli.up import System, _pg_dir
 from services.gateway.validation import MAX_SCRIPT_BYTES
 
@@ -155,10 +155,7 @@ def started(args: argparse.Namespace) -> Iterator[tuple[System, str]]:
     os.chmod(data, 0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCNS_")}
     env["SCNS_DRAIN_GRACE_S"] = "2"  # a stop does not wait long for the jobs to follow
-    for pair in os.environ.get("BENCH_ENV", "").split():  # KEY=value ...: the system's env
-        key, eq, value = pair.partition("=")
-        if eq:
-            env[key] = value
+    env = bench_env(env)  # KEY=value ... in $BENCH_ENV: the system's env
     settings = Settings.from_env({**env, "SCNS_DATA_DIR": str(data),
                                   "SCNS_GATEWAY_PORT": str(free_port()),
                                   "SCNS_WORKER_ID": "abuse", "SCNS_LOG_LEVEL": "WARNING"})

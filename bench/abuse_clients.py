@@ -320,18 +320,26 @@ class Abusers:
         else:
             self.tally.answer(source, head[0], "retry-after" in head[1])
 
+    async def _answer_head(self, source: str, reader: asyncio.StreamReader, until: float
+                           ) -> tuple[int, dict[str, str]] | None:
+        """The answer's status line and headers, tallied; None (with its outcome) when none
+        came before `until`."""
+        try:
+            head = await read_head(reader, until - asyncio.get_running_loop().time())
+        except asyncio.IncompleteReadError:
+            self.tally.outcome(source, "closed by the server before any answer")
+            return None
+        if head is None:
+            self.tally.outcome(source, "no answer within the hold")
+            return None
+        self.tally.answer(source, head[0], "retry-after" in head[1])
+        return head
+
     async def _read_stream(self, source: str, reader: asyncio.StreamReader, until: float
                            ) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            head = await read_head(reader, until - loop.time())
-        except asyncio.IncompleteReadError:
-            self.tally.outcome(source, "closed by the server before any answer")
+        if await self._answer_head(source, reader, until) is None:
             return
-        if head is None:
-            self.tally.outcome(source, "no answer within the hold")
-            return
-        self.tally.answer(source, head[0], "retry-after" in head[1])
         while (left := until - loop.time()) > 0:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), left)
@@ -515,15 +523,8 @@ class Abusers:
     async def _read_slowly(self, source: str, reader: asyncio.StreamReader, until: float
                            ) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            head = await read_head(reader, until - loop.time())
-        except asyncio.IncompleteReadError:
-            self.tally.outcome(source, "closed by the server before any answer")
+        if (head := await self._answer_head(source, reader, until)) is None:
             return
-        if head is None:
-            self.tally.outcome(source, "no answer within the hold")
-            return
-        self.tally.answer(source, head[0], "retry-after" in head[1])
         length = int(head[1].get("content-length", "-1"))
         chunk = max(self.cfg.slow_read_bps // 10, 1)
         got = 0

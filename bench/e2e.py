@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.e2e_rounds import (
     AUTH,
     array_round,
+    bench_env,
     idle_round,
     load_round,
     rate_round,
@@ -184,10 +185,7 @@ def system(args: argparse.Namespace, poll: float) -> Iterator[tuple[str, str, di
     env["SCNS_RATE_LIMIT_RPS"] = "0"
     if args.array and args.array > DEFAULT_MAX_ARRAY_SIZE:
         env["SCNS_MAX_ARRAY_SIZE"] = str(args.array)
-    for pair in os.environ.get("BENCH_ENV", "").split():  # KEY=value ...: the system's env
-        key, eq, value = pair.partition("=")
-        if eq:
-            env[key] = value
+    env = bench_env(env)  # KEY=value ... in $BENCH_ENV: the system's env
     settings = Settings.from_env({**env, "SCNS_DATA_DIR": str(data),
                                   "SCNS_GATEWAY_PORT": str(free_port()),
                                   "SCNS_WORKER_ID": "bench", "SCNS_LOG_LEVEL": "WARNING"})

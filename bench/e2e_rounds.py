@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -57,6 +58,16 @@ class Scope(NamedTuple):
     def listed(ids: list[int]) -> Scope:
         """Exactly these jobs: for the one read of their timestamps at a round's end."""
         return Scope("id = ANY($1)", (ids,))
+
+
+def bench_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the pairs of $BENCH_ENV (KEY=value ..., the system's env) put over it."""
+    out = dict(env)
+    for pair in os.environ.get("BENCH_ENV", "").split():
+        key, eq, value = pair.partition("=")
+        if eq:
+            out[key] = value
+    return out
 
 
 def pct(values: list[float], p: float) -> float:
