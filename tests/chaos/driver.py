@@ -282,6 +282,7 @@ class Chaos:
         self._submitting = True
         self.held: list[int] = []
         self.released: set[int] = set()
+        self.pinned: list[int] = []  # the head submitted held and its dependent (_pinned_hold)
         self.retrying: list[int] = []
         self.requeued: dict[int, int] = {}  # job -> the attempt that was requeued
         self.arrays: dict[int, int] = {}  # array id -> its size (throttle 2)
@@ -709,14 +710,50 @@ class Chaos:
                 self.requeued[job_id] = seen
                 return
 
+    async def _pinned_hold(self, s: aiohttp.ClientSession) -> int:
+        """Hold and release a job that is certainly PENDING, whatever the machine's speed: it
+        depends on a head submitted held, so neither can start before the head is released.
+        (The random holds below land only on jobs still pending, which a fast machine may
+        never leave.) Returns the dependent, to be requeued once it has ended."""
+        key = f"chaos-{self.cfg.seed}-pinned"
+        head = await self._submit_one(s, {"script": self._script(), "hold": True,
+                                          "requeue": True, "name": "chaos-pinned-head"},
+                                      key=f"{key}-head", accept=False)
+        self.pinned.append(head)
+        job_id = await self._submit_one(s, {"script": self._script(), "requeue": True,
+                                            "dependency": f"afterok:{head}",
+                                            "name": "chaos-pinned"}, key=key, accept=False)
+        self.pinned.append(job_id)
+        status, job = await self._until_answered(s, "POST", f"/api/v1/jobs/{job_id}/hold")
+        if status == 200 and job["reason"] == "Held":
+            self.result.reheld += 1
+        else:
+            self.result.notes.append(f"hold of pending job {job_id}: {status} {job}")
+        await self._release(s, job_id)
+        await self._release(s, head)
+        return job_id
+
+    async def _requeue_once_ended(self, s: aiohttp.ClientSession, job_id: int) -> None:
+        """Wait for the job to end, then requeue it (it must run again)."""
+        while True:
+            status, job = await self._until_answered(s, "GET", f"/api/v1/jobs/{job_id}")
+            if status == 200 and job["state"] in TERMINAL:
+                break
+            await asyncio.sleep(1.0)
+        await self._requeue(s, job_id)
+        if job_id not in self.requeued:
+            self.result.notes.append(f"requeue of ended job {job_id} was refused")
+
     async def control(self, url: str) -> None:
         """Until the submissions are done: release held jobs a little after their submit,
         hold and release some pending ones, requeue some finished ones. Then release whatever
-        is still held, so that every accepted job can end."""
+        is still held, so that every accepted job can end. One hold and one requeue are
+        certain to land (`_pinned_hold`), the others depend on what the jobs are doing."""
         timeout = aiohttp.ClientTimeout(total=15)
         released_upto = 0
         touched: set[int] = set()
         async with aiohttp.ClientSession(url, timeout=timeout, headers=self._auth()) as s:
+            pinned = await self._pinned_hold(s)
             while self._submitting:
                 await asyncio.sleep(self.rng.uniform(0.5, 1.5))
                 for job_id in self.held[released_upto:max(released_upto, len(self.held) - 2)]:
@@ -743,6 +780,7 @@ class Chaos:
                     await self._requeue(s, job_id)
             for job_id in self.held[released_upto:]:
                 await self._release(s, job_id)
+            await self._requeue_once_ended(s, pinned)
 
     # --- the run -------------------------------------------------------------------------
     async def run(self) -> ChaosResult:
@@ -809,7 +847,7 @@ class Chaos:
             await conn.close()
 
     def _all_ids(self) -> list[int]:
-        return self.accepted + [j for chain in self.chains for j in chain[:3]]
+        return self.accepted + self.pinned + [j for chain in self.chains for j in chain[:3]]
 
     async def _check_groups(self, conn: asyncpg.Connection[Any]) -> None:
         """Arrays: every element there and ended, never more than 2 running at once (from the
@@ -884,7 +922,7 @@ class Chaos:
                                      if job in attempts and max(a) > attempts[job])
             finals = {x["id"]: x["state"] for x in rows}
             r.held = len(self.held)
-            r.held_never_released = len(set(self.held) - self.released)
+            r.held_never_released = len(set(self.held + self.pinned) - self.released)
             r.requeued = len(self.requeued)
             r.requeued_without_new_attempt = sum(1 for j, a in self.requeued.items()
                                                  if attempts.get(j, 0) <= a)
