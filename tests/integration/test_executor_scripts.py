@@ -162,17 +162,29 @@ async def test_a_replaced_output_file_is_not_read_through(runner: Runner, shippe
     secret = tmp_path / "secret"
     secret.write_text("not yours\n")
     out = tmp_path / "o.txt"
+    go = tmp_path / "go"  # the job swaps the file only once the first ship has been seen
+    # it waits for the go-file at most ~60 s (then exits 3, failing the test): never forever
     j = job(id=40, stdout_path=str(out),
-            script=f"echo first\nsleep 0.5\nrm {out}\nln -s {secret} {out}\n")
+            script=f"echo first\ni=0\nwhile [ ! -e {go} ]; do\n"
+                   f"  i=$((i + 1)); [ $i -le 1200 ] || exit 3; sleep 0.05\ndone\n"
+                   f"rm {out}\nln -s {secret} {out}\n")
     jobdir = runner.jobdir(j)
     launch = runner.plan(j, jobdir)
     proc = await runner.start_process(j, jobdir, launch)
-    tail = runner.tail(j, jobdir, launch)
-    deadline = time.monotonic() + 5
-    while not await shipper.ship(tail):  # pins the file it first reads
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
-    assert await asyncio.wait_for(proc.status, 10) == 0
+    try:
+        tail = runner.tail(j, jobdir, launch)
+        deadline = time.monotonic() + 30
+        while not await shipper.ship(tail):  # pins the file it first reads
+            assert time.monotonic() < deadline, "the first output was never shipped"
+            await asyncio.sleep(0.05)
+        # shipped from the job's own file, before any swap (the job is still waiting)
+        text, _, _ = await read_output(shipper.redis, shipper.keys, job_id=40, attempt=1,
+                                       stream="stdout")
+        assert text == "first\n"
+        assert not out.is_symlink() and out.read_text() == "first\n"
+    finally:
+        go.touch()  # now (and, should the test fail above, anyway) let the job go on and end
+    assert await asyncio.wait_for(proc.status, 30) == 0
     await shipper.ship(tail, final=True)
     text, _, _ = await read_output(shipper.redis, shipper.keys, job_id=40, attempt=1,
                                    stream="stdout")

@@ -87,19 +87,38 @@ async def test_the_launcher_outlives_its_executor_and_records_the_end(tmp_path: 
     """The executor lets go (or dies) while a job runs: the launcher still records the job's
     status, for the next executor to collect, then exits."""
     launcher = Launcher()
-    d = jobdir(tmp_path, "5.1", "sleep 1\nexit 7\n")
+    go = tmp_path / "go-5.1"  # created only after close(): the job is certain to outlive it
+    # it waits for the go-file at most ~60 s (then exits 9, failing the test): never forever
+    d = jobdir(tmp_path, "5.1", f"i=0\nwhile [ ! -e {go} ]; do\n"
+                                f"  i=$((i + 1)); [ $i -le 1200 ] || exit 9; sleep 0.05\ndone\n"
+                                "exit 7\n")
     sp = await launcher.spawn(d, dict(ENV), Launch(), account=None, cgroups=())
-    await asyncio.wait_for(sp.child_pid, 10)
     pid = launcher.pid
-    assert is_launcher(pid)
-    await launcher.close()
-    assert await asyncio.wait_for(sp.status, 5) == -1  # unknown to this executor now
-    deadline = time.monotonic() + 20
-    while read_status(d).value is None:
-        assert time.monotonic() < deadline, "the launcher never recorded the status"
+    try:
+        child = await asyncio.wait_for(sp.child_pid, 10)  # the job's pid, its process group's
+        assert is_launcher(pid)
+        await launcher.close()
+        assert await asyncio.wait_for(sp.status, 5) == -1  # unknown to this executor now
+        assert read_status(d).value is None and is_launcher(pid)  # the job still runs
+        go.touch()
+        deadline = time.monotonic() + 30
+        while read_status(d).value is None:
+            assert time.monotonic() < deadline, "the launcher never recorded the status"
+            await asyncio.sleep(0.05)
+        assert read_status(d).value == 7
+        while is_launcher(pid):
+            assert time.monotonic() < deadline, "the launcher did not exit after its last job"
+            await asyncio.sleep(0.05)
+        assert not is_launcher(os.getpid())  # a process that is not a launcher is not one
+    finally:
+        go.touch()  # should the test fail above: the job ends, and the launcher after it
+        await launcher.close()
+    # nothing of the test is left running: the job's process group is gone
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.killpg(child, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the job outlived the test"
         await asyncio.sleep(0.05)
-    assert read_status(d).value == 7
-    while is_launcher(pid):
-        assert time.monotonic() < deadline, "the launcher did not exit after its last job"
-        await asyncio.sleep(0.05)
-    assert not is_launcher(os.getpid())  # a process that is not a launcher is not taken for one
