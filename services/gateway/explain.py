@@ -10,7 +10,6 @@ limits run out) and the jobs ahead of it in score order on its workers (shared/e
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -193,8 +192,8 @@ async def _estimate(request: web.Request, job: Job, out: dict[str, Any],
     busy = [Running(worker_id=r["worker_id"], cpus=r["cpus"], memory_mb=r["memory_mb"],
                     ends_in_s=r["ends_in_s"])
             for r in await g.pool.fetch(q("active_on_workers"), sorted(mine))]
+    now = clock.utcnow()  # what the running jobs have left was just counted from about now
     nodes = [Node(id=m.worker_id, cpus=m.cpus, memory_mb=m.memory_mb) for m in ready]
-    started = time.monotonic()
     start = estimate_start(Queued(cpus=job.cpus, memory_mb=job.memory_mb or 0,
                                   time_limit_s=job.time_limit_s, workers=mine),
                            ahead=[a for _, _, a in ahead], nodes=nodes, running=busy)
@@ -202,7 +201,7 @@ async def _estimate(request: web.Request, job: Job, out: dict[str, Any],
         out["estimate"] = ("no estimate: a job it waits for has no time limit (its end is "
                            "unknown)")
         return
-    at = clock.utcnow() + timedelta(seconds=start + (time.monotonic() - started))
+    at = now + timedelta(seconds=start)
     out["estimated_start_at"] = iso(at)
     out["estimate"] = (f"from the time limits of {len(busy)} running job(s) and "
                        f"{len(ahead)} job(s) ahead of it")
