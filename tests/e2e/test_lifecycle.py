@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -40,40 +41,77 @@ def group_processes(pgid: int) -> list[psutil.Process]:
     return out
 
 
-def job_pgid(r: Running, job: dict[str, Any]) -> int:
-    path = r.settings.data_dir / "workers"
-    candidates = list(path.glob(f"*/jobs/{job['id']}.{job['attempt']}/pid")) or list(
-        r.settings.data_dir.glob(f"jobs/{job['id']}.{job['attempt']}/pid"))
-    deadline = time.monotonic() + 10
-    while not candidates and time.monotonic() < deadline:
+def job_pgid(r: Running, job: dict[str, Any], timeout: float = 30) -> int:
+    """The job's process group: the first pid of its pid file (written a moment after RUNNING
+    is recorded, and read only once complete)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for path in r.settings.data_dir.rglob(f"jobs/{job['id']}.{job['attempt']}/pid"):
+            text = path.read_text()
+            if text.endswith("\n"):
+                return int(text.split()[0])
+        assert time.monotonic() < deadline, f"job {job['id']} has no pid file"
         time.sleep(0.05)
-        candidates = list(r.settings.data_dir.rglob(f"jobs/{job['id']}.{job['attempt']}/pid"))
-    return int(candidates[0].read_text().split()[0])
 
 
-def test_time_limit_kills_the_whole_group(start_system: Factory) -> None:
+def read_record(path: Path, timeout: float = 30) -> list[int]:
+    """The numbers a job writes on one line to `path`, once the line is complete."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and (text := path.read_text()).endswith("\n")):
+        assert time.monotonic() < deadline, f"the job never wrote {path}"
+        time.sleep(0.05)
+    return [int(x) for x in text.split()]
+
+
+def live_in_group(pid: int, pgid: int) -> bool:
+    """Is `pid` a live (non-zombie) process of process group `pgid`? (A recycled pid is in
+    another group.)"""
+    try:
+        return (psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                and os.getpgid(pid) == pgid)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
+
+
+# Long enough that a job surely runs its first lines (the record below, a trap) before its time
+# limit, even on a loaded machine: what these tests check happens after the limit.
+LIMIT_S = 5
+
+
+def test_time_limit_kills_the_whole_group(start_system: Factory, tmp_path: Path) -> None:
     r = start_system(cpus=4)
-    job = submit(r, "sleep 600 & sleep 600\n", time_limit=2)
+    record = tmp_path / "background"
+    # the job records its background child, and the process group that child is in, while the
+    # child surely runs (nothing but the time limit stops it)
+    job = submit(r, f'sleep 600 &\necho "$! $(ps -o pgid= -p $!)" > {record}\nsleep 600\n',
+                 time_limit=LIMIT_S)
     running = wait_state(r, job["id"], {"RUNNING"})
     pgid = job_pgid(r, running)
-    assert group_processes(pgid), "the job's processes should be running"
-    done = wait_state(r, job["id"], TERMINAL, timeout=2 + r.settings.kill_grace_s + 10)
+    background, its_group = read_record(record)
+    assert its_group == pgid, "the background child ran in the job's process group"
+    done = wait_state(r, job["id"], TERMINAL, timeout=LIMIT_S + r.settings.kill_grace_s + 30)
     assert done["state"] == "TIMEOUT"
     ran = (_ts(done["finished_at"]) - _ts(done["started_at"]))
-    assert ran <= 2 + r.settings.kill_grace_s + 2, ran
+    # an upper bound that only a time limit (or grace) not enforced can exceed
+    assert ran <= LIMIT_S + r.settings.kill_grace_s + 10, ran
+    assert not live_in_group(background, pgid), "the background child survived"
     assert group_processes(pgid) == []
 
 
 def test_a_script_that_traps_sigterm_is_killed_after_the_grace(start_system: Factory) -> None:
     r = start_system(cpus=4)
-    job = submit(r, "trap 'echo got TERM' TERM\nwhile true; do sleep 0.1; done\n", time_limit=1)
+    job = submit(r, "trap 'echo got TERM' TERM\nwhile true; do sleep 0.1; done\n",
+                 time_limit=LIMIT_S)
     running = wait_state(r, job["id"], {"RUNNING"})
     pgid = job_pgid(r, running)
-    done = wait_state(r, job["id"], TERMINAL, timeout=1 + r.settings.kill_grace_s + 10)
+    done = wait_state(r, job["id"], TERMINAL, timeout=LIMIT_S + r.settings.kill_grace_s + 30)
     assert done["state"] == "TIMEOUT"
     assert done["signal"] == 9  # SIGKILLed after the grace period
     ran = _ts(done["finished_at"]) - _ts(done["started_at"])
-    assert r.settings.kill_grace_s <= ran <= 1 + r.settings.kill_grace_s + 2, ran
+    # started_at is recorded before the job is spawned, the SIGTERM comes after it and the
+    # SIGKILL a grace later: the lower bound is certain; the upper one only fails if the grace
+    # is not enforced
+    assert r.settings.kill_grace_s <= ran <= LIMIT_S + r.settings.kill_grace_s + 10, ran
     assert group_processes(pgid) == []
     assert "got TERM" in r.client.call("GET", f"/api/v1/jobs/{job['id']}/log")
 
@@ -86,14 +124,12 @@ def test_cancel_running_and_pending(start_system: Factory) -> None:
     pending = submit(r, "echo never\n", cpus=2)  # no room left: stays PENDING
     assert wait_state(r, pending["id"], {"PENDING"})["state"] == "PENDING"
 
-    t0 = time.monotonic()
     cancelled = r.client.call("DELETE", f"/api/v1/jobs/{pending['id']}")
     assert cancelled["state"] == "CANCELLED"  # at once, in the response itself
-    assert time.monotonic() - t0 < 1
 
     reply = r.client.call("DELETE", f"/api/v1/jobs/{running_job['id']}")
     assert reply["state"] == "RUNNING" and reply["cancel_requested"] is True
-    done = wait_state(r, running_job["id"], TERMINAL, timeout=r.settings.kill_grace_s + 10)
+    done = wait_state(r, running_job["id"], TERMINAL, timeout=r.settings.kill_grace_s + 30)
     assert done["state"] == "CANCELLED"
     assert group_processes(pgid) == []
     assert r.client.call("GET", f"/api/v1/jobs/{pending['id']}")["started_at"] is None
@@ -127,8 +163,12 @@ async def test_the_streams_tell_one_jobs_story_in_order(
             if getattr(e, "job_id", None) == job["id"]:
                 timeline.append((entry_id, t, e))
     timeline.sort(key=lambda x: tuple(int(p) for p in x[0].split("-")))
-    assert [t for _, t, _ in timeline] == ["job-submitted", "job-allocated", "job-started",
-                                          "job-finished"]
+    story = [t for _, t, _ in timeline]
+    # a placement dispatches the launch before it announces job-allocated (ARCHITECTURE.md:
+    # PostgreSQL -> Redis -> dispatch -> event), so a quick executor may announce job-started
+    # first: those two in either order, between the submit and the end
+    assert story[0] == "job-submitted" and story[-1] == "job-finished", story
+    assert sorted(story[1:3]) == ["job-allocated", "job-started"], story
     assert {e.job_id for _, _, e in timeline} == {job["id"]}
     joined = [decode(f["e"]) for _, f in await redis.xrange(keys.stream("worker-joined"))]
     assert sorted(e.worker_id for e in joined) == ["test-worker-1", "test-worker-2"]

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from redis.asyncio import Redis
 
+from shared.events import decode
 from shared.keys import Keys
 from tests.e2e.conftest import TERMINAL, Factory, submit, wait_state
 from tests.helpers import allocated_cpus_released
@@ -38,6 +40,49 @@ async def settled(redis: Redis, keys: Keys, pool: Any) -> None:
 
 def marker_lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
+
+
+def pid_record(data_dir: Path, attempt_dir: str) -> list[str]:
+    """The pids a job's pid file holds, once it is there and complete."""
+    for path in data_dir.rglob(f"jobs/{attempt_dir}/pid"):
+        text = path.read_text()
+        if text.endswith("\n"):
+            return text.split()
+    return []
+
+
+def dead(p: psutil.Process) -> bool:
+    """Gone, or a zombie: it runs no more code (a recycled pid is another process)."""
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def text_of(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+async def wait_started(redis: Redis, keys: Keys, job_id: int, timeout: float = 30) -> None:
+    """Until the executor has heard the job's pid (its JobStarted event). RUNNING is recorded
+    before the job is spawned; from this event on, the job's pid file names it and whatever
+    watches it (its wrapper or the launcher), so an executor killed now leaves a job that a
+    restarted one can find."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for _, fields in await redis.xrange(keys.stream("job-started")):
+            if getattr(decode(fields["e"]), "job_id", None) == job_id:
+                return
+        assert time.monotonic() < deadline, f"job {job_id} was never reported started"
+        await asyncio.sleep(0.05)
+
+
+async def wait_log(path: Path, text: str, timeout: float = 30) -> None:
+    """Until a service's log contains `text`."""
+    deadline = time.monotonic() + timeout
+    while text not in text_of(path):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        await asyncio.sleep(0.1)
 
 
 @pytest.mark.parametrize("point", ["scheduler:after-pg-write", "scheduler:after-lua"])
@@ -69,19 +114,23 @@ async def test_executor_killed_while_a_job_runs_readopts_it(
 ) -> None:
     r = await asyncio.to_thread(start_system, cpus=4, **FAST)
     marker = tmp_path / "marker"
+    go = tmp_path / "go"
+    # the job runs until the test lets it end: the restarted executor surely finds it running
+    # (adopted), never already ended (which would be collected)
     job = await asyncio.to_thread(
-        submit, r, f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {marker}\necho before\nsleep 3\n'
-                   'echo after\n')
-    await asyncio.to_thread(wait_state, r, job["id"], {"RUNNING"})
+        submit, r, f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {marker}\necho before\n'
+                   f'while [ ! -e "{go}" ]; do sleep 0.05; done\necho after\n')
+    await wait_started(redis, keys, job["id"])
     r.system.kill("executor")  # SIGKILL: no drain, no goodbye
     await asyncio.sleep(0.5)
     r.system.restart("executor")
+    await wait_log(r.system.child("executor").log, "adopted")
+    go.touch()
     done = await asyncio.to_thread(wait_state, r, job["id"], TERMINAL, 30)
     assert (done["state"], done["exit_code"], done["attempt"]) == ("COMPLETED", 0, 1)
     assert marker_lines(marker) == [f"{job['id']}:1"]
     out = r.client.call("GET", f"/api/v1/jobs/{job['id']}/log")
     assert out == "before\nafter\n"
-    assert "adopted" in r.system.child("executor").log.read_text()
     await settled(redis, keys, pool)
 
 
@@ -90,7 +139,7 @@ async def test_executor_down_past_the_jobs_end_recovers_its_status(
 ) -> None:
     r = await asyncio.to_thread(start_system, cpus=4, **FAST)
     job = await asyncio.to_thread(submit, r, "sleep 1\necho bye >&2\nexit 7\n")
-    await asyncio.to_thread(wait_state, r, job["id"], {"RUNNING"})
+    await wait_started(redis, keys, job["id"])
     r.system.kill("executor")
     await asyncio.sleep(2.5)  # the job ends while no executor watches
     r.system.restart("executor")
@@ -111,18 +160,29 @@ async def test_a_job_that_vanished_with_its_executor_is_node_fail_then_requeued(
     job = await asyncio.to_thread(
         submit, r, f'echo "$SCNS_JOB_ID:$SCNS_ATTEMPT" >> {marker}\nsleep 30\n', requeue=True)
     running = await asyncio.to_thread(wait_state, r, job["id"], {"RUNNING"})
-    jobdir = next(r.settings.data_dir.rglob(f"jobs/{job['id']}.1"))
-    # RUNNING is recorded when the executor has started the wrapper; the wrapper writes the
-    # pid file a moment later (after its cgroup entry and the switch to the job's user)
+    # RUNNING is recorded before the executor makes the job's directory and starts it; its pid
+    # file comes a moment later (after its cgroup entry and the switch to the job's user)
     deadline = time.monotonic() + 30
-    while len(pids := (jobdir / "pid").read_text().split() if (jobdir / "pid").exists()
-              else []) < 2:
+    while len(pids := pid_record(r.settings.data_dir, f"{job['id']}.1")) < 2:
         assert time.monotonic() < deadline, "the wrapper never wrote its pid file"
         await asyncio.sleep(0.05)
+    # and the pid file can come before the script's first line: attempt 1 surely wrote its own
+    # before it is killed
+    while not marker_lines(marker):
+        assert time.monotonic() < deadline, "attempt 1 never wrote its line"
+        await asyncio.sleep(0.05)
     child, wrapper = (int(x) for x in pids)
+    watcher = psutil.Process(wrapper)  # the job's wrapper, or the launcher that started it
     r.system.kill("executor")
-    os.killpg(child, signal.SIGKILL)  # the node "lost" the job: no process, no status
+    # the node "lost" the job: no process, no status. What watches the job dies first, and for
+    # certain, before the job: killed after it, it could still record the job's end (a status
+    # the restarted executor would collect, instead of finding the job lost)
     os.kill(wrapper, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not dead(watcher):
+        assert time.monotonic() < deadline, "the job's wrapper survived SIGKILL"
+        await asyncio.sleep(0.01)
+    os.killpg(child, signal.SIGKILL)
     r.system.restart("executor")
     deadline = time.monotonic() + 30
     while (second := r.client.call("GET", f"/api/v1/jobs/{job['id']}"))["attempt"] < 2 \
@@ -132,11 +192,16 @@ async def test_a_job_that_vanished_with_its_executor_is_node_fail_then_requeued(
     first = await pool.fetchrow("SELECT * FROM attempts WHERE job_id = $1 AND attempt = 1",
                                 job["id"])
     assert first["released_at"] is not None
-    await asyncio.sleep(0.5)
+    # RUNNING is recorded before the wrapper starts: attempt 2's line comes a moment later
+    deadline = time.monotonic() + 30
+    while len(marker_lines(marker)) < 2:
+        assert time.monotonic() < deadline, marker_lines(marker)
+        await asyncio.sleep(0.05)
     assert marker_lines(marker) == [f"{job['id']}:1", f"{job['id']}:2"]
     assert running["attempt"] == 1
     r.client.call("DELETE", f"/api/v1/jobs/{job['id']}")
     await asyncio.to_thread(wait_state, r, job["id"], TERMINAL, 30)
+    assert marker_lines(marker) == [f"{job['id']}:1", f"{job['id']}:2"]  # and no third run
     await settled(redis, keys, pool)
 
 

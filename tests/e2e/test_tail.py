@@ -102,8 +102,9 @@ def test_tail_reads_from_an_id_a_time_the_last_n_with_each_filter(
     assert {e["job_id"] for e in finished} == {jobs["ok"], jobs["bad"]}
     assert {e["type"] for e in finished} == {"job-finished"}
     bad = tail_json(r, "--from", "0", "--job", str(jobs["bad"]))
-    assert [e["type"] for e in bad] == ["job-submitted", "job-allocated", "job-started",
-                                        "job-finished"]
+    story = [e["type"] for e in bad]  # job-allocated may follow job-started (dispatch first)
+    assert story[0] == "job-submitted" and story[-1] == "job-finished", story
+    assert sorted(story[1:3]) == ["job-allocated", "job-started"], story
     assert {e["job_id"] for e in bad} == {jobs["bad"]}
     worker = next(e["worker_id"] for e in every if e["type"] == "job-started")
     on_worker = tail_json(r, *JOBS, "--from", "0", "--worker", worker)
