@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -11,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.registry.service import Registry
-from shared import clock
+from shared import clock, heartbeat
 from shared.capacity import Capacity
 from shared.db.workers import WorkerStore
 from shared.errors import WorkerIdConflict
@@ -19,8 +20,9 @@ from shared.events import WorkerJoined, WorkerLeft, decode
 from shared.heartbeat import HeartbeatClient
 from shared.keys import Keys
 from shared.membership import Membership
+from shared.redis import aw
 from shared.settings import Settings
-from tests.helpers import wire
+from tests.helpers import Clock, wait_for, wire
 
 
 async def events(redis: Redis, keys: Keys, type_: str) -> list[Any]:
@@ -28,10 +30,26 @@ async def events(redis: Redis, keys: Keys, type_: str) -> list[Any]:
 
 
 def client(membership: Membership, wid: str, *, cpus: int = 4, host: str | None = None,
-           ttl_s: float = 2.0) -> HeartbeatClient:
+           ttl_s: float = 60.0) -> HeartbeatClient:
+    """A worker's heartbeat client. Its lease outlives any stall of the test: a test that needs
+    it to lapse says when (`lapse`), rather than racing a short TTL."""
     return HeartbeatClient(membership, worker_id=wid, capacity=Capacity(cpus=cpus, memory_mb=512),
                            labels={"arch": "test"}, heartbeat_s=0.5, ttl_s=ttl_s,
                            hostname=host or f"host-{wid}")
+
+
+async def lapse(hb: HeartbeatClient, redis: Redis, keys: Keys) -> None:
+    """The worker's last heartbeat, then silence: it renews its live lease with a short TTL and
+    beats no more. Returns once Redis has let the lease lapse: waited for, not slept, so the
+    sweeps before this call certainly saw the lease and the sweeps after it certainly do not."""
+    hb.ttl_s = 0.3
+    assert await hb.beat() == 1  # the same live lease, renewed one last time
+    lease = keys.worker_lease(hb.worker_id)
+
+    async def lapsed() -> bool:
+        return not await redis.exists(lease)
+
+    await wait_for(lapsed, timeout=10, what=f"the lease of {hb.worker_id} to lapse")
 
 
 async def test_join_then_shutdown(redis: Redis, keys: Keys, settings: Settings,
@@ -63,15 +81,15 @@ async def test_a_lapsed_lease_is_announced_as_expired(redis: Redis, keys: Keys,
                                                       settings: Settings,
                                                       pool: asyncpg.Pool[Any]) -> None:
     reg = Registry(wire(settings, redis, pool))
-    hb = client(reg.membership, "n2", ttl_s=0.3)
+    hb = client(reg.membership, "n2")
     await hb.register()
-    await reg.sweep()
-    await asyncio.sleep(0.4)  # no heartbeat: the lease expires
+    assert (await reg.sweep()).joined == ["n2"]
+    await lapse(hb, redis, keys)  # no more heartbeats: the lease expires
     r = await reg.sweep()
     assert r.left == [("n2", "expired")]
     r = await reg.sweep()
     assert r.left == [] and r.joined == []
-    assert await redis.sismember(keys.workers_known, "n2") == 0
+    assert await aw(redis.sismember(keys.workers_known, "n2")) == 0
 
 
 async def test_a_restarted_executor_is_a_new_incarnation(redis: Redis, keys: Keys,
@@ -102,13 +120,13 @@ async def test_two_replicas_racing_announce_each_change_once(
     redis: Redis, keys: Keys, settings: Settings, pool: asyncpg.Pool[Any]
 ) -> None:
     regs = [Registry(wire(settings, redis, pool)) for _ in range(3)]
-    clients = [client(regs[0].membership, f"r{i}", ttl_s=0.5) for i in range(10)]
+    clients = [client(regs[0].membership, f"r{i}") for i in range(10)]
     for c in clients:
         await c.register()
     await asyncio.gather(*(r.sweep() for r in regs for _ in range(3)))
     for c in clients[:5]:
         await c.deregister()
-    await asyncio.sleep(0.6)  # the other five expire
+    await asyncio.gather(*(lapse(c, redis, keys) for c in clients[5:]))  # the other five expire
     await asyncio.gather(*(r.sweep() for r in regs for _ in range(3)))
     joined = await events(redis, keys, WorkerJoined.TYPE)
     left = await events(redis, keys, WorkerLeft.TYPE)
@@ -203,16 +221,16 @@ async def test_postgresql_records_membership_times_on_its_own_clock(
     clock.configure(-3600.0)
     try:
         reg = Registry(wire(settings, redis, pool))
-        hb = client(reg.membership, "skewed", ttl_s=0.3)
+        hb = client(reg.membership, "skewed")
         await hb.register()
-        await reg.sweep()
+        assert (await reg.sweep()).joined == ["skewed"]
         await reg.sync_db()
         ages = await pool.fetchrow(
             "SELECT extract(epoch FROM now() - joined_at) AS joined, "
             "extract(epoch FROM now() - last_heartbeat) AS beat FROM workers WHERE id = $1",
             "skewed")
         assert ages is not None and abs(ages["joined"]) < 60 and abs(ages["beat"]) < 60
-        await asyncio.sleep(0.4)  # no heartbeat: the lease expires
+        await lapse(hb, redis, keys)  # no more heartbeats: the lease expires
         assert (await reg.sweep()).left == [("skewed", "expired")]
         age = await pool.fetchval("SELECT extract(epoch FROM now() - left_at) FROM workers "
                                   "WHERE id = $1", "skewed")
@@ -227,18 +245,30 @@ async def test_postgresql_records_membership_times_on_its_own_clock(
 
 
 async def test_a_lease_is_held_without_a_break_only_between_renewals_within_the_ttl(
-    redis: Redis, keys: Keys
+    redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hb = client(Membership(redis, keys), "held", ttl_s=0.3)
-    before = time.monotonic()
+    """On a monotonic clock moved by hand: each renewal's round trip takes 0.01 s of it and
+    nothing else moves it, so how long the test really takes decides nothing."""
+    now = Clock()
+    monkeypatch.setattr(heartbeat, "time", SimpleNamespace(monotonic=now))
+
+    class RoundTrip(Membership):
+        async def heartbeat(self, **kwargs: Any) -> int:
+            answer = await super().heartbeat(**kwargs)
+            now.now += 0.01  # the answer comes back 0.01 s after the request went out
+            return answer
+
+    hb = client(RoundTrip(redis, keys), "held", ttl_s=0.3)
+    before = now()
     await hb.register()
     assert not hb.lease_held_since(before)  # held from the first renewal's answer on
-    since = time.monotonic()
+    since = now()
     assert hb.lease_held_since(since)
+    now.now += 0.2
     await hb.beat()  # renewed well within the TTL: no break
     assert hb.lease_held_since(since)
-    await asyncio.sleep(0.4)  # longer than the TTL without a renewal: it may have lapsed
+    now.now += 0.4  # longer than the TTL without a renewal: it may have lapsed
     assert not hb.lease_held_since(since)
     await hb.beat()
     assert not hb.lease_held_since(since)  # renewed, but after a possible lapse
-    assert hb.lease_held_since(time.monotonic())
+    assert hb.lease_held_since(now())

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import random
-import time
+from collections import Counter
+from typing import Any
 
-from shared.estimate import MAX_AHEAD, Queued, Running, estimate_start
+import pytest
+
+from shared.estimate import MAX_AHEAD, Queued, Running, _Timeline, estimate_start
 from shared.placement import Node
 
 
@@ -161,17 +164,70 @@ def test_only_the_first_max_ahead_jobs_count() -> None:
     assert estimate_start(job(1, 1.0), ahead=ahead, nodes=nodes, running=[]) == 5000.0
 
 
-def test_thousands_of_jobs_ahead_on_many_nodes_is_fast() -> None:
+class _CountedReads(list[int]):
+    """A list that counts how many of its items are read (the usage a timeline scan looks at)."""
+
+    def __init__(self, items: list[int]) -> None:
+        super().__init__(items)
+        self.reads = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        self.reads += 1
+        return super().__getitem__(index)
+
+
+def test_thousands_of_jobs_ahead_on_many_nodes_cost_bounded_work(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost of an estimate is counted, not timed: each job simulated (at most MAX_AHEAD
+    ahead, then the target) checks each node once, a check reads each of the node's segments at
+    most once, and a node never has more segments than bookings plus one (a booking starts at a
+    boundary already there, so it adds at most its end): about len(ahead) * segments in all."""
     rng = random.Random(12)
     nodes = [node(f"w{i:02d}", 32, mem=128_000) for i in range(64)]
     running = [run(f"w{rng.randrange(64):02d}", rng.choice([1, 2, 4, 8]),
                    rng.uniform(1, 7200), mem=rng.choice([1000, 4000])) for _ in range(400)]
+    # 1000 more than are simulated: they must cost nothing at all
     ahead = [job(rng.choice([1, 1, 2, 4, 8, 16, 32]), rng.choice([60.0, 600.0, 3600.0, 86400.0]),
-                 mem=rng.choice([500, 2000, 8000])) for _ in range(MAX_AHEAD)]
-    t0 = time.perf_counter()
+                 mem=rng.choice([500, 2000, 8000])) for _ in range(MAX_AHEAD + 1000)]
+
+    earliest, book = _Timeline.earliest, _Timeline.book
+    work: Counter[str] = Counter()
+    booked: Counter[int] = Counter()  # bookings per timeline (by id)
+
+    def counted_earliest(line: _Timeline, cpus: int, memory_mb: int, length: float,
+                         not_after: float) -> int | None:
+        work["checks"] += 1  # one job against one node
+        work["segments"] += len(line.times)  # what this check may read
+        work["overgrown"] += len(line.times) > 1 + booked[id(line)]
+        if work["checks"] % 50:
+            return earliest(line, cpus, memory_mb, length, not_after)
+        # every 50th check (the same ones on every run): count the usage it really reads
+        usage = line.cpus
+        line.cpus = spy = _CountedReads(usage)
+        try:
+            return earliest(line, cpus, memory_mb, length, not_after)
+        finally:
+            line.cpus = usage
+            work["sampled"] += 1
+            work["reread"] += max(0, spy.reads - len(line.times))  # a segment read twice
+
+    def counted_book(line: _Timeline, start: float, end: float, cpus: int,
+                     memory_mb: int) -> None:
+        work["bookings"] += 1
+        booked[id(line)] += 1
+        book(line, start, end, cpus, memory_mb)
+
+    monkeypatch.setattr(_Timeline, "earliest", counted_earliest)
+    monkeypatch.setattr(_Timeline, "book", counted_book)
     got = estimate_start(job(32, 3600.0), ahead=ahead, nodes=nodes, running=running)
-    assert time.perf_counter() - t0 < 2.0
     assert got is not None and got > 0
+
+    simulated = MAX_AHEAD + 1  # the jobs ahead that count, then the target
+    assert 0 < work["bookings"] <= len(running) + MAX_AHEAD  # each job booked once at most
+    assert work["checks"] <= simulated * len(nodes)
+    assert work["sampled"] == work["checks"] // 50 > 1000 and work["reread"] == 0
+    assert work["overgrown"] == 0
+    assert work["segments"] <= simulated * (len(nodes) + work["bookings"])
 
 
 def _reference(target: Queued, ahead: list[Queued], nodes: list[Node],
