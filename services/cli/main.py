@@ -54,7 +54,7 @@ from services.cli.common import (
 from services.cli.limits import explain_lines, limits, share
 from services.cli.partitions import PARTITIONS, nodes_table, partition, sinfo_table, unpartitioned
 from services.cli.schedules import schedule
-from services.cli.tail import tail
+from services.cli.tail import follow_log, tail
 from services.cli.tokens import token
 from shared.arrays import SpecError, parse_array
 from shared.errors import ConductorError
@@ -547,6 +547,11 @@ def cancel(job_ids: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+def write_out(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
 @cli.command(epilog="JOB_ID: a job (12) or one array element (12_3).")
 @click.argument("job_id", type=JOB)
 @click.option("-e", "--stderr", "use_stderr", is_flag=True, help="show stderr instead of stdout")
@@ -559,10 +564,7 @@ def logs(job_id: str, use_stderr: bool, follow: bool) -> None:
         c = client()
         if err.is_terminal:
             watch.wait_to_start(c, job_id, console=err)
-        for chunk in c.stream(f"/api/v1/jobs/{job_id}/log",
-                              {"stream": stream, "follow": "1"}):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
+        follow_log(c, job_id, stream, write_out)
         return
     click.echo(client().call("GET", f"/api/v1/jobs/{job_id}/log", query={"stream": stream}),
                nl=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.client
 import os
 import re
 import signal
@@ -31,7 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.cli.client import ApiError, Client
-from services.cli.common import JOB, STATE_STYLE, client, out, warn
+from services.cli.common import JOB, STATE_STYLE, TERMINAL, client, out, warn
 from services.cli.directives import local_zone
 from shared.errors import ConductorError
 from shared.tail import TYPES, PositionError, Start, time_ms
@@ -247,6 +248,42 @@ def from_gateway(c: Client, req: Request, *, sleep: Callable[[float], None] = ti
             warn(f"the event stream broke ({e}); resuming")
         sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+def follow_log(c: Client, job_id: str, stream: str, write: Callable[[bytes], None], *,
+               sleep: Callable[[float], None] = time.sleep) -> None:
+    """`scns logs -f`: an attempt's output as it comes, until the attempt ends. A follow the
+    gateway ended first (after SCNS_FOLLOW_MAX_S) or that broke (a gateway restart) resumes
+    after the bytes already written, so a long job is followed to its end, each byte once."""
+    path = f"/api/v1/jobs/{job_id}/log"
+    attempt = c.call("GET", f"/api/v1/jobs/{job_id}")["attempt"]
+    query = {"stream": stream, "attempt": attempt}
+    got = 0
+    delay = 0.5
+    while True:
+        try:
+            for chunk in c.stream(path, {**query, "follow": "1", "offset": got}):
+                write(chunk)
+                got += len(chunk)
+                delay = 0.5
+            # the follow ended: with the attempt, or first (its time was up). What the
+            # attempt wrote since, and what it writes until its end, is still to come
+            job = c.call("GET", f"/api/v1/jobs/{job_id}")
+            if job["state"] in TERMINAL or job["attempt"] != attempt:
+                for chunk in c.stream(path, {**query, "offset": got}):  # bytes as they are
+                    write(chunk)
+                    got += len(chunk)
+                return
+        except ApiError as e:
+            if e.status not in (429, 502, 503, 504):
+                raise
+            warn(f"{e.message}; retrying")
+            sleep(max(delay, min(e.retry_after_s or 0.0, 30.0)))
+            delay = min(delay * 2, 5.0)
+        except (ConductorError, OSError, http.client.HTTPException) as e:
+            warn(f"the log follow broke ({e}); resuming")
+            sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def from_redis(env: Mapping[str, str], req: Request, emit: Callable[[dict[str, Any]], None]

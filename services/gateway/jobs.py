@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 MAX_KEY = 255
+MAX_OFFSET = 1 << 36  # a log's `offset` (bytes a client already has): 64 GiB, 11 digits
 FOLLOW_POLL_S = 0.5  # a followed log is read again this often (and the client checked)
 JOB_PROGRESS = web.AppKey("job_progress", JobProgress)  # shared by every follow
 
@@ -164,19 +165,21 @@ async def show(request: web.Request) -> web.Response:
 @routes.get("/api/v1/jobs/{job_id}/log")
 async def output(request: web.Request) -> web.StreamResponse:
     """An attempt's output; with `follow`, streamed until the job ends, the client goes away,
-    or SCNS_FOLLOW_MAX_S passes (the response then ends as if the job had)."""
+    or SCNS_FOLLOW_MAX_S passes (the response then ends as if the job had). `offset` skips the
+    bytes a client already has: a follow that ended before the job did resumes where it was."""
     g = state(request)
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise RequestError(400, "invalid_query", "stream must be stdout or stderr")
     follow = request.query.get("follow") in ("1", "true", "yes")
+    skip = Skip(query_int(request.query, "offset", default=0, low=0, high=MAX_OFFSET))
     if not follow:
         job = (await target(request)).job
         attempt = query_int(request.query, "attempt", default=job.attempt, low=1,
                             high=1_000_000)
         text, _, _ = await read_output(g.redis, g.keys, job_id=job.id, attempt=attempt,
                                        stream=stream)
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return web.Response(body=skip(text), content_type="text/plain", charset="utf-8")
     throttle = request.app[THROTTLE]
     # the slot first: a follow refused (429/503) costs no database or Redis read
     with throttle.streams.hold(principal(request).token_id):
@@ -188,10 +191,10 @@ async def output(request: web.Request) -> web.StreamResponse:
         resp = LongResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await resp.prepare(request)
         try:
-            await resp.write(text.encode())
+            await resp.write(skip(text))
             if not eof:
                 await _follow(request, resp, job_id=job.id, attempt=attempt, stream=stream,
-                              after=last, within_s=throttle.follow_max_s)
+                              after=last, within_s=throttle.follow_max_s, skip=skip)
             await resp.write_eof()
         except ConnectionError:
             pass  # the client went away: nothing to tell it
@@ -207,8 +210,22 @@ def _follow_broke(job_id: int, e: BaseException) -> None:
                 extra={"event": "follow-ended", "job_id": job_id})
 
 
+class Skip:
+    """The first `n` bytes of a text, dropped across the pieces it comes in."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, text: str) -> bytes:
+        data = text.encode()
+        if self.n:
+            cut = min(self.n, len(data))
+            data, self.n = data[cut:], self.n - cut
+        return data
+
+
 async def _follow(request: web.Request, resp: web.StreamResponse, *, job_id: int, attempt: int,
-                  stream: str, after: str, within_s: float) -> None:
+                  stream: str, after: str, within_s: float, skip: Skip) -> None:
     """Write what the attempt adds to `stream` after entry `after` until its end, the client's
     departure, or `within_s` seconds."""
     g = state(request)
@@ -223,8 +240,8 @@ async def _follow(request: web.Request, resp: web.StreamResponse, *, job_id: int
             return
         more, after, eof = await read_output(g.redis, g.keys, job_id=job_id, attempt=attempt,
                                              stream=stream, after=after)
-        if more:
-            await resp.write(more.encode())
+        if more and (data := skip(more)):
+            await resp.write(data)
         if eof:
             return
         if not more and await request.app[JOB_PROGRESS].ended(job_id, attempt):

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from services.gateway import validation as v
 from services.gateway.common import MAX_BODY
-from services.gateway.jobs import MAX_KEY
+from services.gateway.jobs import MAX_KEY, MAX_OFFSET
 from services.gateway.partitions import LIMIT_FIELDS
 from shared.db.schedules import CATCH_UP, CONCURRENCY
 from shared.db.tokens import MAX_LIFETIME_S, ROLES, USER_NAME
@@ -635,6 +635,9 @@ def job_paths() -> dict[str, Schema]:
                 param("stream", "query", {"type": "string", "enum": ["stdout", "stderr"],
                                           "default": "stdout"}, allowEmptyValue=False),
                 param("attempt", "query", integer(1, MAX_ATTEMPT)),
+                param("offset", "query", integer(0, MAX_OFFSET),
+                      "Bytes of the text the client already has: they are not sent again "
+                      "(a follow that ended before the job resumes where it was)."),
                 param("follow", "query", {"type": "string", "examples": ["1"]},
                       "1, true or yes: stream until the job ends (at most "
                       "SCNS_FOLLOW_MAX_S; one of the token's stream slots).")]),

@@ -21,6 +21,7 @@ from services.cli.tail import (
     DEFAULT_LAST,
     Request,
     clock_of,
+    follow_log,
     from_gateway,
     json_line,
     lag_table,
@@ -506,3 +507,85 @@ def test_lag_table_shows_unknowns_and_seconds() -> None:
 def test_lag_table_does_not_read_names_as_markup() -> None:
     (_, row) = lag_text([group("job-[bold]x[/bold]", lag=0, oldest=None)])
     assert "job-[bold]x[/bold]" in row
+
+
+# ------------------------------------------------------------ follow_log: scns logs -f resumes
+
+
+class LogGateway(FlakyGateway):
+    """A job's log and record through `Client.stream` and `Client.call`: each stream call plays
+    its script on the bytes after its `offset`; `states` is what each look at the job says."""
+
+    def __init__(self, text: bytes, *script: tuple[int, BaseException | None],
+                 states: Iterable[tuple[str, int]]) -> None:
+        super().__init__()
+        self.text, self.plays, self.states = text, list(script), list(states)
+        self.looks = 0
+
+    def stream(self, path: str, query: Mapping[str, Any],
+               headers: Mapping[str, str] | None = None) -> Iterator[bytes]:
+        self.calls.append((path, dict(query), headers))
+        offset = int(query["offset"])
+        if query.get("follow") != "1":  # the rest, as it is now
+            yield self.text[offset:]
+            return
+        upto, error = self.plays.pop(0)  # this follow gets up to byte `upto`, in two pieces
+        middle = (offset + upto) // 2
+        yield self.text[offset:middle]
+        yield self.text[middle:upto]
+        if error is not None:
+            raise error
+
+    def call(self, method: str, path: str, **_: Any) -> dict[str, Any]:
+        assert (method, path) == ("GET", "/api/v1/jobs/7")
+        state, attempt = self.states[min(self.looks, len(self.states) - 1)]
+        self.looks += 1
+        return {"state": state, "attempt": attempt}
+
+
+TEXT = "ligne 1: été ☃\nligne 2\nfin ✓\n".encode()
+
+
+def follow(gw: LogGateway) -> tuple[bytes, list[float]]:
+    out: list[bytes] = []
+    slept: list[float] = []
+    follow_log(gw, "7", "stdout", out.append, sleep=slept.append)  # type: ignore[arg-type]
+    return b"".join(out), slept
+
+
+def test_follow_log_resumes_each_ended_follow_after_the_bytes_it_has() -> None:
+    # two follows end at the gateway's longest time (the job still runs), the third with the job;
+    # the second ends inside a multi-byte character: the resume point is a byte count
+    inside = TEXT.index("é".encode()) + 1
+    gw = LogGateway(TEXT, (inside, None), (20, None), (len(TEXT) - 3, None),
+                    states=[("PENDING", 2), ("RUNNING", 2), ("RUNNING", 2), ("COMPLETED", 2)])
+    out, slept = follow(gw)
+    assert out == TEXT  # whole, each byte once (the last 3 from the closing read)
+    assert [(q["offset"], q.get("follow"), q["attempt"]) for _, q, _ in gw.calls] == [
+        (0, "1", 2), (inside, "1", 2), (20, "1", 2), (len(TEXT) - 3, None, 2)]
+    assert slept == []
+
+
+def test_follow_log_resumes_after_a_broken_follow_and_a_busy_gateway(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    gw = LogGateway(TEXT, (10, ConductorError("connection reset")),
+                    (10, ApiError(503, "unavailable", "busy", retry_after_s=2.0)),
+                    (12, OSError("broken pipe")), (len(TEXT), None),
+                    states=[("RUNNING", 1), ("FAILED", 1)])
+    out, slept = follow(gw)
+    assert out == TEXT
+    assert [q["offset"] for _, q, _ in gw.calls] == [0, 10, 10, 12, len(TEXT)]
+    # a Retry-After longer than the backoff is kept; bytes received start the backoff over
+    assert slept == [0.5, 2.0, 0.5]
+    err = capsys.readouterr().err
+    assert "resuming" in err and "busy" in err
+
+
+def test_follow_log_ends_with_its_attempt_and_lets_a_refusal_through() -> None:
+    # the job was requeued meanwhile: attempt 1 ended, the follow of it ends too
+    gw = LogGateway(TEXT, (len(TEXT), None), states=[("RUNNING", 1), ("PENDING", 2)])
+    assert follow(gw) == (TEXT, [])
+    gone = LogGateway(TEXT, (0, ApiError(404, "not_found", "no such job")),
+                      states=[("RUNNING", 1)])
+    with pytest.raises(ApiError, match="no such job"):
+        follow(gone)
