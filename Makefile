@@ -61,7 +61,7 @@ checkov: $(CHECKOV)
 
 # SCNS_CHECKOV: the test runs this checkov and fails (rather than skips) if it cannot.
 test: $(STAMP) browser $(CHECKOV)
-	SCNS_CHECKOV=$(abspath $(CHECKOV)) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	SCNS_CHECKOV=$(abspath $(CHECKOV)) $(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
