@@ -26,7 +26,7 @@ TIME = re.compile(r"^\d\d:\d\d:\d\d  ")
 
 def job(id_: int, state: str = "PENDING", *, reason: str | None = None, **extra: Any
         ) -> dict[str, Any]:
-    return {"id": id_, "name": "train", "user": "alice", "state": state,
+    return {"id": id_, "name": "train", "user": "alice", "state": state, "attempt": 1,
             "reason": reason if reason is not None else
             ("Priority" if state == "PENDING" else None),
             "cpus": 2, "partition": "default", "worker_id": None, "array_job_id": None,
@@ -343,8 +343,9 @@ def test_logs_follow_shows_a_pending_job_until_it_starts(
     monkeypatch.setattr(watch, "pause", slept.append)
     fake.answers[("GET", "/api/v1/jobs/12")] = [
         job(12, reason="Resources"), job(12, reason="Priority"), ApiError(503, "x", "away"),
-        job(12, "RUNNING", worker_id="n1")]
-    fake.answers[("STREAM", "/api/v1/jobs/12/log")] = (b"hello\n", b"world\n")
+        job(12, "RUNNING", worker_id="n1"), job(12, "RUNNING", worker_id="n1"),
+        job(12, "COMPLETED", worker_id="n1")]
+    fake.answers[("STREAM", "/api/v1/jobs/12/log")] = log_answer(b"hello\n", b"world\n")
     result = run("logs", "-f", "12")
     assert result.exit_code == 0, result.output
     assert result.stdout == "hello\nworld\n"
@@ -353,27 +354,46 @@ def test_logs_follow_shows_a_pending_job_until_it_starts(
     assert "job 12: PENDING (Priority), waiting for it to start" in shown
     assert "job 12: gateway unreachable, retrying…" in shown
     assert len(slept) == 3
-    assert [c[0] for c in fake.calls] == ["GET"] * 4 + ["STREAM"]
-    assert fake.calls[-1][3] == {"stream": "stdout", "follow": "1"}
+    # then: which attempt, its follow, has it ended (yes), anything written since (no)
+    assert [c[0] for c in fake.calls] == ["GET"] * 4 + ["GET", "STREAM", "GET", "STREAM"]
+    assert [c[3] for c in fake.calls if c[0] == "STREAM"] == [
+        {"stream": "stdout", "attempt": 1, "follow": "1", "offset": 0},
+        {"stream": "stdout", "attempt": 1, "offset": 12}]
 
 
 def test_logs_follow_of_a_running_job_has_no_spinner(fake: FakeClient,
                                                      stderr_terminal: io.StringIO) -> None:
-    fake.answers[("GET", "/api/v1/jobs/12")] = job(12, "RUNNING", worker_id="n1")
-    fake.answers[("STREAM", "/api/v1/jobs/12/log")] = b"out\n"
+    fake.answers[("GET", "/api/v1/jobs/12")] = [job(12, "RUNNING", worker_id="n1"),
+                                                job(12, "RUNNING", worker_id="n1"),
+                                                job(12, "FAILED", worker_id="n1")]
+    fake.answers[("STREAM", "/api/v1/jobs/12/log")] = log_answer(b"out\n")
     result = run("logs", "-f", "-e", "12")
     assert result.exit_code == 0, result.output
     assert result.stdout == "out\n"
     assert "waiting" not in stderr_terminal.getvalue()
-    assert fake.calls[-1][3] == {"stream": "stderr", "follow": "1"}
+    assert next(c[3] for c in fake.calls if c[0] == "STREAM") == {
+        "stream": "stderr", "attempt": 1, "follow": "1", "offset": 0}
 
 
-def test_logs_follow_piped_asks_nothing_more(fake: FakeClient) -> None:
-    fake.answers[("STREAM", "/api/v1/jobs/12/log")] = b"out\n"
+def test_logs_follow_piped_shows_nothing_but_the_output(fake: FakeClient) -> None:
+    fake.answers[("GET", "/api/v1/jobs/12")] = [job(12, "RUNNING", worker_id="n1"),
+                                                job(12, "COMPLETED", worker_id="n1")]
+    fake.answers[("STREAM", "/api/v1/jobs/12/log")] = log_answer(b"out\n")
     result = run("logs", "-f", "12")
     assert result.exit_code == 0, result.output
     assert (result.stdout, result.stderr) == ("out\n", "")
-    assert [c[0] for c in fake.calls] == ["STREAM"]  # no spinner, so no state to poll
+    # no spinner: no polling before the follow, only which attempt and, after it, its end
+    assert [c[0] for c in fake.calls] == ["GET", "STREAM", "GET", "STREAM"]
+
+
+def log_answer(*chunks: bytes) -> Callable[[Mapping[str, Any]], bytes]:
+    """A log's answer: followed, these chunks; read at an offset, what lies past it."""
+    text = b"".join(chunks)
+
+    def answer(query: Mapping[str, Any]) -> Any:
+        return chunks if query.get("follow") == "1" else text[int(query["offset"]):]
+
+    return answer
 
 
 # --- cancel: a bar while the requests go out --------------------------------------------------
