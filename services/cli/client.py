@@ -97,7 +97,7 @@ class Client:
         headers = {"Idempotency-Key": f"scns-{uuid.uuid4()}"}
         query = {"test_only": "1"} if test_only else None
         for attempt in Retrying(
-            retry=retry_if_exception(_retryable), stop=stop_after_delay(retry_s),
+            retry=retry_if_exception(retryable), stop=stop_after_delay(retry_s),
             wait=_wait, reraise=True,
         ):
             with attempt:
@@ -163,7 +163,7 @@ class Client:
             raise ConductorError(f"cannot reach the gateway at {self.url}: {e}") from None
 
 
-def _retryable(e: BaseException) -> bool:
+def retryable(e: BaseException) -> bool:
     """Worth trying again with the same key: no answer, or the system said "not now"."""
     return isinstance(e, Unreachable) or (isinstance(e, ApiError)
                                           and e.status in (429, 502, 503, 504))

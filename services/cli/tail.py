@@ -31,7 +31,7 @@ import orjson
 from rich.markup import escape
 from rich.table import Table
 
-from services.cli.client import ApiError, Client
+from services.cli.client import RETRY_AFTER_MAX_S, ApiError, Client, retryable
 from services.cli.common import JOB, STATE_STYLE, TERMINAL, client, out, warn
 from services.cli.directives import local_zone
 from shared.errors import ConductorError
@@ -275,10 +275,10 @@ def follow_log(c: Client, job_id: str, stream: str, write: Callable[[bytes], Non
                     got += len(chunk)
                 return
         except ApiError as e:
-            if e.status not in (429, 502, 503, 504):
+            if not retryable(e):
                 raise
             warn(f"{e.message}; retrying")
-            sleep(max(delay, min(e.retry_after_s or 0.0, 30.0)))
+            sleep(max(delay, min(e.retry_after_s or 0.0, RETRY_AFTER_MAX_S)))
             delay = min(delay * 2, 5.0)
         except (ConductorError, OSError, http.client.HTTPException) as e:
             warn(f"the log follow broke ({e}); resuming")
